@@ -1,0 +1,310 @@
+//! Healing: rebuild missing or corrupt shards and stale records, on demand (after a read
+//! found damage), by the background scrubber, and sweeping orphaned shard files at start.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use ringstore_store::{Op, ShardWriter, Table};
+use serde::Serialize;
+
+use crate::read::PartReader;
+use crate::record::ObjectRecord;
+use crate::{Error, Inner, ObjectStore, Result, object_key};
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    objects_checked: AtomicU64,
+    shards_healed: AtomicU64,
+    records_healed: AtomicU64,
+    orphans_removed: AtomicU64,
+    heal_errors: AtomicU64,
+}
+
+/// Totals since the node started, for status and metrics.
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq, Eq)]
+pub struct HealStats {
+    pub objects_checked: u64,
+    pub shards_healed: u64,
+    pub records_healed: u64,
+    pub orphans_removed: u64,
+    pub heal_errors: u64,
+}
+
+impl ObjectStore {
+    pub fn heal_stats(&self) -> HealStats {
+        let c = &self.inner.stats;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        HealStats {
+            objects_checked: get(&c.objects_checked),
+            shards_healed: get(&c.shards_healed),
+            records_healed: get(&c.records_healed),
+            orphans_removed: get(&c.orphans_removed),
+            heal_errors: get(&c.heal_errors),
+        }
+    }
+
+    /// Verifies one object on every drive of its partition and repairs what is missing or
+    /// corrupt: shard files, inline frames and records. Returns whether anything was fixed.
+    pub async fn heal_object(&self, bucket: &str, key: &str) -> Result<bool> {
+        let inner = &self.inner;
+        inner.stats.objects_checked.fetch_add(1, Ordering::Relaxed);
+        let Some(found) = self.lookup(bucket, key)? else {
+            return Ok(false);
+        };
+        let rec = found.record;
+        let slots = inner.resolve(&rec.drives);
+        let okey = object_key(bucket, key);
+        // which drives lack the newest record
+        let mut stale = Vec::new();
+        for (i, slot) in slots.iter().enumerate() {
+            let Some(d) = slot else { continue };
+            let current = inner.drives[*d].get(Table::Objects, &okey)?;
+            let has = current
+                .and_then(|b| ObjectRecord::decode(&b).ok())
+                .is_some_and(|r| r.version == rec.version);
+            if !has {
+                stale.push(i);
+            }
+        }
+        if rec.deleted {
+            // spread the deletion marker, then drop it once every drive has it
+            let marker = rec.for_shard(0, None).encode();
+            for &i in &stale {
+                let d = slots[i].expect("resolved");
+                inner.drives[d]
+                    .commit(vec![Op::PutIfNewer {
+                        table: Table::Objects,
+                        key: okey.clone(),
+                        value: marker.clone(),
+                    }])
+                    .await?;
+            }
+            self.drop_marker_everywhere(&okey, &rec).await;
+            return Ok(!stale.is_empty());
+        }
+        let mut fixed = false;
+        let mut inline = found.inline;
+        if rec.parts.len() == 1 && inline.iter().any(Option::is_some) {
+            let part = &rec.parts[0];
+            if part.size > 0 {
+                let decoded = inner.codec.decode(part.size as usize, inline.clone())?;
+                for (i, frame) in decoded.repaired {
+                    inline[i] = Some(frame);
+                    if !stale.contains(&i) {
+                        stale.push(i);
+                    }
+                }
+            }
+        } else {
+            for part in &rec.parts {
+                let repaired = inner.repair_data(&rec, part).await?;
+                if !repaired.is_empty() {
+                    fixed = true;
+                    inner
+                        .stats
+                        .shards_healed
+                        .fetch_add(repaired.len() as u64, Ordering::Relaxed);
+                }
+            }
+        }
+        for i in stale {
+            let Some(d) = slots[i] else { continue };
+            let value = rec.for_shard(i, inline[i].clone()).encode();
+            inner.drives[d]
+                .commit(vec![Op::PutIfNewer {
+                    table: Table::Objects,
+                    key: okey.clone(),
+                    value,
+                }])
+                .await?;
+            inner.stats.records_healed.fetch_add(1, Ordering::Relaxed);
+            fixed = true;
+        }
+        Ok(fixed)
+    }
+
+    pub(crate) async fn drop_marker_everywhere(&self, okey: &[u8], marker: &ObjectRecord) {
+        let slots = self.inner.resolve(&marker.drives);
+        if slots.iter().any(Option::is_none) {
+            return;
+        }
+        let ops = slots.iter().flatten().map(|d| {
+            self.inner.drives[*d].commit(vec![Op::DeleteIfVersion {
+                table: Table::Objects,
+                key: okey.to_vec(),
+                version: marker.version,
+            }])
+        });
+        let _ = futures::future::join_all(ops).await;
+    }
+
+    /// Walks every object once, healing as it goes, at most `per_second` objects a second.
+    pub async fn scrub(&self, per_second: u32) -> Result<u64> {
+        let inner = &self.inner;
+        let mut checked = 0u64;
+        let pause = Duration::from_secs(1) / per_second.max(1);
+        for (di, drive) in inner.drives.iter().enumerate() {
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let page = drive.scan(Table::Objects, b"", after.as_deref(), 256)?;
+                let Some((last, _)) = page.last() else { break };
+                after = Some(last.clone());
+                for (k, v) in &page {
+                    let Ok(rec) = ObjectRecord::decode(v) else {
+                        continue;
+                    };
+                    // each object is checked from the first drive of its set that is present
+                    let first = inner.resolve(&rec.drives).into_iter().flatten().next();
+                    if first != Some(di) {
+                        continue;
+                    }
+                    let Some(sep) = k.iter().position(|b| *b == 0) else {
+                        continue;
+                    };
+                    let bucket = String::from_utf8_lossy(&k[..sep]).into_owned();
+                    let key = String::from_utf8_lossy(&k[sep + 1..]).into_owned();
+                    if let Err(e) = self.heal_object(&bucket, &key).await {
+                        inner.stats.heal_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%bucket, %key, error = %e, "scrub could not heal object");
+                    }
+                    checked += 1;
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+        Ok(checked)
+    }
+
+    /// Removes shard files that no record references (left by a crash between writing
+    /// shards and committing their record). Only files older than `before` are considered,
+    /// so writes in flight are never touched.
+    pub async fn sweep_orphans(&self, before: SystemTime) -> Result<u64> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut removed = 0;
+            for drive in &store.inner.drives {
+                let mut referenced = HashSet::new();
+                for (_, v) in drive.scan(Table::Objects, b"", None, usize::MAX)? {
+                    if let Ok(rec) = ObjectRecord::decode(&v) {
+                        referenced.extend(rec.parts.into_iter().map(|p| p.data_id));
+                    }
+                }
+                for (_, v) in drive.scan(Table::Parts, b"", None, usize::MAX)? {
+                    if let Ok(p) =
+                        crate::rmp_decode::<crate::multipart::PartRecord>(&v[ringstore_store::Version::LEN..])
+                    {
+                        referenced.insert(p.data_id);
+                    }
+                }
+                for id in drive.shards_older_than(before)? {
+                    if !referenced.contains(&id) {
+                        drive.delete_shard(&id)?;
+                        removed += 1;
+                    }
+                }
+            }
+            store
+                .inner
+                .stats
+                .orphans_removed
+                .fetch_add(removed, Ordering::Relaxed);
+            Ok(removed)
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+    }
+}
+
+impl Inner {
+    /// Starts a background heal of an object unless one is already running.
+    pub(crate) fn request_heal(&self, store: &ObjectStore, bucket: &str, key: &str) {
+        let key = object_key(bucket, key);
+        if !self.healing.lock().expect("not poisoned").insert(key.clone()) {
+            return;
+        }
+        let store = store.clone();
+        tokio::spawn(async move {
+            let sep = key.iter().position(|b| *b == 0).unwrap_or(0);
+            let bucket = String::from_utf8_lossy(&key[..sep]).into_owned();
+            let object = String::from_utf8_lossy(&key[sep + 1..]).into_owned();
+            match store.heal_object(&bucket, &object).await {
+                Ok(true) => tracing::info!(%bucket, key = %object, "healed object"),
+                Ok(false) => {}
+                Err(e) => {
+                    store.inner.stats.heal_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%bucket, key = %object, error = %e, "heal failed");
+                }
+            }
+            store.inner.healing.lock().expect("not poisoned").remove(&key);
+        });
+    }
+
+    /// Verifies every frame of one data file and rewrites the shards that are missing or
+    /// damaged. Returns the repaired shard indexes.
+    async fn repair_data(self: &Arc<Self>, rec: &ObjectRecord, part: &crate::PartRef) -> Result<Vec<usize>> {
+        let inner = self.clone();
+        let rec = rec.clone();
+        let part = part.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut reader = PartReader::open(&inner, &rec, &part);
+            let geometry = reader.geometry();
+            let width = rec.k + rec.m;
+            // pass 1: find damaged shards
+            let mut damaged = HashSet::new();
+            for s in 0..geometry.stripes() {
+                for (i, f) in reader.all_frames(s).iter().enumerate() {
+                    if !f.as_deref().is_some_and(ringstore_erasure::frame_is_intact) {
+                        damaged.insert(i);
+                    }
+                }
+            }
+            // an empty data file has no frames; its shards need only exist
+            let slots = inner.resolve(&rec.drives);
+            if geometry.stripes() == 0 {
+                return Ok(vec![]);
+            }
+            let mut damaged: Vec<usize> = damaged.into_iter().filter(|i| slots[*i].is_some()).collect();
+            damaged.sort_unstable();
+            if damaged.is_empty() {
+                return Ok(damaged);
+            }
+            if damaged.len() > rec.m {
+                return Err(Error::Decode(ringstore_erasure::Error::TooFewShards {
+                    have: width - damaged.len(),
+                    need: rec.k,
+                }));
+            }
+            // pass 2: rebuild the damaged shards into replacement files
+            let mut writers: Vec<(usize, ShardWriter)> = Vec::new();
+            for &i in &damaged {
+                let d = slots[i].expect("filtered");
+                writers.push((i, inner.drives[d].replace_shard(&part.data_id)?));
+            }
+            for s in 0..geometry.stripes() {
+                let frames = reader.all_frames(s);
+                let decoded = inner.codec.decode(geometry.stripe_len(s), frames.clone())?;
+                for (i, w) in writers.iter_mut() {
+                    let rebuilt = decoded
+                        .repaired
+                        .iter()
+                        .find(|(r, _)| r == i)
+                        .map(|(_, f)| f.as_slice());
+                    let frame = rebuilt
+                        .or(frames[*i].as_deref())
+                        .expect("either intact or rebuilt");
+                    w.write(frame)
+                        .map_err(|e| Error::Internal(format!("repair write: {e}")))?;
+                }
+            }
+            for (_, w) in writers {
+                w.finish()
+                    .map_err(|e| Error::Internal(format!("repair fsync: {e}")))?;
+            }
+            Ok(damaged)
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+    }
+}

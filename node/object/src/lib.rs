@@ -1,0 +1,315 @@
+//! The object service: buckets, erasure-coded objects, listing and multipart uploads over
+//! a set of drives placed on the hash ring.
+//!
+//! Write path: the body streams into stripes; each stripe is hashed (MD5 for the ETag),
+//! encoded into `k + m` checksummed frames and appended to one shard file per drive of the
+//! object's partition; shard files are fsynced, then the object record is committed on every
+//! drive of the partition and the write is acknowledged once a write quorum holds it.
+//! Small objects keep their shard frame inside the record instead of a file.
+//!
+//! Read path: records are read from the partition's drives, the newest version among at
+//! least a read quorum of answers wins, data shards are read and verified, and parity is
+//! used only when a data shard is missing or corrupt. Damage found on the way is repaired in
+//! the background.
+
+mod heal;
+mod list;
+mod multipart;
+mod read;
+mod record;
+mod write;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ringstore_erasure::Codec;
+use ringstore_ring::{Layout, Placement, Redundancy};
+use ringstore_store::{Drive, Op, Table, Version};
+
+pub use heal::HealStats;
+pub use list::ListPage;
+pub use multipart::{CompletedPart, PartInfo, UploadInfo};
+pub use read::{Found, ObjectStream};
+pub use record::{BucketRecord, ObjectRecord, PartRef, StoredChecksum};
+pub use ringstore_store::Drive as StoreDrive;
+pub use write::{BodyStream, NewObject, Precondition, Verify};
+
+/// Bytes of object data per stripe.
+pub const BLOCK_SIZE: usize = 1024 * 1024;
+/// Objects up to this size keep their shard frames inside the metadata record.
+pub const INLINE_MAX: u64 = 128 * 1024;
+/// Smallest size of a multipart part other than the last.
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+
+/// Errors of the object service, each with an S3 meaning.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the specified bucket does not exist")]
+    NoSuchBucket,
+    #[error("the specified key does not exist")]
+    NoSuchKey,
+    #[error("the bucket already exists and is owned by you")]
+    BucketExists,
+    #[error("the bucket is not empty")]
+    BucketNotEmpty,
+    #[error("the specified multipart upload does not exist")]
+    NoSuchUpload,
+    #[error("{0}")]
+    InvalidPart(String),
+    #[error("the list of parts was not in ascending order")]
+    InvalidPartOrder,
+    #[error("part {part} is {size} bytes; every part but the last must be at least {MIN_PART_SIZE} bytes")]
+    EntityTooSmall { part: u32, size: u64 },
+    #[error("{0}")]
+    BadDigest(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("at least one of the preconditions you specified did not hold")]
+    PreconditionFailed,
+    #[error("the request body ended early or could not be read: {0}")]
+    Body(String),
+    #[error("not enough drives answered: {0}")]
+    Quorum(String),
+    #[error(transparent)]
+    Storage(#[from] ringstore_store::Error),
+    #[error("data could not be decoded: {0}")]
+    Decode(#[from] ringstore_erasure::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The object service of one node.
+pub struct ObjectStore {
+    inner: Arc<Inner>,
+}
+
+impl Clone for ObjectStore {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) drives: Vec<Arc<Drive>>,
+    pub(crate) by_id: HashMap<String, usize>,
+    pub(crate) layout: Layout,
+    pub(crate) placement: Placement,
+    pub(crate) codec: Arc<Codec>,
+    clock: AtomicU64,
+    pub(crate) healing: Mutex<std::collections::HashSet<Vec<u8>>>,
+    pub(crate) stats: heal::Counters,
+}
+
+impl ObjectStore {
+    /// Builds the service over already opened drives. `redundancy` defaults to the
+    /// standard scheme for the number of drives.
+    pub fn new(drives: Vec<Drive>, redundancy: Option<Redundancy>, node: &str) -> Result<Self> {
+        let redundancy = redundancy.unwrap_or_else(|| Redundancy::default_for(drives.len()));
+        let layout = Layout {
+            version: 1,
+            redundancy,
+            nodes: vec![ringstore_ring::NodeSpec {
+                name: node.to_string(),
+                zone: "default".to_string(),
+                drives: drives
+                    .iter()
+                    .map(|d| ringstore_ring::DriveSpec {
+                        id: d.id().to_string(),
+                        weight: 1,
+                    })
+                    .collect(),
+            }],
+        };
+        let placement = layout
+            .placement()
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let codec = Arc::new(Codec::new(redundancy)?);
+        let drives: Vec<Arc<Drive>> = drives.into_iter().map(Arc::new).collect();
+        let by_id = drives
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id().to_string(), i))
+            .collect();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                drives,
+                by_id,
+                layout,
+                placement,
+                codec,
+                clock: AtomicU64::new(0),
+                healing: Mutex::new(Default::default()),
+                stats: Default::default(),
+            }),
+        })
+    }
+
+    pub fn redundancy(&self) -> Redundancy {
+        self.inner.layout.redundancy
+    }
+
+    pub fn drives(&self) -> &[Arc<Drive>] {
+        &self.inner.drives
+    }
+
+    // ---- buckets -------------------------------------------------------------------------
+
+    pub async fn create_bucket(&self, name: &str) -> Result<BucketRecord> {
+        if self.bucket(name).await?.is_some() {
+            return Err(Error::BucketExists);
+        }
+        let rec = BucketRecord {
+            name: name.to_string(),
+            created_nanos: self.inner.now().ts_nanos,
+        };
+        let value = rmp_encode(&rec);
+        self.inner
+            .commit_all(|_| {
+                vec![Op::Put {
+                    table: Table::Buckets,
+                    key: name.as_bytes().to_vec(),
+                    value: value.clone(),
+                }]
+            })
+            .await?;
+        Ok(rec)
+    }
+
+    pub async fn bucket(&self, name: &str) -> Result<Option<BucketRecord>> {
+        let mut found = None;
+        let mut answered = 0;
+        for d in &self.inner.drives {
+            match d.get(Table::Buckets, name.as_bytes()) {
+                Ok(v) => {
+                    answered += 1;
+                    if let Some(v) = v {
+                        found = Some(rmp_decode::<BucketRecord>(&v)?);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "bucket lookup failed on a drive"),
+            }
+        }
+        self.inner.need_majority(answered)?;
+        Ok(found)
+    }
+
+    pub async fn require_bucket(&self, name: &str) -> Result<()> {
+        self.bucket(name).await?.map(|_| ()).ok_or(Error::NoSuchBucket)
+    }
+
+    pub async fn list_buckets(&self) -> Result<Vec<BucketRecord>> {
+        let mut all = std::collections::BTreeMap::new();
+        for d in &self.inner.drives {
+            match d.scan(Table::Buckets, b"", None, usize::MAX) {
+                Ok(entries) => {
+                    for (k, v) in entries {
+                        all.insert(k, rmp_decode::<BucketRecord>(&v)?);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "bucket listing failed on a drive"),
+            }
+        }
+        Ok(all.into_values().collect())
+    }
+
+    pub async fn delete_bucket(&self, name: &str) -> Result<()> {
+        self.require_bucket(name).await?;
+        let page = self.list(name, "", None, 1).await?;
+        if !page.entries.is_empty() {
+            return Err(Error::BucketNotEmpty);
+        }
+        // pending multipart uploads go with the bucket
+        for upload in self.list_uploads(name, "", None, usize::MAX).await? {
+            self.abort_upload(name, &upload.key, &upload.upload_id).await?;
+        }
+        self.inner
+            .commit_all(|_| {
+                vec![Op::Delete {
+                    table: Table::Buckets,
+                    key: name.as_bytes().to_vec(),
+                }]
+            })
+            .await
+    }
+}
+
+impl Inner {
+    /// A fresh version, strictly increasing on this node.
+    pub(crate) fn now(&self) -> Version {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let mut prev = self.clock.load(Ordering::Relaxed);
+        loop {
+            let next = wall.max(prev + 1);
+            match self
+                .clock
+                .compare_exchange(prev, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    return Version {
+                        ts_nanos: next,
+                        id: rand::random(),
+                    };
+                }
+                Err(p) => prev = p,
+            }
+        }
+    }
+
+    pub(crate) fn need_majority(&self, answered: usize) -> Result<()> {
+        let need = self.drives.len() / 2 + 1;
+        if answered < need {
+            return Err(Error::Quorum(format!(
+                "{answered} of {} drives answered, {need} needed",
+                self.drives.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Commits per-drive operations on every drive; succeeds when a majority did.
+    pub(crate) async fn commit_all(&self, ops: impl Fn(usize) -> Vec<Op>) -> Result<()> {
+        let results =
+            futures::future::join_all(self.drives.iter().enumerate().map(|(i, d)| d.commit(ops(i)))).await;
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        for e in results.into_iter().filter_map(|r| r.err()) {
+            tracing::warn!(error = %e, "metadata write failed on a drive");
+        }
+        self.need_majority(ok)
+    }
+
+    /// The drives of `bucket/key`'s partition, in shard order.
+    pub(crate) fn partition_drives(&self, bucket: &str, key: &str) -> Vec<usize> {
+        let p = ringstore_ring::partition_of(bucket, key);
+        self.placement.drives(p).iter().map(|d| d.drive).collect()
+    }
+
+    /// Drive indexes of the ids a record names; unknown ids map to `None`.
+    pub(crate) fn resolve(&self, ids: &[String]) -> Vec<Option<usize>> {
+        ids.iter().map(|id| self.by_id.get(id).copied()).collect()
+    }
+}
+
+pub(crate) fn object_key(bucket: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(bucket.len() + key.len() + 1);
+    k.extend_from_slice(bucket.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+pub(crate) fn rmp_encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    rmp_serde::to_vec_named(v).expect("records serialise")
+}
+
+pub(crate) fn rmp_decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T> {
+    rmp_serde::from_slice(b).map_err(|e| Error::Internal(format!("damaged metadata record: {e}")))
+}

@@ -1,0 +1,97 @@
+//! Listing: merge the sorted key streams of every drive, newest record per key wins.
+
+use std::collections::BTreeMap;
+
+use ringstore_store::Table;
+
+use crate::record::ObjectRecord;
+use crate::{ObjectStore, Result, object_key};
+
+/// One page of live objects in key order.
+#[derive(Debug, Default)]
+pub struct ListPage {
+    pub entries: Vec<(String, ObjectRecord)>,
+    /// Whether more keys may follow the last entry.
+    pub truncated: bool,
+}
+
+impl ObjectStore {
+    /// Lists up to `limit` live objects of `bucket` whose keys start with `prefix` and sort
+    /// after `after` (raw key bytes, exclusive).
+    pub async fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ListPage> {
+        self.require_bucket(bucket).await?;
+        let scan_prefix = object_key(bucket, prefix);
+        let mut cursor: Option<Vec<u8>> = after.map(|a| {
+            let mut c = object_key(bucket, "");
+            c.extend_from_slice(a);
+            c
+        });
+        let batch = (limit + 1).clamp(2, 1000);
+        let mut entries = Vec::new();
+        loop {
+            let mut merged: BTreeMap<Vec<u8>, ObjectRecord> = BTreeMap::new();
+            // keys past the horizon may be missing from a drive that returned a full page
+            let mut horizon: Option<Vec<u8>> = None;
+            let mut answered = 0;
+            for d in self.drives() {
+                let page = match d.scan(Table::Objects, &scan_prefix, cursor.as_deref(), batch) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "listing failed on a drive");
+                        continue;
+                    }
+                };
+                answered += 1;
+                if page.len() == batch {
+                    let last = page.last().expect("non-empty").0.clone();
+                    if horizon.as_ref().is_none_or(|h| &last < h) {
+                        horizon = Some(last);
+                    }
+                }
+                for (k, v) in page {
+                    let Ok(rec) = ObjectRecord::decode(&v) else {
+                        continue;
+                    };
+                    match merged.get(&k) {
+                        Some(old) if old.version >= rec.version => {}
+                        _ => {
+                            merged.insert(k, rec);
+                        }
+                    }
+                }
+            }
+            self.inner.need_majority(answered)?;
+            let bucket_len = bucket.len() + 1;
+            for (k, rec) in merged {
+                if horizon.as_ref().is_some_and(|h| &k > h) {
+                    break;
+                }
+                cursor = Some(k.clone());
+                if rec.deleted {
+                    continue;
+                }
+                let key = String::from_utf8_lossy(&k[bucket_len..]).into_owned();
+                entries.push((key, rec));
+                if entries.len() > limit {
+                    entries.truncate(limit);
+                    return Ok(ListPage {
+                        entries,
+                        truncated: true,
+                    });
+                }
+            }
+            if horizon.is_none() {
+                return Ok(ListPage {
+                    entries,
+                    truncated: false,
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The read path: find the newest version with a read quorum, then stream its data,
+//! reconstructing from parity only when a data shard is missing or corrupt.
+
+use std::fs::File;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::Stream;
+use ringstore_erasure::{Codec, Geometry};
+use ringstore_store::{Drive, Table};
+
+use crate::record::{ObjectRecord, PartRef};
+use crate::{Error, Inner, ObjectStore, Result, object_key};
+
+/// A stream of object bytes.
+pub type ObjectStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send + Sync>>;
+
+/// The newest version of an object and what each drive of its partition holds.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub bucket: String,
+    pub key: String,
+    pub record: ObjectRecord,
+    /// Inline frames by shard index, from drives that hold the newest version.
+    pub(crate) inline: Vec<Option<Vec<u8>>>,
+    /// Whether some drive of the partition lacks the newest record.
+    pub(crate) stale: bool,
+}
+
+impl ObjectStore {
+    /// The newest live version of `bucket/key`.
+    pub async fn head(&self, bucket: &str, key: &str) -> Result<Found> {
+        match self.lookup(bucket, key)? {
+            Some(f) if !f.record.deleted => Ok(f),
+            _ => {
+                // distinguish a missing bucket from a missing key
+                self.require_bucket(bucket).await?;
+                Err(Error::NoSuchKey)
+            }
+        }
+    }
+
+    /// Reads the records of `bucket/key` from its partition's drives; the newest wins.
+    /// Includes deletion markers.
+    pub(crate) fn lookup(&self, bucket: &str, key: &str) -> Result<Option<Found>> {
+        let inner = &self.inner;
+        let drives = inner.partition_drives(bucket, key);
+        let okey = object_key(bucket, key);
+        let mut answered = 0;
+        let mut records: Vec<ObjectRecord> = Vec::with_capacity(drives.len());
+        for d in &drives {
+            match inner.drives[*d].get(Table::Objects, &okey) {
+                Ok(Some(bytes)) => {
+                    answered += 1;
+                    match ObjectRecord::decode(&bytes) {
+                        Ok(r) => records.push(r),
+                        Err(e) => tracing::warn!(error = %e, "unreadable object record"),
+                    }
+                }
+                Ok(None) => answered += 1,
+                Err(e) => tracing::warn!(error = %e, "object record read failed"),
+            }
+        }
+        let need = inner.codec.redundancy().read_quorum();
+        if answered < need {
+            return Err(Error::Quorum(format!(
+                "{answered} drives answered, {need} needed"
+            )));
+        }
+        let Some(newest) = records.iter().map(|r| r.version).max() else {
+            return Ok(None);
+        };
+        let width = drives.len();
+        let mut inline = vec![None; width];
+        let mut holders = 0;
+        let mut record = None;
+        for r in records.into_iter().filter(|r| r.version == newest) {
+            holders += 1;
+            if r.shard < width {
+                inline[r.shard] = r.inline.clone();
+            }
+            record.get_or_insert(r);
+        }
+        let mut record = record.expect("newest exists");
+        record.inline = None;
+        Ok(Some(Found {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            stale: holders < width,
+            record,
+            inline,
+        }))
+    }
+
+    /// Streams the bytes `range` (inclusive start, exclusive end) of a found object.
+    pub fn read(&self, found: &Found, start: u64, end: u64) -> Result<ObjectStream> {
+        let rec = &found.record;
+        if found.stale {
+            self.inner.request_heal(self, &found.bucket, &found.key);
+        }
+        if rec.parts.len() == 1 && found.inline.iter().any(Option::is_some) {
+            let part = &rec.parts[0];
+            let codec = &self.inner.codec;
+            let mut bytes = Bytes::new();
+            if part.size > 0 {
+                let decoded = codec.decode(part.size as usize, found.inline.clone())?;
+                if !decoded.repaired.is_empty() {
+                    self.inner.request_heal(self, &found.bucket, &found.key);
+                }
+                bytes = Bytes::from(decoded.data).slice(start as usize..end as usize);
+            }
+            return Ok(Box::pin(futures::stream::once(async move { Ok(bytes) })));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, io::Error>>(2);
+        let store = self.clone();
+        let rec = rec.clone();
+        let (bucket, key) = (found.bucket.clone(), found.key.clone());
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let inner = &store.inner;
+            let mut damaged = false;
+            let mut offset = 0u64;
+            for part in &rec.parts {
+                let (p_start, p_end) = (offset, offset + part.size);
+                offset = p_end;
+                if p_end <= start || p_start >= end || part.size == 0 {
+                    continue;
+                }
+                let from = start.max(p_start) - p_start;
+                let to = end.min(p_end) - p_start;
+                let mut reader = PartReader::open(inner, &rec, part);
+                let result = reader.stream_range(from, to, |b| tx.blocking_send(Ok(b)).is_ok());
+                damaged |= reader.damaged;
+                if let Err(e) = result {
+                    let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
+                    break;
+                }
+            }
+            if damaged {
+                let _guard = handle.enter();
+                inner.request_heal(&store, &bucket, &key);
+            }
+        });
+        Ok(Box::pin(tokio_stream(rx)))
+    }
+}
+
+fn tokio_stream<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl Stream<Item = T> + Send + Sync {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Reads stripes of one data file, verifying checksums and decoding as needed.
+pub(crate) struct PartReader {
+    codec: Arc<Codec>,
+    geometry: Geometry,
+    drives: Vec<Option<Arc<Drive>>>,
+    files: Vec<Option<Option<File>>>,
+    data_id: String,
+    /// Whether any shard was found missing or corrupt.
+    pub damaged: bool,
+}
+
+impl PartReader {
+    pub(crate) fn open(inner: &Inner, rec: &ObjectRecord, part: &PartRef) -> Self {
+        let drives = inner
+            .resolve(&rec.drives)
+            .into_iter()
+            .map(|d| d.map(|d| inner.drives[d].clone()))
+            .collect();
+        let width = rec.k + rec.m;
+        let mut reader = Self {
+            codec: inner.codec.clone(),
+            geometry: rec.geometry(part),
+            drives,
+            files: (0..width).map(|_| None).collect(),
+            data_id: part.data_id.clone(),
+            damaged: false,
+        };
+        // open the data shards up front so a concurrent overwrite cannot unlink them mid-read
+        for i in 0..rec.k {
+            reader.file(i);
+        }
+        reader
+    }
+
+    fn file(&mut self, shard: usize) -> Option<&File> {
+        if self.files[shard].is_none() {
+            let f = self.drives[shard].as_ref().and_then(|d| {
+                d.open_shard(&self.data_id)
+                    .map_err(|e| tracing::warn!(error = %e, "shard open failed"))
+                    .ok()
+                    .flatten()
+            });
+            self.files[shard] = Some(f);
+        }
+        self.files[shard].as_ref().expect("set above").as_ref()
+    }
+
+    fn frame(&mut self, shard: usize, stripe: u64) -> Option<Vec<u8>> {
+        let (off, len) = self.geometry.frame(stripe);
+        let f = self.file(shard)?;
+        Drive::read_frame(f, off, len)
+            .map_err(|e| tracing::warn!(error = %e, "shard read failed"))
+            .ok()
+            .flatten()
+    }
+
+    /// Every frame of a stripe, read from all shards (used by repair).
+    pub(crate) fn all_frames(&mut self, stripe: u64) -> Vec<Option<Vec<u8>>> {
+        (0..self.files.len()).map(|i| self.frame(i, stripe)).collect()
+    }
+
+    pub(crate) fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// Decodes one stripe: data shards first, parity only when needed.
+    pub(crate) fn stripe(&mut self, s: u64) -> Result<Vec<u8>> {
+        let k = self.codec.redundancy().k;
+        let width = self.files.len();
+        let len = self.geometry.stripe_len(s);
+        let mut frames: Vec<Option<Vec<u8>>> = (0..k).map(|i| self.frame(i, s)).collect();
+        let intact = frames
+            .iter()
+            .all(|f| f.as_deref().is_some_and(ringstore_erasure::frame_is_intact));
+        if !intact {
+            self.damaged = true;
+            frames.extend((k..width).map(|i| self.frame(i, s)));
+            return Ok(self.codec.decode(len, frames)?.data);
+        }
+        let mut data = Vec::with_capacity(len);
+        for f in frames.iter().take(k) {
+            let f = f.as_deref().expect("intact");
+            data.extend_from_slice(&f[..f.len() - ringstore_erasure::CHECKSUM_LEN]);
+        }
+        data.truncate(len);
+        Ok(data)
+    }
+
+    /// Calls `emit` with the bytes `from..to` of the data file, stripe by stripe;
+    /// stops early when `emit` returns false (the reader went away).
+    fn stream_range(&mut self, from: u64, to: u64, mut emit: impl FnMut(Bytes) -> bool) -> Result<()> {
+        let block = self.geometry.block_size as u64;
+        for s in from / block..to.div_ceil(block) {
+            let data = Bytes::from(self.stripe(s)?);
+            let s_start = s * block;
+            let lo = (from.max(s_start) - s_start) as usize;
+            let hi = (to.min(s_start + data.len() as u64) - s_start) as usize;
+            if !emit(data.slice(lo..hi)) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,181 @@
+//! The metadata records kept in every drive's index.
+
+use std::collections::BTreeMap;
+
+use ringstore_erasure::{Geometry, Redundancy};
+use ringstore_store::Version;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BucketRecord {
+    pub name: String,
+    pub created_nanos: u64,
+}
+
+/// An additional checksum stored with an object (S3 `x-amz-checksum-*`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredChecksum {
+    /// `CRC32`, `CRC32C`, `CRC64NVME`, `SHA1` or `SHA256`.
+    pub algorithm: String,
+    /// Base64 of the digest (with `-N` for composite multipart checksums).
+    pub value: String,
+    /// `FULL_OBJECT` or `COMPOSITE`.
+    pub kind: String,
+}
+
+/// One erasure-coded data file of an object: the whole object, or one multipart part.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PartRef {
+    pub number: u32,
+    pub size: u64,
+    /// Hex MD5 of the part (without quotes).
+    pub etag: String,
+    pub data_id: String,
+    #[serde(default)]
+    pub checksum: Option<StoredChecksum>,
+}
+
+/// One version of an object as stored on one drive.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ObjectRecord {
+    #[serde(skip)]
+    pub version: Version,
+    pub deleted: bool,
+    pub size: u64,
+    /// ETag without quotes: hex MD5, or `hex-N` for multipart objects.
+    pub etag: String,
+    /// Standard headers: content-type, content-encoding, content-disposition,
+    /// cache-control, content-language, expires.
+    pub headers: BTreeMap<String, String>,
+    /// User metadata (`x-amz-meta-*`), names lower-cased without the prefix.
+    pub user_meta: BTreeMap<String, String>,
+    pub checksum: Option<StoredChecksum>,
+    pub k: usize,
+    pub m: usize,
+    pub block_size: usize,
+    pub codec: String,
+    /// Drive ids in shard order: shard `i` lives on `drives[i]`.
+    pub drives: Vec<String>,
+    pub parts: Vec<PartRef>,
+    /// This drive's shard index.
+    pub shard: usize,
+    /// This drive's shard frames when the object is stored inline.
+    #[serde(with = "serde_bytes_opt")]
+    pub inline: Option<Vec<u8>>,
+}
+
+impl ObjectRecord {
+    pub fn redundancy(&self) -> Redundancy {
+        Redundancy { k: self.k, m: self.m }
+    }
+
+    pub fn geometry(&self, part: &PartRef) -> Geometry {
+        Geometry {
+            redundancy: self.redundancy(),
+            block_size: self.block_size,
+            size: part.size,
+        }
+    }
+
+    pub fn modified_nanos(&self) -> u64 {
+        self.version.ts_nanos
+    }
+
+    /// Encodes with the version in front, as [`ringstore_store::Op::PutIfNewer`] expects.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut v = self.version.to_bytes().to_vec();
+        v.extend_from_slice(&crate::rmp_encode(self));
+        v
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
+        let version = Version::from_bytes(bytes).ok_or_else(|| Error::Internal("short record".into()))?;
+        let mut rec: ObjectRecord = crate::rmp_decode(&bytes[Version::LEN..])?;
+        rec.version = version;
+        Ok(rec)
+    }
+
+    /// The same record as it must be stored on the drive holding shard `shard`.
+    pub(crate) fn for_shard(&self, shard: usize, inline: Option<Vec<u8>>) -> Self {
+        Self {
+            shard,
+            inline,
+            ..self.clone()
+        }
+    }
+}
+
+/// Stores inline frames as a msgpack binary rather than an array of integers.
+mod serde_bytes_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&Bytes(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<ByteBuf>::deserialize(d).map(|o| o.map(|b| b.0))
+    }
+
+    struct Bytes<'a>(&'a [u8]);
+    impl serde::Serialize for Bytes<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+
+    struct ByteBuf(Vec<u8>);
+    impl<'de> Deserialize<'de> for ByteBuf {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl serde::de::Visitor<'_> for V {
+                type Value = ByteBuf;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("bytes")
+                }
+                fn visit_bytes<E>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v.to_vec()))
+                }
+                fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v))
+                }
+            }
+            d.deserialize_bytes(V)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_roundtrip_keeps_version_and_inline_bytes() {
+        let rec = ObjectRecord {
+            version: Version { ts_nanos: 42, id: 9 },
+            deleted: false,
+            size: 3,
+            etag: "abc".into(),
+            headers: [("content-type".to_string(), "text/plain".to_string())].into(),
+            user_meta: BTreeMap::new(),
+            checksum: None,
+            k: 2,
+            m: 2,
+            block_size: 1024,
+            codec: ringstore_erasure::CODEC_ID.into(),
+            drives: vec!["a".into(), "b".into()],
+            parts: vec![],
+            shard: 1,
+            inline: Some(vec![1, 2, 3, 255]),
+        };
+        let bytes = rec.encode();
+        assert_eq!(ObjectRecord::decode(&bytes).unwrap(), rec);
+        // inline bytes are stored compactly, not as an integer array
+        assert!(bytes.len() < 200, "{}", bytes.len());
+    }
+}

@@ -1,0 +1,388 @@
+//! The write path: stream a body into erasure-coded shards, then commit its record.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use md5::{Digest, Md5};
+use ringstore_erasure::CODEC_ID;
+use ringstore_store::{Drive, Op, ShardWriter, Table};
+
+use crate::record::{ObjectRecord, PartRef, StoredChecksum};
+use crate::{BLOCK_SIZE, Error, INLINE_MAX, Inner, ObjectStore, Result, object_key};
+
+/// A request body: chunks of bytes, or the reason reading failed.
+pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
+
+/// Called once the whole body has been read, with its MD5 and size, before anything is
+/// committed. Returns the additional checksum to store, or an error that aborts the write.
+pub type Verify = Box<dyn FnOnce(&[u8; 16], u64) -> Result<Option<StoredChecksum>> + Send>;
+
+/// Checked against the current version right before commit (conditional writes).
+pub type Precondition = Box<dyn FnOnce(Option<&ObjectRecord>) -> Result<()> + Send>;
+
+/// The metadata of an object being written.
+#[derive(Debug, Clone, Default)]
+pub struct NewObject {
+    pub headers: BTreeMap<String, String>,
+    pub user_meta: BTreeMap<String, String>,
+}
+
+/// What the data writer produced.
+pub(crate) struct Written {
+    pub size: u64,
+    pub md5: [u8; 16],
+    /// Frames per shard when the data is small enough to live in the records.
+    pub inline: Option<Vec<Vec<u8>>>,
+    /// Which shards were durably written.
+    pub ok: Vec<bool>,
+}
+
+enum Msg {
+    Stripe(Vec<u8>),
+    Finish,
+}
+
+impl ObjectStore {
+    /// Stores an object, replacing any older version of the key.
+    pub async fn put_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        new: NewObject,
+        body: BodyStream,
+        verify: Verify,
+        precondition: Option<Precondition>,
+    ) -> Result<ObjectRecord> {
+        self.require_bucket(bucket).await?;
+        let inner = &self.inner;
+        let drives = inner.partition_drives(bucket, key);
+        let version = inner.now();
+        let data_id = version.hex();
+        let written = inner.write_data(&drives, &data_id, body, true).await?;
+        let record = ObjectRecord {
+            version,
+            deleted: false,
+            size: written.size,
+            etag: hex::encode(written.md5),
+            headers: new.headers,
+            user_meta: new.user_meta,
+            checksum: None,
+            k: inner.codec.redundancy().k,
+            m: inner.codec.redundancy().m,
+            block_size: BLOCK_SIZE,
+            codec: CODEC_ID.to_string(),
+            drives: drives.iter().map(|d| inner.drives[*d].id().to_string()).collect(),
+            parts: vec![PartRef {
+                number: 0,
+                size: written.size,
+                etag: hex::encode(written.md5),
+                data_id: data_id.clone(),
+                checksum: None,
+            }],
+            shard: 0,
+            inline: None,
+        };
+        let checked = verify(&written.md5, written.size).and_then(|checksum| {
+            if let Some(pre) = precondition {
+                let current = self.lookup(bucket, key)?.filter(|f| !f.record.deleted);
+                pre(current.as_ref().map(|f| &f.record))?;
+            }
+            Ok(checksum)
+        });
+        let checksum = match checked {
+            Ok(c) => c,
+            Err(e) => {
+                if written.inline.is_none() {
+                    inner.delete_data(&record.drives, &data_id).await;
+                }
+                return Err(e);
+            }
+        };
+        let record = ObjectRecord { checksum, ..record };
+        self.commit_version(bucket, key, &record, written.inline, &written.ok)
+            .await?;
+        Ok(record)
+    }
+
+    /// Commits `record` as the newest version of `bucket/key` and retires what it replaced.
+    pub(crate) async fn commit_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        record: &ObjectRecord,
+        inline: Option<Vec<Vec<u8>>>,
+        ok: &[bool],
+    ) -> Result<()> {
+        let inner = &self.inner;
+        let previous = self.lookup(bucket, key).ok().flatten();
+        let okey = object_key(bucket, key);
+        let slots = inner.resolve(&record.drives);
+        let commits = slots
+            .iter()
+            .enumerate()
+            .filter(|(i, d)| d.is_some() && ok[*i])
+            .map(|(i, d)| {
+                let frame = inline.as_ref().map(|f| f[i].clone());
+                let value = record.for_shard(i, frame).encode();
+                inner.drives[d.expect("filtered")].commit(vec![Op::PutIfNewer {
+                    table: Table::Objects,
+                    key: okey.clone(),
+                    value,
+                }])
+            });
+        let results = futures::future::join_all(commits).await;
+        let acked = results.iter().filter(|r| r.is_ok()).count();
+        let need = record.redundancy().write_quorum();
+        if acked < need {
+            for e in results.into_iter().filter_map(|r| r.err()) {
+                tracing::warn!(error = %e, "object record write failed");
+            }
+            for p in &record.parts {
+                inner.delete_data(&record.drives, &p.data_id).await;
+            }
+            return Err(Error::Quorum(format!(
+                "record written on {acked} drives, {need} needed"
+            )));
+        }
+        // The data of the version this one replaced is no longer reachable. Readers that
+        // already opened its shard files keep reading them (unlinked files stay readable).
+        if let Some(prev) = previous.filter(|p| p.record.version < record.version) {
+            for p in &prev.record.parts {
+                inner.delete_data(&prev.record.drives, &p.data_id).await;
+            }
+        }
+        // A concurrent writer with a newer version may have won; then ours is garbage.
+        if let Ok(Some(now)) = self.lookup(bucket, key)
+            && now.record.version > record.version
+        {
+            for p in &record.parts {
+                inner.delete_data(&record.drives, &p.data_id).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// Streams `body` into shards of `data_id` on `drives` (in shard order).
+    pub(crate) async fn write_data(
+        &self,
+        drives: &[usize],
+        data_id: &str,
+        mut body: BodyStream,
+        allow_inline: bool,
+    ) -> Result<Written> {
+        let mut stripe = Vec::with_capacity(BLOCK_SIZE);
+        let mut first_full = false;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(Error::Body)?;
+            if stripe.len() + chunk.len() > BLOCK_SIZE {
+                first_full = true;
+                let take = BLOCK_SIZE - stripe.len();
+                stripe.extend_from_slice(&chunk[..take]);
+                let rest = chunk.slice(take..);
+                body = Box::pin(futures::stream::once(async move { Ok(rest) }).chain(body));
+                break;
+            }
+            stripe.extend_from_slice(&chunk);
+        }
+        let width = self.codec.redundancy().width();
+        if !first_full && allow_inline && stripe.len() as u64 <= INLINE_MAX {
+            let md5: [u8; 16] = Md5::digest(&stripe).into();
+            let frames = if stripe.is_empty() {
+                vec![Vec::new(); width]
+            } else {
+                self.codec.encode(&stripe)
+            };
+            return Ok(Written {
+                size: stripe.len() as u64,
+                md5,
+                inline: Some(frames),
+                ok: vec![true; width],
+            });
+        }
+
+        let targets: Vec<Arc<Drive>> = drives.iter().map(|d| self.drives[*d].clone()).collect();
+        let codec = self.codec.clone();
+        let id = data_id.to_string();
+        let need = self.codec.redundancy().write_quorum();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(2);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut writers: Vec<Option<ShardWriter>> = targets
+                .iter()
+                .map(|d| {
+                    d.create_shard(&id)
+                        .map_err(|e| tracing::warn!(error = %e, "cannot create shard"))
+                        .ok()
+                })
+                .collect();
+            let mut md5 = Md5::new();
+            let mut size = 0u64;
+            loop {
+                match rx.blocking_recv() {
+                    Some(Msg::Stripe(data)) => {
+                        md5.update(&data);
+                        size += data.len() as u64;
+                        for (w, frame) in writers.iter_mut().zip(codec.encode(&data)) {
+                            if let Some(sw) = w
+                                && let Err(e) = sw.write(&frame)
+                            {
+                                tracing::warn!(error = %e, "shard write failed");
+                                *w = None;
+                            }
+                        }
+                    }
+                    Some(Msg::Finish) => break,
+                    None => return Err(Error::Body("request body aborted".into())),
+                }
+            }
+            let ok = finish_all(writers);
+            let acked = ok.iter().filter(|o| **o).count();
+            if acked < need {
+                return Err(Error::Quorum(format!(
+                    "{acked} shards written durably, {need} needed"
+                )));
+            }
+            Ok(Written {
+                size,
+                md5: md5.finalize().into(),
+                inline: None,
+                ok,
+            })
+        });
+
+        let fed: Result<()> = async {
+            let send = |m| async {
+                tx.send(m)
+                    .await
+                    .map_err(|_| Error::Internal("shard writer stopped".into()))
+            };
+            if !stripe.is_empty() {
+                let full = std::mem::replace(&mut stripe, Vec::with_capacity(BLOCK_SIZE));
+                send(Msg::Stripe(full)).await?;
+            }
+            while let Some(chunk) = body.next().await {
+                let mut chunk = chunk.map_err(Error::Body)?;
+                while !chunk.is_empty() {
+                    let take = (BLOCK_SIZE - stripe.len()).min(chunk.len());
+                    stripe.extend_from_slice(&chunk.split_to(take));
+                    if stripe.len() == BLOCK_SIZE {
+                        let full = std::mem::replace(&mut stripe, Vec::with_capacity(BLOCK_SIZE));
+                        send(Msg::Stripe(full)).await?;
+                    }
+                }
+            }
+            if !stripe.is_empty() {
+                send(Msg::Stripe(std::mem::take(&mut stripe))).await?;
+            }
+            send(Msg::Finish).await
+        }
+        .await;
+        drop(tx);
+        let written = writer.await.map_err(|e| Error::Internal(e.to_string()))?;
+        match fed {
+            // the writer's own error explains a stopped writer better than the send failure
+            Err(Error::Internal(_)) => written.and(Err(Error::Internal("shard writer stopped".into()))),
+            Err(e) => Err(e),
+            Ok(()) => written,
+        }
+    }
+
+    /// Removes the shards of `data_id` from the drives named by `drive_ids`.
+    pub(crate) async fn delete_data(&self, drive_ids: &[String], data_id: &str) {
+        let targets: Vec<Arc<Drive>> = self
+            .resolve(drive_ids)
+            .into_iter()
+            .flatten()
+            .map(|d| self.drives[d].clone())
+            .collect();
+        let id = data_id.to_string();
+        let _ = tokio::task::spawn_blocking(move || {
+            for d in targets {
+                if let Err(e) = d.delete_shard(&id) {
+                    tracing::warn!(error = %e, "could not remove a shard");
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Makes every open shard durable in parallel; returns which ones succeeded.
+fn finish_all(writers: Vec<Option<ShardWriter>>) -> Vec<bool> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = writers
+            .into_iter()
+            .map(|w| {
+                s.spawn(move || match w {
+                    Some(w) => w
+                        .finish()
+                        .map_err(|e| tracing::warn!(error = %e, "shard fsync failed"))
+                        .is_ok(),
+                    None => false,
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(false)).collect()
+    })
+}
+
+impl ObjectStore {
+    /// Deletes the newest version of an object. Deleting a missing key succeeds, as in S3.
+    pub async fn delete_object(&self, bucket: &str, key: &str) -> Result<()> {
+        self.require_bucket(bucket).await?;
+        let Some(prev) = self.lookup(bucket, key)? else {
+            return Ok(());
+        };
+        if prev.record.deleted {
+            return Ok(());
+        }
+        let inner = &self.inner;
+        let drives = inner.partition_drives(bucket, key);
+        let marker = ObjectRecord {
+            version: inner.now(),
+            deleted: true,
+            size: 0,
+            etag: String::new(),
+            headers: BTreeMap::new(),
+            user_meta: BTreeMap::new(),
+            checksum: None,
+            k: inner.codec.redundancy().k,
+            m: inner.codec.redundancy().m,
+            block_size: BLOCK_SIZE,
+            codec: CODEC_ID.to_string(),
+            drives: drives.iter().map(|d| inner.drives[*d].id().to_string()).collect(),
+            parts: vec![],
+            shard: 0,
+            inline: None,
+        };
+        let okey = object_key(bucket, key);
+        let value = marker.encode();
+        let results = futures::future::join_all(drives.iter().map(|d| {
+            inner.drives[*d].commit(vec![Op::PutIfNewer {
+                table: Table::Objects,
+                key: okey.clone(),
+                value: value.clone(),
+            }])
+        }))
+        .await;
+        let acked = results.iter().filter(|r| r.is_ok()).count();
+        let need = marker.redundancy().write_quorum();
+        if acked < need {
+            return Err(Error::Quorum(format!(
+                "deletion recorded on {acked} drives, {need} needed"
+            )));
+        }
+        for p in &prev.record.parts {
+            inner.delete_data(&prev.record.drives, &p.data_id).await;
+        }
+        // the marker only needs to outlive drives that missed it; drop it once all have it
+        if acked == drives.len() {
+            self.drop_marker_everywhere(&okey, &marker).await;
+        }
+        Ok(())
+    }
+}

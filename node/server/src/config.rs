@@ -1,0 +1,99 @@
+//! Command-line flags (each also settable from the environment) and logging set-up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ringstore_ring::Redundancy;
+
+/// Ringstore: an S3-compatible object store.
+#[derive(Debug, Parser)]
+#[command(name = "ringstore", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the S3 API from local drive folders.
+    Server(ServerArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// A drive folder; repeat once per drive (created when missing). With several drives,
+    /// objects are erasure coded across them.
+    #[arg(
+        long = "data",
+        env = "RINGSTORE_DATA",
+        value_delimiter = ',',
+        default_value = "./data"
+    )]
+    pub data: Vec<PathBuf>,
+
+    /// Address to serve S3 and the health endpoints on.
+    #[arg(long, env = "RINGSTORE_ADDRESS", default_value = "127.0.0.1:9000")]
+    pub address: SocketAddr,
+
+    /// Base domain for virtual-hosted-style requests (`bucket.DOMAIN`); repeatable.
+    /// Path-style requests are always accepted.
+    #[arg(long = "domain", env = "RINGSTORE_DOMAIN", value_delimiter = ',')]
+    pub domains: Vec<String>,
+
+    /// Region reported to clients and expected in signatures' scope.
+    #[arg(long, env = "RINGSTORE_REGION", default_value = "us-east-1")]
+    pub region: String,
+
+    /// Erasure code as DATA+PARITY shards (for example 2+2). Default: chosen from the
+    /// number of drives (1 drive: 1+0, 2: 1+1, 3: 2+1, 4: 2+2, 6: 4+2, ...).
+    #[arg(long, env = "RINGSTORE_REDUNDANCY", value_parser = parse_redundancy)]
+    pub redundancy: Option<Redundancy>,
+
+    /// This node's name in logs and status.
+    #[arg(long, env = "RINGSTORE_NODE_NAME", default_value = "ringstore-0")]
+    pub node_name: String,
+
+    /// Seconds between background scrubs that verify every shard and repair damage
+    /// (0 disables the periodic scrub; damage found by reads is still repaired).
+    #[arg(long, env = "RINGSTORE_SCRUB_INTERVAL", default_value_t = 86_400)]
+    pub scrub_interval: u64,
+
+    /// Most objects the scrubber checks per second.
+    #[arg(long, env = "RINGSTORE_SCRUB_RATE", default_value_t = 200)]
+    pub scrub_rate: u32,
+
+    /// Log format.
+    #[arg(long, env = "RINGSTORE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Seconds to let in-flight requests finish after SIGTERM before exiting.
+    #[arg(long, env = "RINGSTORE_SHUTDOWN_GRACE", default_value_t = 30)]
+    pub shutdown_grace: u64,
+}
+
+fn parse_redundancy(s: &str) -> Result<Redundancy, String> {
+    s.parse().map_err(|e: ringstore_ring::Error| e.to_string())
+}
+
+/// Logs go to stderr; the level comes from `RUST_LOG` (default `info`).
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,s3s=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

@@ -1,0 +1,90 @@
+//! The S3 credentials: from the environment, or generated once and kept on the first drive.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde_json::json;
+
+pub struct Credentials {
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+const ACCESS_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+const SECRET_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn random_string(alphabet: &[u8], len: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
+        .collect()
+}
+
+/// Reads `RINGSTORE_ACCESS_KEY` / `RINGSTORE_SECRET_KEY`; when both are unset, loads the
+/// keys stored under `drive`, generating and printing them once on first start.
+pub fn load(drive: &Path) -> anyhow::Result<Credentials> {
+    let env = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+    match (env("RINGSTORE_ACCESS_KEY"), env("RINGSTORE_SECRET_KEY")) {
+        (Some(access_key), Some(secret_key)) => {
+            if access_key.len() < 3 {
+                bail!("RINGSTORE_ACCESS_KEY must be at least 3 characters");
+            }
+            if secret_key.len() < 8 {
+                bail!("RINGSTORE_SECRET_KEY must be at least 8 characters");
+            }
+            return Ok(Credentials {
+                access_key,
+                secret_key,
+            });
+        }
+        (Some(_), None) => {
+            bail!("RINGSTORE_ACCESS_KEY is set but RINGSTORE_SECRET_KEY is not; set both or neither")
+        }
+        (None, Some(_)) => {
+            bail!("RINGSTORE_SECRET_KEY is set but RINGSTORE_ACCESS_KEY is not; set both or neither")
+        }
+        (None, None) => {}
+    }
+    let path = drive.join(".ringstore").join("credentials.json");
+    if let Ok(bytes) = fs::read(&path) {
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))?;
+        let get = |k: &str| v.get(k).and_then(|s| s.as_str()).map(str::to_string);
+        if let (Some(access_key), Some(secret_key)) = (get("access_key"), get("secret_key")) {
+            return Ok(Credentials {
+                access_key,
+                secret_key,
+            });
+        }
+        bail!("{} lacks access_key or secret_key", path.display());
+    }
+    let creds = Credentials {
+        access_key: random_string(ACCESS_ALPHABET, 20),
+        secret_key: random_string(SECRET_ALPHABET, 40),
+    };
+    let body = json!({ "access_key": creds.access_key, "secret_key": creds.secret_key });
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(serde_json::to_string_pretty(&body)?.as_bytes())?;
+    f.sync_all()?;
+    fs::rename(&tmp, &path)?;
+    eprintln!(
+        "\nGenerated S3 credentials (stored in {}; shown only once):\n  \
+         AWS_ACCESS_KEY_ID={}\n  AWS_SECRET_ACCESS_KEY={}\n\
+         Set RINGSTORE_ACCESS_KEY and RINGSTORE_SECRET_KEY to choose your own.\n",
+        path.display(),
+        creds.access_key,
+        creds.secret_key
+    );
+    Ok(creds)
+}

@@ -1,0 +1,125 @@
+//! The HTTP surface: health endpoints beside the S3 service, request ids, and complete S3
+//! error documents (Resource and RequestId added to every XML error).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use http_body_util::BodyExt;
+use s3s::service::S3Service;
+
+/// Whether the node is ready to serve (set once start-up has finished, cleared on shutdown).
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::SeqCst);
+    }
+}
+
+pub fn router(s3: S3Service, ready: Readiness) -> Router {
+    let s3 = tower::service_fn(move |req: Request| {
+        let s3 = s3.clone();
+        async move {
+            let resp = match s3.call(req.map(s3s::Body::http_body_unsync)).await {
+                Ok(resp) => resp.map(Body::new),
+                Err(e) => {
+                    tracing::error!(error = ?e, "S3 service failed");
+                    StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                }
+            };
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    Router::new()
+        .route("/health/live", get(|| async { "ok" }))
+        .route("/health/ready", get(health_ready))
+        .with_state(ready)
+        .fallback_service(s3)
+        .layer(axum::middleware::from_fn(request_id))
+}
+
+async fn health_ready(State(ready): State<Readiness>) -> Response {
+    if ready.0.load(Ordering::SeqCst) {
+        "ready".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+fn new_request_id() -> String {
+    hex::encode_upper(rand::random::<[u8; 8]>())
+}
+
+/// Tags every response with `x-amz-request-id` and completes XML error documents.
+async fn request_id(req: Request, next: Next) -> Response {
+    let id = new_request_id();
+    let resource = req.uri().path().to_string();
+    let is_head = req.method() == http::Method::HEAD;
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-amz-request-id", v);
+    }
+    let is_xml = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/xml"));
+    if !resp.status().is_client_error() && !resp.status().is_server_error() || !is_xml || is_head {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Ok(collected) = http_body_util::Limited::new(body, 64 * 1024).collect().await else {
+        return Response::from_parts(parts, Body::empty());
+    };
+    let xml = collected.to_bytes();
+    let completed = complete_error(&xml, &resource, &id)
+        .map(Bytes::from)
+        .unwrap_or(xml);
+    parts
+        .headers
+        .insert(http::header::CONTENT_LENGTH, HeaderValue::from(completed.len()));
+    Response::from_parts(parts, Body::from(completed))
+}
+
+/// Adds `<Resource>` and `<RequestId>` to an S3 `<Error>` document when missing.
+fn complete_error(xml: &[u8], resource: &str, id: &str) -> Option<String> {
+    let text = std::str::from_utf8(xml).ok()?;
+    let end = text.rfind("</Error>")?;
+    let mut extra = String::new();
+    if !text.contains("<Resource>") {
+        extra.push_str(&format!("<Resource>{}</Resource>", escape(resource)));
+    }
+    if !text.contains("<RequestId>") {
+        extra.push_str(&format!("<RequestId>{id}</RequestId>"));
+    }
+    Some(format!("{}{}{}", &text[..end], extra, &text[end..]))
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_document_gets_resource_and_request_id() {
+        let xml = b"<?xml version=\"1.0\"?><Error><Code>NoSuchKey</Code><Message>m</Message></Error>";
+        let out = complete_error(xml, "/b/a&b", "ABC").unwrap();
+        assert!(
+            out.ends_with("<Resource>/b/a&amp;b</Resource><RequestId>ABC</RequestId></Error>"),
+            "{out}"
+        );
+        assert!(complete_error(b"<ListBucketResult/>", "/", "x").is_none());
+    }
+}

@@ -1,0 +1,577 @@
+//! One drive: its identity, its metadata index with group commit, and its shard files.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::SystemTime;
+
+use redb::{Database, ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use crate::table::{Op, Table, Version};
+use crate::{Error, Result};
+
+const FORMAT: u32 = 1;
+/// Most operations one group commit applies in a single transaction.
+const MAX_BATCH: usize = 512;
+
+/// What is written on a drive when it is formatted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DriveInfo {
+    pub format: u32,
+    pub drive_id: String,
+}
+
+type Reply = tokio_oneshot::Sender<Result<()>>;
+
+/// A formatted drive, open for reads and writes.
+pub struct Drive {
+    root: PathBuf,
+    info: DriveInfo,
+    db: std::sync::Arc<Database>,
+    commits: mpsc::SyncSender<(Vec<Op>, Reply)>,
+}
+
+impl std::fmt::Debug for Drive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Drive")
+            .field("root", &self.root)
+            .field("id", &self.info.drive_id)
+            .finish()
+    }
+}
+
+impl Drive {
+    /// Opens the drive at `root`, formatting it when it holds no Ringstore data yet.
+    pub fn open(root: impl AsRef<Path>) -> Result<Drive> {
+        let root = root.as_ref().to_path_buf();
+        let display = root.display().to_string();
+        let io_err = |source| Error::Io {
+            path: display.clone(),
+            source,
+        };
+        let sys = root.join(".ringstore");
+        fs::create_dir_all(sys.join("data")).map_err(io_err)?;
+        let info_path = sys.join("drive.json");
+        let info = match fs::read(&info_path) {
+            Ok(bytes) => {
+                let info: DriveInfo = serde_json::from_slice(&bytes).map_err(|e| Error::Unusable {
+                    path: display.clone(),
+                    reason: format!("drive.json is damaged: {e}"),
+                })?;
+                if info.format != FORMAT {
+                    return Err(Error::Unusable {
+                        path: display,
+                        reason: format!("unknown drive format {}", info.format),
+                    });
+                }
+                info
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let info = DriveInfo {
+                    format: FORMAT,
+                    drive_id: hex::encode(rand::random::<[u8; 16]>()),
+                };
+                for i in 0..=255u8 {
+                    fs::create_dir_all(sys.join("data").join(format!("{i:02x}"))).map_err(io_err)?;
+                }
+                sync_dir(&sys.join("data")).map_err(io_err)?;
+                write_atomic(
+                    &info_path,
+                    &serde_json::to_vec_pretty(&info).expect("serialisable"),
+                )
+                .map_err(io_err)?;
+                info
+            }
+            Err(e) => return Err(io_err(e)),
+        };
+        let index_err = |e: redb::Error| Error::Index {
+            path: display.clone(),
+            source: Box::new(e),
+        };
+        let db = Database::create(sys.join("meta.redb")).map_err(|e| index_err(e.into()))?;
+        {
+            let txn = db.begin_write().map_err(|e| index_err(e.into()))?;
+            for t in Table::ALL {
+                txn.open_table(t.def()).map_err(|e| index_err(e.into()))?;
+            }
+            txn.commit().map_err(|e| index_err(e.into()))?;
+        }
+        let db = std::sync::Arc::new(db);
+        let (tx, rx) = mpsc::sync_channel(4096);
+        let committer_db = db.clone();
+        let committer_path = display.clone();
+        std::thread::Builder::new()
+            .name(format!("commit-{}", &info.drive_id[..8]))
+            .spawn(move || group_commit(&committer_db, &committer_path, rx))
+            .map_err(io_err)?;
+        Ok(Drive {
+            root,
+            info,
+            db,
+            commits: tx,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.info.drive_id
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn index_err(&self, e: impl Into<redb::Error>) -> Error {
+        Error::Index {
+            path: self.root.display().to_string(),
+            source: Box::new(e.into()),
+        }
+    }
+
+    fn io_err(&self, source: io::Error) -> Error {
+        Error::Io {
+            path: self.root.display().to_string(),
+            source,
+        }
+    }
+
+    /// Commits `ops` atomically and durably. Concurrent callers share transactions.
+    pub async fn commit(&self, ops: Vec<Op>) -> Result<()> {
+        let (tx, rx) = tokio_oneshot::channel();
+        let closed = || Error::Closed(self.root.display().to_string());
+        self.commits.send((ops, tx)).map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    /// Reads one value.
+    pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read().map_err(|e| self.index_err(e))?;
+        let t = txn.open_table(table.def()).map_err(|e| self.index_err(e))?;
+        let v = t.get(key).map_err(|e| self.index_err(e))?;
+        Ok(v.map(|g| g.value().to_vec()))
+    }
+
+    /// Reads up to `limit` entries with keys starting with `prefix`, beginning after `after`
+    /// (exclusive) when given, in key order.
+    pub fn scan(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let txn = self.db.begin_read().map_err(|e| self.index_err(e))?;
+        let t = txn.open_table(table.def()).map_err(|e| self.index_err(e))?;
+        let start: &[u8] = match after {
+            Some(a) if a > prefix => a,
+            _ => prefix,
+        };
+        let mut out = Vec::new();
+        for entry in t.range::<&[u8]>(start..).map_err(|e| self.index_err(e))? {
+            let (k, v) = entry.map_err(|e| self.index_err(e))?;
+            let k = k.value();
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            if after.is_some_and(|a| k <= a) {
+                continue;
+            }
+            out.push((k.to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn shard_path(&self, data_id: &str) -> PathBuf {
+        let dir = data_id.get(data_id.len().saturating_sub(2)..).unwrap_or("00");
+        self.root.join(".ringstore").join("data").join(dir).join(data_id)
+    }
+
+    /// Starts writing the shard of data file `data_id` held by this drive.
+    pub fn create_shard(&self, data_id: &str) -> Result<ShardWriter> {
+        let path = self.shard_path(data_id);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| self.io_err(e))?;
+        Ok(ShardWriter {
+            file: Some(file),
+            path,
+            rename_to: None,
+            done: false,
+        })
+    }
+
+    /// Starts writing a replacement for a shard; it takes the shard's place atomically
+    /// when finished, and leaves the old one untouched when not.
+    pub fn replace_shard(&self, data_id: &str) -> Result<ShardWriter> {
+        let target = self.shard_path(data_id);
+        let path = target.with_extension(format!("repair-{}", hex::encode(rand::random::<[u8; 6]>())));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| self.io_err(e))?;
+        Ok(ShardWriter {
+            file: Some(file),
+            path,
+            rename_to: Some(target),
+            done: false,
+        })
+    }
+
+    /// Opens a shard for reading; `Ok(None)` when the file does not exist.
+    pub fn open_shard(&self, data_id: &str) -> Result<Option<File>> {
+        match File::open(self.shard_path(data_id)) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io_err(e)),
+        }
+    }
+
+    /// Reads `len` bytes at `offset` of an open shard; `None` when the file is too short.
+    pub fn read_frame(file: &File, offset: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
+        let mut buf = vec![0u8; len];
+        match file.read_exact_at(&mut buf, offset) {
+            Ok(()) => Ok(Some(buf)),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes a single frame at `offset` of an existing shard (used by repair of one stripe).
+    pub fn patch_shard(&self, data_id: &str, offset: u64, frame: &[u8]) -> Result<()> {
+        let path = self.shard_path(data_id);
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| self.io_err(e))?;
+        f.write_all_at(frame, offset).map_err(|e| self.io_err(e))?;
+        f.sync_data().map_err(|e| self.io_err(e))
+    }
+
+    /// Removes a shard file; missing files are fine.
+    pub fn delete_shard(&self, data_id: &str) -> Result<()> {
+        match fs::remove_file(self.shard_path(data_id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io_err(e)),
+        }
+    }
+
+    /// Every shard file on the drive older than `before`, as data ids. Repair temporaries
+    /// left by a crash are removed on the way.
+    pub fn shards_older_than(&self, before: SystemTime) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        let data = self.root.join(".ringstore").join("data");
+        for dir in fs::read_dir(&data).map_err(|e| self.io_err(e))? {
+            let dir = dir.map_err(|e| self.io_err(e))?;
+            if !dir.file_type().map_err(|e| self.io_err(e))?.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(dir.path()).map_err(|e| self.io_err(e))? {
+                let f = f.map_err(|e| self.io_err(e))?;
+                let name = f.file_name().to_string_lossy().into_owned();
+                let modified = f
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map_err(|e| self.io_err(e))?;
+                if modified >= before {
+                    continue;
+                }
+                if name.contains(".repair-") {
+                    let _ = fs::remove_file(f.path());
+                } else {
+                    ids.push(name);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Bytes used and available on the file system holding the drive.
+    pub fn usage(&self) -> Option<(u64, u64)> {
+        let out = std::process::Command::new("df")
+            .arg("-Pk")
+            .arg(&self.root)
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let fields: Vec<&str> = text.lines().nth(1)?.split_whitespace().collect();
+        let used: u64 = fields.get(2)?.parse().ok()?;
+        let avail: u64 = fields.get(3)?.parse().ok()?;
+        Some((used * 1024, avail * 1024))
+    }
+}
+
+/// A shard being written. Dropping it without [`ShardWriter::finish`] removes the file.
+pub struct ShardWriter {
+    file: Option<File>,
+    path: PathBuf,
+    rename_to: Option<PathBuf>,
+    done: bool,
+}
+
+impl ShardWriter {
+    pub fn write(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.file.as_mut().expect("open until finished").write_all(frame)
+    }
+
+    /// Makes the shard durable: data, then the directory entry.
+    pub fn finish(mut self) -> io::Result<()> {
+        let file = self.file.take().expect("finished once");
+        file.sync_data()?;
+        drop(file);
+        if let Some(target) = &self.rename_to {
+            fs::rename(&self.path, target)?;
+        }
+        sync_dir(self.path.parent().expect("shard has a parent"))?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for ShardWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn group_commit(db: &Database, path: &str, rx: mpsc::Receiver<(Vec<Op>, Reply)>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        let mut ops = batch[0].0.len();
+        while ops < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(next) => {
+                    ops += next.0.len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let result = apply(db, batch.iter().flat_map(|(ops, _)| ops.iter()));
+        for (_, reply) in batch {
+            let r = result.as_ref().map(|_| ()).map_err(|e| Error::Unusable {
+                path: path.to_string(),
+                reason: format!("metadata commit failed: {e}"),
+            });
+            let _ = reply.send(r);
+        }
+    }
+}
+
+fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut tables: Vec<redb::Table<&[u8], &[u8]>> = Table::ALL
+            .iter()
+            .map(|t| txn.open_table(t.def()))
+            .collect::<Result<_, _>>()?;
+        let idx = |t: &Table| Table::ALL.iter().position(|x| x == t).expect("known table");
+        for op in ops {
+            match op {
+                Op::PutIfNewer { table, key, value } => {
+                    let t = &mut tables[idx(table)];
+                    let newer = match t.get(key.as_slice())? {
+                        Some(old) => Version::from_bytes(old.value()) < Version::from_bytes(value),
+                        None => true,
+                    };
+                    if newer {
+                        t.insert(key.as_slice(), value.as_slice())?;
+                    }
+                }
+                Op::Put { table, key, value } => {
+                    tables[idx(table)].insert(key.as_slice(), value.as_slice())?;
+                }
+                Op::Delete { table, key } => {
+                    tables[idx(table)].remove(key.as_slice())?;
+                }
+                Op::DeleteIfVersion { table, key, version } => {
+                    let t = &mut tables[idx(table)];
+                    let same = t
+                        .get(key.as_slice())?
+                        .is_some_and(|v| Version::from_bytes(v.value()) == Some(*version));
+                    if same {
+                        t.remove(key.as_slice())?;
+                    }
+                }
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn write_atomic(path: &Path, content: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    f.write_all(content)?;
+    f.sync_data()?;
+    fs::rename(&tmp, path)?;
+    sync_dir(path.parent().expect("has a parent"))
+}
+
+/// A minimal one-shot channel so the storage layer does not depend on an async runtime.
+mod tokio_oneshot {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll, Waker};
+
+    struct Slot<T> {
+        value: Option<T>,
+        closed: bool,
+        waker: Option<Waker>,
+    }
+
+    pub struct Sender<T>(Arc<Mutex<Slot<T>>>);
+    pub struct Receiver<T>(Arc<Mutex<Slot<T>>>);
+
+    pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
+        let slot = Arc::new(Mutex::new(Slot {
+            value: None,
+            closed: false,
+            waker: None,
+        }));
+        (Sender(slot.clone()), Receiver(slot))
+    }
+
+    impl<T> Sender<T> {
+        pub fn send(self, value: T) -> Result<(), T> {
+            let mut s = self.0.lock().expect("not poisoned");
+            s.value = Some(value);
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+            Ok(())
+        }
+    }
+
+    impl<T> Drop for Sender<T> {
+        fn drop(&mut self) {
+            let mut s = self.0.lock().expect("not poisoned");
+            s.closed = true;
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    impl<T> Future for Receiver<T> {
+        type Output = Result<T, ()>;
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            let mut s = self.0.lock().expect("not poisoned");
+            if let Some(v) = s.value.take() {
+                return Poll::Ready(Ok(v));
+            }
+            if s.closed {
+                return Poll::Ready(Err(()));
+            }
+            s.waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn versioned(ts: u64, payload: &[u8]) -> Vec<u8> {
+        let mut v = Version { ts_nanos: ts, id: 7 }.to_bytes().to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        // the commit future only needs a waker that unparks this thread
+        struct Unpark(std::thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: std::sync::Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut f = std::pin::pin!(f);
+        loop {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+            std::thread::park();
+        }
+    }
+
+    #[test]
+    fn identity_survives_reopen_and_newest_version_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let d = Drive::open(dir.path()).unwrap();
+            let put = |ts, p: &[u8]| Op::PutIfNewer {
+                table: Table::Objects,
+                key: b"b\0k".to_vec(),
+                value: versioned(ts, p),
+            };
+            block_on(d.commit(vec![put(5, b"five")])).unwrap();
+            block_on(d.commit(vec![put(3, b"three")])).unwrap();
+            assert_eq!(&d.get(Table::Objects, b"b\0k").unwrap().unwrap()[24..], b"five");
+            d.id().to_string()
+        };
+        let d = Drive::open(dir.path()).unwrap();
+        assert_eq!(d.id(), id);
+        assert_eq!(&d.get(Table::Objects, b"b\0k").unwrap().unwrap()[24..], b"five");
+    }
+
+    #[test]
+    fn scan_respects_prefix_after_and_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Drive::open(dir.path()).unwrap();
+        let ops = ["a\0x", "b\0a", "b\0b", "b\0c", "c\0a"]
+            .iter()
+            .map(|k| Op::Put {
+                table: Table::Objects,
+                key: k.as_bytes().to_vec(),
+                value: vec![],
+            })
+            .collect();
+        block_on(d.commit(ops)).unwrap();
+        let keys = |v: Vec<(Vec<u8>, Vec<u8>)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(
+            keys(d.scan(Table::Objects, b"b\0", None, 10).unwrap()),
+            vec![b"b\0a".to_vec(), b"b\0b".to_vec(), b"b\0c".to_vec()]
+        );
+        assert_eq!(
+            keys(d.scan(Table::Objects, b"b\0", Some(b"b\0a"), 1).unwrap()),
+            vec![b"b\0b".to_vec()]
+        );
+    }
+
+    #[test]
+    fn unfinished_shard_is_removed_and_finished_one_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Drive::open(dir.path()).unwrap();
+        {
+            let mut w = d.create_shard("aa01").unwrap();
+            w.write(b"partial").unwrap();
+        }
+        assert!(d.open_shard("aa01").unwrap().is_none());
+        let mut w = d.create_shard("aa02").unwrap();
+        w.write(b"hello world").unwrap();
+        w.finish().unwrap();
+        let f = d.open_shard("aa02").unwrap().unwrap();
+        assert_eq!(Drive::read_frame(&f, 6, 5).unwrap().unwrap(), b"world");
+        assert_eq!(Drive::read_frame(&f, 6, 50).unwrap(), None);
+        d.patch_shard("aa02", 0, b"HELLO").unwrap();
+        assert_eq!(Drive::read_frame(&f, 0, 5).unwrap().unwrap(), b"HELLO");
+    }
+}

@@ -1,0 +1,89 @@
+//! The tables of a drive's metadata index and the write operations on them.
+
+use serde::{Deserialize, Serialize};
+
+/// The tables every drive's index holds. Keys are byte strings ordered lexicographically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// `bucket \0 key` -> versioned object record (newest version wins).
+    Objects,
+    /// `bucket` -> bucket record.
+    Buckets,
+    /// `bucket \0 key \0 upload-id` -> multipart upload record.
+    Uploads,
+    /// `upload-id \0 part-number (4 bytes, big endian)` -> part record.
+    Parts,
+}
+
+impl Table {
+    pub(crate) const ALL: [Table; 4] = [Table::Objects, Table::Buckets, Table::Uploads, Table::Parts];
+
+    pub(crate) fn def(self) -> redb::TableDefinition<'static, &'static [u8], &'static [u8]> {
+        redb::TableDefinition::new(match self {
+            Table::Objects => "objects",
+            Table::Buckets => "buckets",
+            Table::Uploads => "uploads",
+            Table::Parts => "parts",
+        })
+    }
+}
+
+/// Orders concurrent writes of the same key: the later timestamp wins, the random id breaks
+/// ties, so every drive converges on the same record whatever order writes arrive in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+pub struct Version {
+    pub ts_nanos: u64,
+    pub id: u128,
+}
+
+impl Version {
+    pub const LEN: usize = 24;
+
+    pub fn to_bytes(self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[..8].copy_from_slice(&self.ts_nanos.to_be_bytes());
+        b[8..].copy_from_slice(&self.id.to_be_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() < Self::LEN {
+            return None;
+        }
+        Some(Self {
+            ts_nanos: u64::from_be_bytes(b[..8].try_into().ok()?),
+            id: u128::from_be_bytes(b[8..24].try_into().ok()?),
+        })
+    }
+
+    /// Hex form, used for data file names and upload ids.
+    pub fn hex(self) -> String {
+        hex::encode(self.to_bytes())
+    }
+}
+
+/// One write to a drive's index; a batch of them commits atomically.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Store `value` under `key` unless the stored value carries a newer [`Version`]
+    /// (values of versioned tables begin with their version's 24 bytes).
+    PutIfNewer {
+        table: Table,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// Store unconditionally.
+    Put {
+        table: Table,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// Remove the key.
+    Delete { table: Table, key: Vec<u8> },
+    /// Remove the key only if its stored version is exactly `version`.
+    DeleteIfVersion {
+        table: Table,
+        key: Vec<u8>,
+        version: Version,
+    },
+}
