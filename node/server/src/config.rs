@@ -85,10 +85,12 @@ fn parse_redundancy(s: &str) -> Result<Redundancy, String> {
     s.parse().map_err(|e: ringstore_ring::Error| e.to_string())
 }
 
-/// Logs go to stderr; the level comes from `RUST_LOG` (default `info`).
+/// Logs go to stderr; the level comes from `RUST_LOG` (default `info`). The s3s crate logs
+/// every client error (a 404 is not an incident) at error level, so it is off by default;
+/// requests are logged by our own middleware instead.
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,s3s=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,s3s=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -65,7 +65,16 @@ async fn request_id(req: Request, next: Next) -> Response {
     let id = new_request_id();
     let resource = req.uri().path().to_string();
     let is_head = req.method() == http::Method::HEAD;
+    let method = req.method().clone();
+    let started = std::time::Instant::now();
     let mut resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let millis = started.elapsed().as_secs_f64() * 1000.0;
+    if resp.status().is_server_error() {
+        tracing::warn!(request_id = %id, %method, path = %resource, status, millis, "request failed");
+    } else {
+        tracing::debug!(request_id = %id, %method, path = %resource, status, millis, "request");
+    }
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-amz-request-id", v);
     }
