@@ -146,4 +146,33 @@ BEGIN {
 }
 ' "$RESULTS"
 
+# Baselines measured in this same run, so figures compare against what this machine can do
+# right now: the ETag hash on one core, and direct / fsynced sequential writes to the disk
+# that holds the drive folders.
+echo
+echo "machine baseline (same run):"
+md5_mib=$(python3 -c '
+import hashlib, os, time
+buf = os.urandom(64 << 20); t = time.perf_counter(); h = hashlib.md5()
+for _ in range(4): h.update(buf)
+print(f"{256 / (time.perf_counter() - t):.0f}")')
+direct_mib=$(dd if=/dev/zero of="$WORK/dd.direct" bs=1M count=512 oflag=direct 2>&1 | awk '/copied/ { print $(NF-1) * ($NF == "GB/s" ? 1000 : 1) / 1.048576 }')
+synced_mib=$(dd if=/dev/zero of="$WORK/dd.synced" bs=1M count=512 conv=fdatasync 2>&1 | awk '/copied/ { print $(NF-1) * ($NF == "GB/s" ? 1000 : 1) / 1.048576 }')
+rm -f "$WORK"/dd.*
+printf "  MD5 on one core          %8.0f MiB/s\n" "$md5_mib"
+printf "  direct sequential write  %8.0f MiB/s\n" "$direct_mib"
+printf "  buffered write + fsync   %8.0f MiB/s\n" "$synced_mib"
+awk -v md5="$md5_mib" -v direct="$direct_mib" '
+function field(key,    re) {
+    re = "\"" key "\":(\"[^\"]*\"|[^,}]*)"
+    if (!match($0, re)) return ""
+    v = substr($0, RSTART + length(key) + 3, RLENGTH - length(key) - 3)
+    gsub(/"/, "", v)
+    return v
+}
+/^\{/ && field("size_label") == "1MiB" {
+    r = field("mib_per_sec")
+    printf "  1MiB %s: %.2f x one-core MD5, %.2f x direct disk write (EC 2+2 writes 2x the data)\n", field("op"), r / md5, r / direct
+}' "$RESULTS"
+
 exit "$failed"

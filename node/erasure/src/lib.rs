@@ -13,6 +13,16 @@ pub use ringstore_ring::Redundancy;
 /// Bytes of checksum after every chunk.
 pub const CHECKSUM_LEN: usize = 4;
 
+/// Length of a full frame on disk: a multiple of the page size, so shard files can be
+/// written with direct I/O at aligned offsets.
+pub const FRAME_LEN: usize = 256 * 1024;
+
+/// Object bytes per stripe for `k` data shards, chosen so a full stripe's frames are
+/// exactly [`FRAME_LEN`] long.
+pub fn block_size(k: usize) -> usize {
+    k * (FRAME_LEN - CHECKSUM_LEN)
+}
+
 /// Identifies the code that produced parity, recorded with every object so that a future
 /// codec change can still read old data.
 pub const CODEC_ID: &str = "rs-gf8-crc32c-v1";
@@ -97,29 +107,56 @@ impl Codec {
 
     /// Encodes one stripe into `k + m` frames (chunk followed by CRC32C).
     pub fn encode(&self, data: &[u8]) -> Vec<Vec<u8>> {
-        let Redundancy { k, m } = self.redundancy;
-        let chunk = data.len().div_ceil(k);
-        let mut frames: Vec<Vec<u8>> = (0..k + m)
-            .map(|i| {
-                let mut f = Vec::with_capacity(chunk + CHECKSUM_LEN);
-                if i < k {
-                    let start = (i * chunk).min(data.len());
-                    let end = ((i + 1) * chunk).min(data.len());
-                    f.extend_from_slice(&data[start..end]);
-                }
-                f.resize(chunk, 0);
-                f
-            })
-            .collect();
-        if let Some(rs) = &self.rs {
-            let (data_frames, parity) = frames.split_at_mut(k);
-            rs.encode_sep(data_frames, parity)
-                .expect("shards sized consistently above");
-        }
-        for f in &mut frames {
-            seal(f);
-        }
+        let mut frames = Vec::new();
+        self.encode_into(data, &mut frames);
         frames
+    }
+
+    /// Like [`Codec::encode`], reusing the frame buffers of `frames` (stripe after stripe
+    /// of one object, without allocating).
+    pub fn encode_into(&self, data: &[u8], frames: &mut Vec<Vec<u8>>) {
+        let mut stripe = data.to_vec();
+        let mut parity = Vec::new();
+        let pieces = self.encode_stripe(&mut stripe, &mut parity);
+        frames.resize_with(pieces.len(), Vec::new);
+        for (f, (chunk, crc)) in frames.iter_mut().zip(pieces) {
+            f.clear();
+            f.extend_from_slice(chunk);
+            f.extend_from_slice(&crc);
+        }
+    }
+
+    /// Encodes a stripe without copying its data: pads `stripe` with zeros to whole chunks,
+    /// computes the parity chunks into `parity` (buffers reused between calls), and returns
+    /// every frame as its chunk (borrowed) and CRC32C bytes. Writing each chunk followed by
+    /// its CRC gives exactly the frames of [`Codec::encode`].
+    pub fn encode_stripe<'a>(
+        &self,
+        stripe: &'a mut Vec<u8>,
+        parity: &'a mut Vec<Vec<u8>>,
+    ) -> Vec<(&'a [u8], [u8; CHECKSUM_LEN])> {
+        let Redundancy { k, m } = self.redundancy;
+        let chunk = stripe.len().div_ceil(k);
+        stripe.resize(chunk * k, 0);
+        parity.resize_with(m, Vec::new);
+        for p in parity.iter_mut() {
+            p.clear();
+            p.resize(chunk, 0);
+        }
+        if let Some(rs) = &self.rs {
+            let data: Vec<&[u8]> = stripe.chunks(chunk.max(1)).collect();
+            if chunk > 0 {
+                rs.encode_sep(&data, parity)
+                    .expect("shards sized consistently above");
+            }
+        }
+        let data: &'a [u8] = stripe;
+        let parity: &'a [Vec<u8>] = parity;
+        (0..k)
+            .map(|i| &data[i * chunk..(i + 1) * chunk])
+            .chain(parity.iter().map(|p| p.as_slice()))
+            .map(|c| (c, crc_fast::crc32_iscsi(c).to_le_bytes()))
+            .collect()
     }
 
     /// Decodes a stripe of `len` data bytes from whatever frames are available.
@@ -260,6 +297,19 @@ mod tests {
         let mut frames: Vec<Option<Vec<u8>>> = c.encode(&data(100)).into_iter().map(Some).collect();
         frames[0].as_mut().unwrap()[0] ^= 1;
         assert!(c.decode(100, frames).is_err());
+    }
+
+    #[test]
+    fn full_frames_are_page_aligned() {
+        for k in 1..=12 {
+            let g = Geometry {
+                redundancy: Redundancy::new(k, 2).unwrap(),
+                block_size: block_size(k),
+                size: 1 << 30,
+            };
+            assert_eq!(g.full_frame_len(), FRAME_LEN);
+            assert_eq!(g.frame(3).0 % 4096, 0);
+        }
     }
 
     #[test]

@@ -56,16 +56,20 @@ impl ObjectStore {
         let rec = found.record;
         let slots = inner.resolve(&rec.drives);
         let okey = object_key(bucket, key);
-        // which drives lack the newest record
+        // which drives lack the newest record; a drive holding a newer record that cannot be
+        // read (an interrupted write that `lookup` passed over) cannot take this one
         let mut stale = Vec::new();
+        let mut ahead = Vec::new();
         for (i, slot) in slots.iter().enumerate() {
             let Some(d) = slot else { continue };
             let current = inner.drives[*d].get(Table::Objects, &okey)?;
-            let has = current
+            match current
                 .and_then(|b| ObjectRecord::decode(&b).ok())
-                .is_some_and(|r| r.version == rec.version);
-            if !has {
-                stale.push(i);
+                .map(|r| r.version)
+            {
+                Some(v) if v == rec.version => {}
+                Some(v) if v > rec.version => ahead.push(i),
+                _ => stale.push(i),
             }
         }
         if rec.deleted {
@@ -92,7 +96,7 @@ impl ObjectStore {
                 let decoded = inner.codec.decode(part.size as usize, inline.clone())?;
                 for (i, frame) in decoded.repaired {
                     inline[i] = Some(frame);
-                    if !stale.contains(&i) {
+                    if !stale.contains(&i) && !ahead.contains(&i) {
                         stale.push(i);
                     }
                 }
@@ -184,13 +188,13 @@ impl ObjectStore {
         let store = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut removed = 0;
+            // A shard file is needed when a record on *any* drive references it: a crash
+            // between the per-drive record commits leaves drives holding the shard but not
+            // yet the record, and the record is spread to them by healing later.
+            // Parts are read before objects: completing an upload commits the object record
+            // before it drops the part records, so a part cannot slip between the two scans.
+            let mut referenced = HashSet::new();
             for drive in &store.inner.drives {
-                let mut referenced = HashSet::new();
-                for (_, v) in drive.scan(Table::Objects, b"", None, usize::MAX)? {
-                    if let Ok(rec) = ObjectRecord::decode(&v) {
-                        referenced.extend(rec.parts.into_iter().map(|p| p.data_id));
-                    }
-                }
                 for (_, v) in drive.scan(Table::Parts, b"", None, usize::MAX)? {
                     if let Ok(p) =
                         crate::rmp_decode::<crate::multipart::PartRecord>(&v[ringstore_store::Version::LEN..])
@@ -198,6 +202,15 @@ impl ObjectStore {
                         referenced.insert(p.data_id);
                     }
                 }
+            }
+            for drive in &store.inner.drives {
+                for (_, v) in drive.scan(Table::Objects, b"", None, usize::MAX)? {
+                    if let Ok(rec) = ObjectRecord::decode(&v) {
+                        referenced.extend(rec.parts.into_iter().map(|p| p.data_id));
+                    }
+                }
+            }
+            for drive in &store.inner.drives {
                 for id in drive.shards_older_than(before)? {
                     if !referenced.contains(&id) {
                         drive.delete_shard(&id)?;

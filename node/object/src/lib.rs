@@ -36,8 +36,6 @@ pub use record::{BucketRecord, ObjectRecord, PartRef, StoredChecksum};
 pub use ringstore_store::Drive as StoreDrive;
 pub use write::{BodyStream, NewObject, Precondition, Verify};
 
-/// Bytes of object data per stripe.
-pub const BLOCK_SIZE: usize = 1024 * 1024;
 /// Objects up to this size keep their shard frames inside the metadata record.
 pub const INLINE_MAX: u64 = 128 * 1024;
 /// Smallest size of a multipart part other than the last.
@@ -158,6 +156,11 @@ impl ObjectStore {
         &self.inner.drives
     }
 
+    /// Object bytes per stripe with this node's redundancy.
+    pub fn block_size(&self) -> usize {
+        self.inner.block_size()
+    }
+
     // ---- buckets -------------------------------------------------------------------------
 
     pub async fn create_bucket(&self, name: &str) -> Result<BucketRecord> {
@@ -240,6 +243,10 @@ impl ObjectStore {
 }
 
 impl Inner {
+    pub(crate) fn block_size(&self) -> usize {
+        ringstore_erasure::block_size(self.codec.redundancy().k)
+    }
+
     /// A fresh version, strictly increasing on this node.
     pub(crate) fn now(&self) -> Version {
         let wall = SystemTime::now()

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use ringstore_store::Table;
 
+use crate::read::newest_readable;
 use crate::record::ObjectRecord;
 use crate::{ObjectStore, Result, object_key};
 
@@ -35,7 +36,7 @@ impl ObjectStore {
         let batch = (limit + 1).clamp(2, 1000);
         let mut entries = Vec::new();
         loop {
-            let mut merged: BTreeMap<Vec<u8>, ObjectRecord> = BTreeMap::new();
+            let mut merged: BTreeMap<Vec<u8>, Vec<ObjectRecord>> = BTreeMap::new();
             // keys past the horizon may be missing from a drive that returned a full page
             let mut horizon: Option<Vec<u8>> = None;
             let mut answered = 0;
@@ -58,21 +59,25 @@ impl ObjectStore {
                     let Ok(rec) = ObjectRecord::decode(&v) else {
                         continue;
                     };
-                    match merged.get(&k) {
-                        Some(old) if old.version >= rec.version => {}
-                        _ => {
-                            merged.insert(k, rec);
-                        }
-                    }
+                    merged.entry(k).or_default().push(rec);
                 }
             }
             self.inner.need_majority(answered)?;
+            // drives that failed to answer may hold any version (see `newest_readable`)
+            let unknown = self.drives().len() - answered;
             let bucket_len = bucket.len() + 1;
-            for (k, rec) in merged {
+            for (k, records) in merged {
                 if horizon.as_ref().is_some_and(|h| &k > h) {
                     break;
                 }
                 cursor = Some(k.clone());
+                let Some(newest) = newest_readable(&records, unknown) else {
+                    continue;
+                };
+                let rec = records
+                    .into_iter()
+                    .find(|r| r.version == newest)
+                    .expect("a record of the version");
                 if rec.deleted {
                     continue;
                 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::record::{ObjectRecord, PartRef, StoredChecksum};
 use crate::write::{BodyStream, NewObject, Verify};
-use crate::{BLOCK_SIZE, Error, MIN_PART_SIZE, ObjectStore, Result, object_key, rmp_decode, rmp_encode};
+use crate::{Error, MIN_PART_SIZE, ObjectStore, Result, object_key, rmp_decode, rmp_encode};
 
 /// An upload in progress, stored on the drives of the object's partition.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -333,7 +333,7 @@ impl ObjectStore {
             checksum: object_checksum,
             k: inner.codec.redundancy().k,
             m: inner.codec.redundancy().m,
-            block_size: BLOCK_SIZE,
+            block_size: inner.block_size(),
             codec: CODEC_ID.to_string(),
             drives: upload.drives.clone(),
             parts,

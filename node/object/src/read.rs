@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::Stream;
 use ringstore_erasure::{Codec, Geometry};
-use ringstore_store::{Drive, Table};
+use ringstore_store::{Drive, Table, Version};
 
 use crate::record::{ObjectRecord, PartRef};
 use crate::{Error, Inner, ObjectStore, Result, object_key};
@@ -49,6 +49,7 @@ impl ObjectStore {
         let drives = inner.partition_drives(bucket, key);
         let okey = object_key(bucket, key);
         let mut answered = 0;
+        let mut empty = 0;
         let mut records: Vec<ObjectRecord> = Vec::with_capacity(drives.len());
         for d in &drives {
             match inner.drives[*d].get(Table::Objects, &okey) {
@@ -59,7 +60,10 @@ impl ObjectStore {
                         Err(e) => tracing::warn!(error = %e, "unreadable object record"),
                     }
                 }
-                Ok(None) => answered += 1,
+                Ok(None) => {
+                    answered += 1;
+                    empty += 1;
+                }
                 Err(e) => tracing::warn!(error = %e, "object record read failed"),
             }
         }
@@ -69,7 +73,8 @@ impl ObjectStore {
                 "{answered} drives answered, {need} needed"
             )));
         }
-        let Some(newest) = records.iter().map(|r| r.version).max() else {
+        let unknown = drives.len() - records.len() - empty;
+        let Some(newest) = newest_readable(&records, unknown) else {
             return Ok(None);
         };
         let width = drives.len();
@@ -145,6 +150,35 @@ impl ObjectStore {
         });
         Ok(Box::pin(tokio_stream(rx)))
     }
+}
+
+/// The newest version among `records` (one per drive of an object's set) whose data can be
+/// read; `unknown` drives of the set gave no usable answer and may hold any version.
+///
+/// Shard files are written and synced on every drive before any record names them, so one
+/// record is enough for them. Small objects keep their frames in the records instead: with
+/// fewer than `k` frames, even counting the unknown drives as holders, the version cannot be
+/// decoded, and it was never acknowledged either (that takes `k + 1` records): it is a write
+/// cut short by a crash between its per-drive commits. Such a version is passed over as if
+/// it had not been written, so that it neither hides the version it was replacing nor shows
+/// up as an object that cannot be read.
+pub(crate) fn newest_readable(records: &[ObjectRecord], unknown: usize) -> Option<Version> {
+    let mut versions: Vec<Version> = records.iter().map(|r| r.version).collect();
+    versions.sort_unstable();
+    versions.dedup();
+    versions.into_iter().rev().find(|v| {
+        let holders: Vec<&ObjectRecord> = records.iter().filter(|r| r.version == *v).collect();
+        let first = holders[0];
+        if first.deleted || first.size == 0 {
+            return true;
+        }
+        let frames: std::collections::HashSet<usize> = holders
+            .iter()
+            .filter(|r| r.inline.is_some())
+            .map(|r| r.shard)
+            .collect();
+        frames.is_empty() || frames.len() + unknown >= first.k
+    })
 }
 
 fn tokio_stream<T: Send + 'static>(

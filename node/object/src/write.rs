@@ -11,7 +11,7 @@ use ringstore_erasure::CODEC_ID;
 use ringstore_store::{Drive, Op, ShardWriter, Table};
 
 use crate::record::{ObjectRecord, PartRef, StoredChecksum};
-use crate::{BLOCK_SIZE, Error, INLINE_MAX, Inner, ObjectStore, Result, object_key};
+use crate::{Error, INLINE_MAX, Inner, ObjectStore, Result, object_key};
 
 /// A request body: chunks of bytes, or the reason reading failed.
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
@@ -72,7 +72,7 @@ impl ObjectStore {
             checksum: None,
             k: inner.codec.redundancy().k,
             m: inner.codec.redundancy().m,
-            block_size: BLOCK_SIZE,
+            block_size: inner.block_size(),
             codec: CODEC_ID.to_string(),
             drives: drives.iter().map(|d| inner.drives[*d].id().to_string()).collect(),
             parts: vec![PartRef {
@@ -175,13 +175,14 @@ impl Inner {
         mut body: BodyStream,
         allow_inline: bool,
     ) -> Result<Written> {
-        let mut stripe = Vec::with_capacity(BLOCK_SIZE);
+        let block = self.block_size();
+        let mut stripe = Vec::with_capacity(block);
         let mut first_full = false;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(Error::Body)?;
-            if stripe.len() + chunk.len() > BLOCK_SIZE {
+            if stripe.len() + chunk.len() > block {
                 first_full = true;
-                let take = BLOCK_SIZE - stripe.len();
+                let take = block - stripe.len();
                 stripe.extend_from_slice(&chunk[..take]);
                 let rest = chunk.slice(take..);
                 body = Box::pin(futures::stream::once(async move { Ok(rest) }).chain(body));
@@ -221,14 +222,16 @@ impl Inner {
                 .collect();
             let mut md5 = Md5::new();
             let mut size = 0u64;
+            let mut parity = Vec::new();
             loop {
                 match rx.blocking_recv() {
-                    Some(Msg::Stripe(data)) => {
+                    Some(Msg::Stripe(mut data)) => {
                         md5.update(&data);
                         size += data.len() as u64;
-                        for (w, frame) in writers.iter_mut().zip(codec.encode(&data)) {
+                        let frames = codec.encode_stripe(&mut data, &mut parity);
+                        for (w, (chunk, crc)) in writers.iter_mut().zip(frames) {
                             if let Some(sw) = w
-                                && let Err(e) = sw.write(&frame)
+                                && let Err(e) = sw.write(chunk).and_then(|_| sw.write(&crc))
                             {
                                 tracing::warn!(error = %e, "shard write failed");
                                 *w = None;
@@ -261,16 +264,16 @@ impl Inner {
                     .map_err(|_| Error::Internal("shard writer stopped".into()))
             };
             if !stripe.is_empty() {
-                let full = std::mem::replace(&mut stripe, Vec::with_capacity(BLOCK_SIZE));
+                let full = std::mem::replace(&mut stripe, Vec::with_capacity(block));
                 send(Msg::Stripe(full)).await?;
             }
             while let Some(chunk) = body.next().await {
                 let mut chunk = chunk.map_err(Error::Body)?;
                 while !chunk.is_empty() {
-                    let take = (BLOCK_SIZE - stripe.len()).min(chunk.len());
+                    let take = (block - stripe.len()).min(chunk.len());
                     stripe.extend_from_slice(&chunk.split_to(take));
-                    if stripe.len() == BLOCK_SIZE {
-                        let full = std::mem::replace(&mut stripe, Vec::with_capacity(BLOCK_SIZE));
+                    if stripe.len() == block {
+                        let full = std::mem::replace(&mut stripe, Vec::with_capacity(block));
                         send(Msg::Stripe(full)).await?;
                     }
                 }
@@ -352,7 +355,7 @@ impl ObjectStore {
             checksum: None,
             k: inner.codec.redundancy().k,
             m: inner.codec.redundancy().m,
-            block_size: BLOCK_SIZE,
+            block_size: inner.block_size(),
             codec: CODEC_ID.to_string(),
             drives: drives.iter().map(|d| inner.drives[*d].id().to_string()).collect(),
             parts: vec![],

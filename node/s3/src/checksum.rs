@@ -175,8 +175,7 @@ impl Expectation {
                 *failure.lock().expect("not poisoned") = Some(err);
                 Err(ringstore_object::Error::BadDigest("checksum mismatch".into()))
             };
-            let (checksum_hasher, sha_hasher) =
-                std::mem::replace(&mut *state.lock().expect("not poisoned"), (None, None));
+            let (checksum_hasher, sha_hasher) = std::mem::take(&mut *state.lock().expect("not poisoned"));
             if let Some(want) = self.content_md5
                 && &want != md5
             {

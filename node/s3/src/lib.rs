@@ -5,8 +5,10 @@
 //! implements the operations Ringstore supports. Every operation not implemented here is
 //! answered by `s3s` with a `NotImplemented` S3 error.
 
+mod auth;
 mod checksum;
 mod convert;
+mod host;
 mod listing;
 
 use std::sync::{Arc, Mutex};
@@ -14,6 +16,9 @@ use std::sync::{Arc, Mutex};
 use ringstore_object::{CompletedPart, Error, ObjectRecord, ObjectStore, StoredChecksum};
 use s3s::dto::*;
 use s3s::{S3, S3Error, S3Request, S3Response, S3Result, s3_error};
+
+pub use crate::auth::KeyAuth;
+pub use crate::host::VirtualHosts;
 
 use crate::checksum::{Expectation, Given};
 use crate::convert::{Conditions, Headers, checksum_fields, etag, s3_err, timestamp};
@@ -168,7 +173,6 @@ impl S3 for RingstoreS3 {
         self.store.create_bucket(name).await.map_err(s3_err)?;
         ok(CreateBucketOutput {
             location: Some(format!("/{name}")),
-            ..Default::default()
         })
     }
 

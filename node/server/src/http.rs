@@ -70,7 +70,8 @@ async fn request_id(req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     let status = resp.status().as_u16();
     let millis = started.elapsed().as_secs_f64() * 1000.0;
-    if resp.status().is_server_error() {
+    // 501 is the expected answer to operations we do not implement, not an incident
+    if resp.status().is_server_error() && resp.status() != StatusCode::NOT_IMPLEMENTED {
         tracing::warn!(request_id = %id, %method, path = %resource, status, millis, "request failed");
     } else {
         tracing::debug!(request_id = %id, %method, path = %resource, status, millis, "request");

@@ -10,7 +10,6 @@ use hyper_util::service::TowerToHyperService;
 use ringstore_object::ObjectStore;
 use ringstore_s3::RingstoreS3;
 use ringstore_store::Drive;
-use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 use tokio::net::TcpListener;
 
@@ -57,13 +56,13 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let store = ObjectStore::new(drives, Some(redundancy), &args.node_name)?;
 
     let mut builder = S3ServiceBuilder::new(RingstoreS3::new(store.clone(), args.region.clone()));
-    builder.set_auth(SimpleAuth::from_single(
+    builder.set_auth(ringstore_s3::KeyAuth::single(
         creds.access_key.as_str(),
         creds.secret_key.as_str(),
     ));
     if !args.domains.is_empty() {
-        let domains: Vec<&str> = args.domains.iter().map(String::as_str).collect();
-        builder.set_host(s3s::host::MultiDomain::new(domains).context("invalid --domain")?);
+        let hosts = ringstore_s3::VirtualHosts::new(&args.domains).map_err(anyhow::Error::msg);
+        builder.set_host(hosts.context("invalid --domain")?);
     }
     let ready = Readiness::default();
     let app = router(builder.build(), ready.clone());

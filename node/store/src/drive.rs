@@ -31,7 +31,19 @@ pub struct Drive {
     root: PathBuf,
     info: DriveInfo,
     db: std::sync::Arc<Database>,
-    commits: mpsc::SyncSender<(Vec<Op>, Reply)>,
+    commits: Option<mpsc::SyncSender<(Vec<Op>, Reply)>>,
+    committer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Drive {
+    /// Stops the committer after it has applied what was queued, so the index is closed
+    /// (and can be opened again) when the drive is dropped.
+    fn drop(&mut self) {
+        self.commits.take();
+        if let Some(t) = self.committer.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for Drive {
@@ -103,7 +115,7 @@ impl Drive {
         let (tx, rx) = mpsc::sync_channel(4096);
         let committer_db = db.clone();
         let committer_path = display.clone();
-        std::thread::Builder::new()
+        let committer = std::thread::Builder::new()
             .name(format!("commit-{}", &info.drive_id[..8]))
             .spawn(move || group_commit(&committer_db, &committer_path, rx))
             .map_err(io_err)?;
@@ -111,7 +123,8 @@ impl Drive {
             root,
             info,
             db,
-            commits: tx,
+            commits: Some(tx),
+            committer: Some(committer),
         })
     }
 
@@ -141,7 +154,11 @@ impl Drive {
     pub async fn commit(&self, ops: Vec<Op>) -> Result<()> {
         let (tx, rx) = tokio_oneshot::channel();
         let closed = || Error::Closed(self.root.display().to_string());
-        self.commits.send((ops, tx)).map_err(|_| closed())?;
+        self.commits
+            .as_ref()
+            .ok_or_else(closed)?
+            .send((ops, tx))
+            .map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
     }
 
@@ -191,17 +208,7 @@ impl Drive {
     /// Starts writing the shard of data file `data_id` held by this drive.
     pub fn create_shard(&self, data_id: &str) -> Result<ShardWriter> {
         let path = self.shard_path(data_id);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| self.io_err(e))?;
-        Ok(ShardWriter {
-            file: Some(file),
-            path,
-            rename_to: None,
-            done: false,
-        })
+        ShardWriter::create(path, None).map_err(|e| self.io_err(e))
     }
 
     /// Starts writing a replacement for a shard; it takes the shard's place atomically
@@ -209,17 +216,7 @@ impl Drive {
     pub fn replace_shard(&self, data_id: &str) -> Result<ShardWriter> {
         let target = self.shard_path(data_id);
         let path = target.with_extension(format!("repair-{}", hex::encode(rand::random::<[u8; 6]>())));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| self.io_err(e))?;
-        Ok(ShardWriter {
-            file: Some(file),
-            path,
-            rename_to: Some(target),
-            done: false,
-        })
+        ShardWriter::create(path, Some(target)).map_err(|e| self.io_err(e))
     }
 
     /// Opens a shard for reading; `Ok(None)` when the file does not exist.
@@ -306,21 +303,130 @@ impl Drive {
     }
 }
 
+/// Alignment of direct I/O buffers, offsets and lengths.
+const ALIGN: usize = 4096;
+/// Bytes staged before a direct write (one full frame).
+const STAGE: usize = 256 * 1024;
+
+/// Stage buffers are recycled: allocating and faulting in fresh ones for every shard of
+/// every PUT cost more than the data copy itself.
+static STAGE_POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+const STAGE_POOL_MAX: usize = 64;
+
+fn take_stage() -> Vec<u8> {
+    STAGE_POOL
+        .lock()
+        .ok()
+        .and_then(|mut p| p.pop())
+        .unwrap_or_else(|| vec![0u8; STAGE + ALIGN])
+}
+
+fn return_stage(buf: Vec<u8>) {
+    if buf.len() == STAGE + ALIGN
+        && let Ok(mut p) = STAGE_POOL.lock()
+        && p.len() < STAGE_POOL_MAX
+    {
+        p.push(buf);
+    }
+}
+
 /// A shard being written. Dropping it without [`ShardWriter::finish`] removes the file.
+///
+/// Shard files are written with `O_DIRECT` where the file system supports it: on the
+/// machines we measured, copying into the page cache cost more CPU than everything else a
+/// PUT does, and the data is not read back soon anyway. Bytes are staged in a page-aligned
+/// buffer and written in aligned blocks; the tail is padded and the file truncated back to
+/// its logical length before the final `fdatasync`.
 pub struct ShardWriter {
     file: Option<File>,
     path: PathBuf,
     rename_to: Option<PathBuf>,
     done: bool,
+    direct: bool,
+    stage: Vec<u8>,
+    /// Start of the aligned region inside `stage`.
+    offset: usize,
+    staged: usize,
+    written: u64,
 }
 
 impl ShardWriter {
-    pub fn write(&mut self, frame: &[u8]) -> io::Result<()> {
-        self.file.as_mut().expect("open until finished").write_all(frame)
+    fn create(path: PathBuf, rename_to: Option<PathBuf>) -> io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let open = |flags: i32| {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(flags)
+                .open(&path)
+        };
+        let (file, direct) = match open(libc::O_DIRECT) {
+            Ok(f) => (f, true),
+            // tmpfs and some other file systems refuse O_DIRECT
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (open(0)?, false),
+            Err(e) => return Err(e),
+        };
+        let stage = if direct { take_stage() } else { Vec::new() };
+        let offset = stage.as_ptr().align_offset(ALIGN).min(ALIGN);
+        Ok(Self {
+            file: Some(file),
+            path,
+            rename_to,
+            done: false,
+            direct,
+            stage,
+            offset,
+            staged: 0,
+            written: 0,
+        })
+    }
+
+    pub fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+        if !self.direct {
+            return self.file.as_mut().expect("open until finished").write_all(data);
+        }
+        while !data.is_empty() {
+            let room = STAGE - self.staged;
+            let take = room.min(data.len());
+            let at = self.offset + self.staged;
+            self.stage[at..at + take].copy_from_slice(&data[..take]);
+            self.staged += take;
+            data = &data[take..];
+            if self.staged == STAGE {
+                self.flush_aligned()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every whole aligned block staged so far.
+    fn flush_aligned(&mut self) -> io::Result<()> {
+        let whole = self.staged / ALIGN * ALIGN;
+        if whole == 0 {
+            return Ok(());
+        }
+        let file = self.file.as_ref().expect("open until finished");
+        file.write_all_at(&self.stage[self.offset..self.offset + whole], self.written)?;
+        self.written += whole as u64;
+        self.stage
+            .copy_within(self.offset + whole..self.offset + self.staged, self.offset);
+        self.staged -= whole;
+        Ok(())
     }
 
     /// Makes the shard durable: data, then the directory entry.
     pub fn finish(mut self) -> io::Result<()> {
+        if self.direct {
+            self.flush_aligned()?;
+            if self.staged > 0 {
+                let tail = self.staged;
+                let padded = tail.div_ceil(ALIGN) * ALIGN;
+                self.stage[self.offset + tail..self.offset + padded].fill(0);
+                let file = self.file.as_ref().expect("open until finished");
+                file.write_all_at(&self.stage[self.offset..self.offset + padded], self.written)?;
+                file.set_len(self.written + tail as u64)?;
+            }
+        }
         let file = self.file.take().expect("finished once");
         file.sync_data()?;
         drop(file);
@@ -335,6 +441,7 @@ impl ShardWriter {
 
 impl Drop for ShardWriter {
     fn drop(&mut self) {
+        return_stage(std::mem::take(&mut self.stage));
         if !self.done {
             let _ = fs::remove_file(&self.path);
         }
@@ -566,8 +673,18 @@ mod tests {
         }
         assert!(d.open_shard("aa01").unwrap().is_none());
         let mut w = d.create_shard("aa02").unwrap();
-        w.write(b"hello world").unwrap();
+        w.write(b"hello ").unwrap();
+        w.write(b"world").unwrap();
         w.finish().unwrap();
+        // direct I/O pads the tail; the file must still have its logical length
+        assert_eq!(std::fs::metadata(d.shard_path("aa02")).unwrap().len(), 11);
+        let big: Vec<u8> = (0..3_000_001u32).map(|i| (i % 251) as u8).collect();
+        let mut w = d.create_shard("aa03").unwrap();
+        for piece in big.chunks(262_143) {
+            w.write(piece).unwrap();
+        }
+        w.finish().unwrap();
+        assert_eq!(std::fs::read(d.shard_path("aa03")).unwrap(), big);
         let f = d.open_shard("aa02").unwrap().unwrap();
         assert_eq!(Drive::read_frame(&f, 6, 5).unwrap().unwrap(), b"world");
         assert_eq!(Drive::read_frame(&f, 6, 50).unwrap(), None);
