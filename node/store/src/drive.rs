@@ -238,6 +238,15 @@ impl Drive {
         }
     }
 
+    /// Fills `buf` from `offset` of an open shard; `false` when the file is too short.
+    pub fn read_frame_into(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
+        match file.read_exact_at(buf, offset) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Writes a single frame at `offset` of an existing shard (used by repair of one stripe).
     pub fn patch_shard(&self, data_id: &str, offset: u64, frame: &[u8]) -> Result<()> {
         let path = self.shard_path(data_id);
