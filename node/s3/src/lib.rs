@@ -49,6 +49,19 @@ fn body_err(failure: &Failure, e: Error) -> S3Error {
         .unwrap_or_else(|| s3_err(e))
 }
 
+/// Largest single PUT or part, as in S3.
+const MAX_PUT: i64 = 5 * 1024 * 1024 * 1024;
+
+fn check_size(content_length: Option<i64>) -> S3Result<()> {
+    match content_length {
+        Some(n) if n > MAX_PUT => Err(s3_error!(
+            EntityTooLarge,
+            "Your proposed upload of {n} bytes exceeds the maximum allowed object size of {MAX_PUT} bytes; use a multipart upload"
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn ok<T>(output: T) -> S3Result<S3Response<T>> {
     Ok(S3Response::new(output))
 }
@@ -218,6 +231,7 @@ impl S3 for RingstoreS3 {
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         let input = req.input;
+        check_size(input.content_length)?;
         let new = Headers {
             content_type: &input.content_type,
             content_encoding: &input.content_encoding,
@@ -608,6 +622,7 @@ impl S3 for RingstoreS3 {
 
     async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
         let input = req.input;
+        check_size(input.content_length)?;
         let algorithm = input.checksum_algorithm.as_ref().map(|a| a.as_str().to_string());
         let expect = Expectation::from_request(
             Given {

@@ -3234,3 +3234,36 @@ async fn unsupported_operations_answer_not_implemented() {
     // the server is still healthy afterwards
     assert_eq!(get_bytes(&c, "plain", "k").await, b"v");
 }
+
+#[tokio::test]
+async fn single_put_larger_than_5_gib_is_refused() {
+    let server = Server::start(4);
+    let c = server.client();
+    c.create_bucket().bucket("big").send().await.unwrap();
+    let p = c
+        .put_object()
+        .bucket("big")
+        .key("huge")
+        .presigned(PresigningConfig::expires_in(Duration::from_secs(300)).unwrap())
+        .await
+        .unwrap();
+    // announce 6 GiB but send nothing: the server must refuse from the header alone
+    let request = String::from_utf8(presigned_raw(&server, &p, "", b""))
+        .unwrap()
+        .replace("Content-Length: 0\r\n", "Content-Length: 6442450944\r\n");
+    let resp = common::raw_exchange(server.addr, request.as_bytes()).unwrap();
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert!(
+        resp.text().contains("<Code>EntityTooLarge</Code>"),
+        "{}",
+        resp.text()
+    );
+    let e = c
+        .head_object()
+        .bucket("big")
+        .key("huge")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(common::status(&e), 404);
+}
