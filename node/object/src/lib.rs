@@ -293,6 +293,56 @@ impl Inner {
         self.need_majority(ok)
     }
 
+    /// Commits per-drive writes (`(drive index, ops)`) in parallel; succeeds with the count of
+    /// drives that committed when it reaches `need`.
+    pub(crate) async fn commit_quorum(
+        &self,
+        what: &str,
+        need: usize,
+        writes: impl IntoIterator<Item = (usize, Vec<Op>)>,
+    ) -> Result<usize> {
+        let commits = writes.into_iter().map(|(d, ops)| self.drives[d].commit(ops));
+        let results = futures::future::join_all(commits).await;
+        let acked = results.iter().filter(|r| r.is_ok()).count();
+        if acked < need {
+            for e in results.into_iter().filter_map(|r| r.err()) {
+                tracing::warn!(error = %e, "{what} write failed on a drive");
+            }
+            return Err(Error::Quorum(format!(
+                "{what} recorded on {acked} drives, {need} needed"
+            )));
+        }
+        Ok(acked)
+    }
+
+    /// A record for a new version stored on `drives` with this node's codec; the caller
+    /// fills in what the version holds.
+    pub(crate) fn new_record(&self, version: Version, drives: Vec<String>) -> ObjectRecord {
+        let r = self.codec.redundancy();
+        ObjectRecord {
+            version,
+            deleted: false,
+            size: 0,
+            etag: String::new(),
+            headers: Default::default(),
+            user_meta: Default::default(),
+            checksum: None,
+            k: r.k,
+            m: r.m,
+            block_size: self.block_size(),
+            codec: ringstore_erasure::CODEC_ID.to_string(),
+            drives,
+            parts: vec![],
+            shard: 0,
+            inline: None,
+        }
+    }
+
+    /// Ids of drives given by index.
+    pub(crate) fn drive_ids(&self, drives: &[usize]) -> Vec<String> {
+        drives.iter().map(|d| self.drives[*d].id().to_string()).collect()
+    }
+
     /// The drives of `bucket/key`'s partition, in shard order.
     pub(crate) fn partition_drives(&self, bucket: &str, key: &str) -> Vec<usize> {
         let p = ringstore_ring::partition_of(bucket, key);

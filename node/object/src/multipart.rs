@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use md5::{Digest, Md5};
-use ringstore_erasure::CODEC_ID;
 use ringstore_store::{Op, Table, Version};
 use serde::{Deserialize, Serialize};
 
@@ -91,25 +90,23 @@ impl ObjectStore {
             headers: new.headers,
             user_meta: new.user_meta,
             checksum_algorithm,
-            drives: drives.iter().map(|d| inner.drives[*d].id().to_string()).collect(),
+            drives: inner.drive_ids(&drives),
         };
         let value = rmp_encode(&rec);
         let ukey = upload_key(bucket, key, &upload_id);
-        let results = futures::future::join_all(drives.iter().map(|d| {
-            inner.drives[*d].commit(vec![Op::Put {
-                table: Table::Uploads,
-                key: ukey.clone(),
-                value: value.clone(),
-            }])
-        }))
-        .await;
-        let acked = results.iter().filter(|r| r.is_ok()).count();
-        let need = inner.codec.redundancy().write_quorum();
-        if acked < need {
-            return Err(Error::Quorum(format!(
-                "upload recorded on {acked} drives, {need} needed"
-            )));
-        }
+        let writes = drives.iter().map(|d| {
+            (
+                *d,
+                vec![Op::Put {
+                    table: Table::Uploads,
+                    key: ukey.clone(),
+                    value: value.clone(),
+                }],
+            )
+        });
+        inner
+            .commit_quorum("upload", inner.codec.redundancy().write_quorum(), writes)
+            .await?;
         Ok(upload_id)
     }
 
@@ -169,23 +166,26 @@ impl ObjectStore {
         let mut value = version.to_bytes().to_vec();
         value.extend_from_slice(&rmp_encode(&rec));
         let previous = self.read_part(&slots, upload_id, number);
-        let results = futures::future::join_all(slots.iter().zip(&written.ok).filter(|(_, ok)| **ok).map(
-            |(d, _)| {
-                inner.drives[*d].commit(vec![Op::PutIfNewer {
-                    table: Table::Parts,
-                    key: pkey.clone(),
-                    value: value.clone(),
-                }])
-            },
-        ))
-        .await;
-        let acked = results.iter().filter(|r| r.is_ok()).count();
-        let need = inner.codec.redundancy().write_quorum();
-        if acked < need {
+        let writes = slots
+            .iter()
+            .zip(&written.ok)
+            .filter(|(_, ok)| **ok)
+            .map(|(d, _)| {
+                (
+                    *d,
+                    vec![Op::PutIfNewer {
+                        table: Table::Parts,
+                        key: pkey.clone(),
+                        value: value.clone(),
+                    }],
+                )
+            });
+        if let Err(e) = inner
+            .commit_quorum("part", inner.codec.redundancy().write_quorum(), writes)
+            .await
+        {
             inner.delete_data(&upload.drives, &data_id).await;
-            return Err(Error::Quorum(format!(
-                "part recorded on {acked} drives, {need} needed"
-            )));
+            return Err(e);
         }
         if let Some(old) = previous {
             inner.delete_data(&upload.drives, &old.data_id).await;
@@ -324,21 +324,13 @@ impl ObjectStore {
         let object_checksum = checksum(&infos)?;
         let version = inner.now();
         let record = ObjectRecord {
-            version,
-            deleted: false,
             size,
             etag: format!("{}-{}", hex::encode(md5s.finalize()), parts.len()),
             headers: upload.headers.clone(),
             user_meta: upload.user_meta.clone(),
             checksum: object_checksum,
-            k: inner.codec.redundancy().k,
-            m: inner.codec.redundancy().m,
-            block_size: inner.block_size(),
-            codec: CODEC_ID.to_string(),
-            drives: upload.drives.clone(),
             parts,
-            shard: 0,
-            inline: None,
+            ..inner.new_record(version, upload.drives.clone())
         };
         let ok = vec![true; upload.drives.len()];
         // parts not chosen are removed with the upload

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use md5::{Digest, Md5};
-use ringstore_erasure::CODEC_ID;
 use ringstore_store::{Drive, Op, ShardWriter, Table};
 
 use crate::record::{ObjectRecord, PartRef, StoredChecksum};
@@ -63,18 +62,10 @@ impl ObjectStore {
         let data_id = version.hex();
         let written = inner.write_data(&drives, &data_id, body, true).await?;
         let record = ObjectRecord {
-            version,
-            deleted: false,
             size: written.size,
             etag: hex::encode(written.md5),
             headers: new.headers,
             user_meta: new.user_meta,
-            checksum: None,
-            k: inner.codec.redundancy().k,
-            m: inner.codec.redundancy().m,
-            block_size: inner.block_size(),
-            codec: CODEC_ID.to_string(),
-            drives: drives.iter().map(|d| inner.drives[*d].id().to_string()).collect(),
             parts: vec![PartRef {
                 number: 0,
                 size: written.size,
@@ -82,8 +73,7 @@ impl ObjectStore {
                 data_id: data_id.clone(),
                 checksum: None,
             }],
-            shard: 0,
-            inline: None,
+            ..inner.new_record(version, inner.drive_ids(&drives))
         };
         let checked = verify(&written.md5, written.size).and_then(|checksum| {
             if let Some(pre) = precondition {
@@ -120,32 +110,28 @@ impl ObjectStore {
         let previous = self.lookup(bucket, key).ok().flatten();
         let okey = object_key(bucket, key);
         let slots = inner.resolve(&record.drives);
-        let commits = slots
+        let writes = slots
             .iter()
             .enumerate()
             .filter(|(i, d)| d.is_some() && ok[*i])
             .map(|(i, d)| {
                 let frame = inline.as_ref().map(|f| f[i].clone());
                 let value = record.for_shard(i, frame).encode();
-                inner.drives[d.expect("filtered")].commit(vec![Op::PutIfNewer {
-                    table: Table::Objects,
-                    key: okey.clone(),
-                    value,
-                }])
+                (
+                    d.expect("filtered"),
+                    vec![Op::PutIfNewer {
+                        table: Table::Objects,
+                        key: okey.clone(),
+                        value,
+                    }],
+                )
             });
-        let results = futures::future::join_all(commits).await;
-        let acked = results.iter().filter(|r| r.is_ok()).count();
         let need = record.redundancy().write_quorum();
-        if acked < need {
-            for e in results.into_iter().filter_map(|r| r.err()) {
-                tracing::warn!(error = %e, "object record write failed");
-            }
+        if let Err(e) = inner.commit_quorum("object record", need, writes).await {
             for p in &record.parts {
                 inner.delete_data(&record.drives, &p.data_id).await;
             }
-            return Err(Error::Quorum(format!(
-                "record written on {acked} drives, {need} needed"
-            )));
+            return Err(e);
         }
         // The data of the version this one replaced is no longer reachable. Readers that
         // already opened its shard files keep reading them (unlinked files stay readable).
@@ -346,39 +332,24 @@ impl ObjectStore {
         let inner = &self.inner;
         let drives = inner.partition_drives(bucket, key);
         let marker = ObjectRecord {
-            version: inner.now(),
             deleted: true,
-            size: 0,
-            etag: String::new(),
-            headers: BTreeMap::new(),
-            user_meta: BTreeMap::new(),
-            checksum: None,
-            k: inner.codec.redundancy().k,
-            m: inner.codec.redundancy().m,
-            block_size: inner.block_size(),
-            codec: CODEC_ID.to_string(),
-            drives: drives.iter().map(|d| inner.drives[*d].id().to_string()).collect(),
-            parts: vec![],
-            shard: 0,
-            inline: None,
+            ..inner.new_record(inner.now(), inner.drive_ids(&drives))
         };
         let okey = object_key(bucket, key);
         let value = marker.encode();
-        let results = futures::future::join_all(drives.iter().map(|d| {
-            inner.drives[*d].commit(vec![Op::PutIfNewer {
-                table: Table::Objects,
-                key: okey.clone(),
-                value: value.clone(),
-            }])
-        }))
-        .await;
-        let acked = results.iter().filter(|r| r.is_ok()).count();
-        let need = marker.redundancy().write_quorum();
-        if acked < need {
-            return Err(Error::Quorum(format!(
-                "deletion recorded on {acked} drives, {need} needed"
-            )));
-        }
+        let writes = drives.iter().map(|d| {
+            (
+                *d,
+                vec![Op::PutIfNewer {
+                    table: Table::Objects,
+                    key: okey.clone(),
+                    value: value.clone(),
+                }],
+            )
+        });
+        let acked = inner
+            .commit_quorum("deletion", marker.redundancy().write_quorum(), writes)
+            .await?;
         for p in &prev.record.parts {
             inner.delete_data(&prev.record.drives, &p.data_id).await;
         }

@@ -40,6 +40,107 @@ impl RingstoreS3 {
 
 type Failure = Arc<Mutex<Option<S3Error>>>;
 
+/// The standard and user metadata fields every object-creating input carries.
+macro_rules! new_object {
+    ($input:expr) => {
+        Headers {
+            content_type: &$input.content_type,
+            content_encoding: &$input.content_encoding,
+            content_disposition: &$input.content_disposition,
+            content_language: &$input.content_language,
+            cache_control: &$input.cache_control,
+            expires: &$input.expires,
+            metadata: &$input.metadata,
+        }
+        .into_new_object()
+    };
+}
+
+/// The checksum fields of a request that uploads a body.
+macro_rules! given {
+    ($input:expr, $algorithm:expr) => {
+        Given {
+            crc32: &$input.checksum_crc32,
+            crc32c: &$input.checksum_crc32c,
+            crc64nvme: &$input.checksum_crc64nvme,
+            sha1: &$input.checksum_sha1,
+            sha256: &$input.checksum_sha256,
+            algorithm: $algorithm,
+            content_md5: &$input.content_md5,
+        }
+    };
+}
+
+/// The conditional headers of GetObject and HeadObject.
+macro_rules! read_conditions {
+    ($input:expr) => {
+        Conditions {
+            if_match: &$input.if_match,
+            if_none_match: &$input.if_none_match,
+            if_modified_since: &$input.if_modified_since,
+            if_unmodified_since: &$input.if_unmodified_since,
+        }
+    };
+}
+
+/// The conditions of a copy source.
+macro_rules! copy_conditions {
+    ($input:expr) => {
+        Conditions {
+            if_match: &$input.copy_source_if_match,
+            if_none_match: &$input.copy_source_if_none_match,
+            if_modified_since: &$input.copy_source_if_modified_since,
+            if_unmodified_since: &$input.copy_source_if_unmodified_since,
+        }
+    };
+}
+
+/// What GetObject and HeadObject both say about an object; `$whole` tells whether the
+/// response covers the whole object (checksums only describe the whole object).
+macro_rules! object_output {
+    ($ty:ident, $rec:expr, $whole:expr, { $($field:ident: $value:expr),* $(,)? }) => {{
+        let rec: &ObjectRecord = $rec;
+        let whole: bool = $whole;
+        let [crc32, crc32c, crc64nvme, sha1, sha256] =
+            if whole { checksum_fields(&rec.checksum) } else { Default::default() };
+        $ty {
+            accept_ranges: Some("bytes".into()),
+            e_tag: Some(etag(rec)),
+            last_modified: Some(timestamp(rec.modified_nanos())),
+            content_type: rec.headers.get("content-type").cloned(),
+            content_encoding: rec.headers.get("content-encoding").cloned(),
+            content_disposition: rec.headers.get("content-disposition").cloned(),
+            content_language: rec.headers.get("content-language").cloned(),
+            cache_control: rec.headers.get("cache-control").cloned(),
+            expires: convert::expires(rec),
+            metadata: convert::metadata(rec),
+            checksum_crc32: crc32,
+            checksum_crc32c: crc32c,
+            checksum_crc64nvme: crc64nvme,
+            checksum_sha1: sha1,
+            checksum_sha256: sha256,
+            checksum_type: rec.checksum.as_ref().filter(|_| whole).map(|c| ChecksumType::from(c.kind.clone())),
+            parts_count: rec.etag.contains('-').then_some(rec.parts.len() as i32),
+            $($field: $value,)*
+            ..Default::default()
+        }
+    }};
+}
+
+/// Resolves a Range header against an object's size: `(start, end, Content-Range)`.
+fn resolve_range(range: &Option<Range>, size: u64) -> S3Result<(u64, u64, Option<String>)> {
+    match range {
+        None => Ok((0, size, None)),
+        Some(r) => {
+            let range = r
+                .check(size)
+                .map_err(|_| s3_error!(InvalidRange, "The requested range is not satisfiable"))?;
+            let cr = format!("bytes {}-{}/{}", range.start, range.end - 1, size);
+            Ok((range.start, range.end, Some(cr)))
+        }
+    }
+}
+
 /// Prefers the precise checksum error recorded during verification.
 fn body_err(failure: &Failure, e: Error) -> S3Error {
     failure
@@ -232,29 +333,9 @@ impl S3 for RingstoreS3 {
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         let input = req.input;
         check_size(input.content_length)?;
-        let new = Headers {
-            content_type: &input.content_type,
-            content_encoding: &input.content_encoding,
-            content_disposition: &input.content_disposition,
-            content_language: &input.content_language,
-            cache_control: &input.cache_control,
-            expires: &input.expires,
-            metadata: &input.metadata,
-        }
-        .into_new_object()?;
+        let new = new_object!(input)?;
         let algorithm = input.checksum_algorithm.as_ref().map(|a| a.as_str().to_string());
-        let expect = Expectation::from_request(
-            Given {
-                crc32: &input.checksum_crc32,
-                crc32c: &input.checksum_crc32c,
-                crc64nvme: &input.checksum_crc64nvme,
-                sha1: &input.checksum_sha1,
-                sha256: &input.checksum_sha256,
-                algorithm: algorithm.as_deref(),
-                content_md5: &input.content_md5,
-            },
-            &req.headers,
-        )?;
+        let expect = Expectation::from_request(given!(input, algorithm.as_deref()), &req.headers)?;
         let failure: Failure = Default::default();
         let (body, verify) = expect.attach(input.body, req.trailing_headers, failure.clone());
         let (if_match, if_none_match) = (input.if_match, input.if_none_match);
@@ -304,106 +385,28 @@ impl S3 for RingstoreS3 {
         }
         let found = self.store.head(&input.bucket, &input.key).await.map_err(s3_err)?;
         let rec = &found.record;
-        Conditions {
-            if_match: &input.if_match,
-            if_none_match: &input.if_none_match,
-            if_modified_since: &input.if_modified_since,
-            if_unmodified_since: &input.if_unmodified_since,
-        }
-        .check_read(rec)?;
-        let (start, end, content_range) = match &input.range {
-            None => (0, rec.size, None),
-            Some(r) => {
-                let range = r
-                    .check(rec.size)
-                    .map_err(|_| s3_error!(InvalidRange, "The requested range is not satisfiable"))?;
-                let cr = format!("bytes {}-{}/{}", range.start, range.end - 1, rec.size);
-                (range.start, range.end, Some(cr))
-            }
-        };
+        read_conditions!(input).check_read(rec)?;
+        let (start, end, content_range) = resolve_range(&input.range, rec.size)?;
         let stream = self.store.read(&found, start, end).map_err(s3_err)?;
         let whole = content_range.is_none();
-        let [crc32, crc32c, crc64nvme, sha1, sha256] = if whole {
-            checksum_fields(&rec.checksum)
-        } else {
-            Default::default()
-        };
-        let parts_count = (rec.parts.len() > 1 || rec.etag.contains('-')).then_some(rec.parts.len() as i32);
-        ok(GetObjectOutput {
+        ok(object_output!(GetObjectOutput, rec, whole, {
             body: Some(StreamingBlob::wrap(stream)),
             content_length: Some((end - start) as i64),
-            content_range,
-            accept_ranges: Some("bytes".into()),
-            e_tag: Some(etag(rec)),
-            last_modified: Some(timestamp(rec.modified_nanos())),
-            content_type: rec.headers.get("content-type").cloned(),
-            content_encoding: rec.headers.get("content-encoding").cloned(),
-            content_disposition: rec.headers.get("content-disposition").cloned(),
-            content_language: rec.headers.get("content-language").cloned(),
-            cache_control: rec.headers.get("cache-control").cloned(),
-            expires: convert::expires(rec),
-            metadata: convert::metadata(rec),
-            checksum_crc32: crc32,
-            checksum_crc32c: crc32c,
-            checksum_crc64nvme: crc64nvme,
-            checksum_sha1: sha1,
-            checksum_sha256: sha256,
-            checksum_type: if whole {
-                rec.checksum.as_ref().map(|c| ChecksumType::from(c.kind.clone()))
-            } else {
-                None
-            },
-            parts_count,
-            ..Default::default()
-        })
+            content_range: content_range,
+        }))
     }
 
     async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
         let found = self.store.head(&input.bucket, &input.key).await.map_err(s3_err)?;
         let rec = &found.record;
-        Conditions {
-            if_match: &input.if_match,
-            if_none_match: &input.if_none_match,
-            if_modified_since: &input.if_modified_since,
-            if_unmodified_since: &input.if_unmodified_since,
-        }
-        .check_read(rec)?;
-        let (length, content_range) = match &input.range {
-            None => (rec.size, None),
-            Some(r) => {
-                let range = r
-                    .check(rec.size)
-                    .map_err(|_| s3_error!(InvalidRange, "The requested range is not satisfiable"))?;
-                (
-                    range.end - range.start,
-                    Some(format!("bytes {}-{}/{}", range.start, range.end - 1, rec.size)),
-                )
-            }
-        };
-        let [crc32, crc32c, crc64nvme, sha1, sha256] = checksum_fields(&rec.checksum);
-        ok(HeadObjectOutput {
-            content_length: Some(length as i64),
-            content_range,
-            accept_ranges: Some("bytes".into()),
-            e_tag: Some(etag(rec)),
-            last_modified: Some(timestamp(rec.modified_nanos())),
-            content_type: rec.headers.get("content-type").cloned(),
-            content_encoding: rec.headers.get("content-encoding").cloned(),
-            content_disposition: rec.headers.get("content-disposition").cloned(),
-            content_language: rec.headers.get("content-language").cloned(),
-            cache_control: rec.headers.get("cache-control").cloned(),
-            expires: convert::expires(rec),
-            metadata: convert::metadata(rec),
-            checksum_crc32: crc32,
-            checksum_crc32c: crc32c,
-            checksum_crc64nvme: crc64nvme,
-            checksum_sha1: sha1,
-            checksum_sha256: sha256,
-            checksum_type: rec.checksum.as_ref().map(|c| ChecksumType::from(c.kind.clone())),
-            parts_count: (rec.parts.len() > 1).then_some(rec.parts.len() as i32),
-            ..Default::default()
-        })
+        read_conditions!(input).check_read(rec)?;
+        let (start, end, content_range) = resolve_range(&input.range, rec.size)?;
+        // HEAD describes the whole object; its checksum applies even when a range is asked
+        ok(object_output!(HeadObjectOutput, rec, true, {
+            content_length: Some((end - start) as i64),
+            content_range: content_range,
+        }))
     }
 
     async fn delete_object(
@@ -483,24 +486,10 @@ impl S3 for RingstoreS3 {
             ));
         }
         self.store.require_bucket(&input.bucket).await.map_err(s3_err)?;
-        let conds = Conditions {
-            if_match: &input.copy_source_if_match,
-            if_none_match: &input.copy_source_if_none_match,
-            if_modified_since: &input.copy_source_if_modified_since,
-            if_unmodified_since: &input.copy_source_if_unmodified_since,
-        };
+        let conds = copy_conditions!(input);
         let (src, stream) = self.open_source(&input.copy_source, conds, None).await?;
         let new = if replace {
-            Headers {
-                content_type: &input.content_type,
-                content_encoding: &input.content_encoding,
-                content_disposition: &input.content_disposition,
-                content_language: &input.content_language,
-                cache_control: &input.cache_control,
-                expires: &input.expires,
-                metadata: &input.metadata,
-            }
-            .into_new_object()?
+            new_object!(input)?
         } else {
             ringstore_object::NewObject {
                 headers: src.headers.clone(),
@@ -575,16 +564,7 @@ impl S3 for RingstoreS3 {
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let input = req.input;
-        let new = Headers {
-            content_type: &input.content_type,
-            content_encoding: &input.content_encoding,
-            content_disposition: &input.content_disposition,
-            content_language: &input.content_language,
-            cache_control: &input.cache_control,
-            expires: &input.expires,
-            metadata: &input.metadata,
-        }
-        .into_new_object()?;
+        let new = new_object!(input)?;
         let algorithm = input
             .checksum_algorithm
             .as_ref()
@@ -624,18 +604,7 @@ impl S3 for RingstoreS3 {
         let input = req.input;
         check_size(input.content_length)?;
         let algorithm = input.checksum_algorithm.as_ref().map(|a| a.as_str().to_string());
-        let expect = Expectation::from_request(
-            Given {
-                crc32: &input.checksum_crc32,
-                crc32c: &input.checksum_crc32c,
-                crc64nvme: &input.checksum_crc64nvme,
-                sha1: &input.checksum_sha1,
-                sha256: &input.checksum_sha256,
-                algorithm: algorithm.as_deref(),
-                content_md5: &input.content_md5,
-            },
-            &req.headers,
-        )?;
+        let expect = Expectation::from_request(given!(input, algorithm.as_deref()), &req.headers)?;
         let failure: Failure = Default::default();
         let (body, verify) = expect.attach(input.body, req.trailing_headers, failure.clone());
         let number = u32::try_from(input.part_number).map_err(|_| {
@@ -666,12 +635,7 @@ impl S3 for RingstoreS3 {
         req: S3Request<UploadPartCopyInput>,
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
         let input = req.input;
-        let conds = Conditions {
-            if_match: &input.copy_source_if_match,
-            if_none_match: &input.copy_source_if_none_match,
-            if_modified_since: &input.copy_source_if_modified_since,
-            if_unmodified_since: &input.copy_source_if_unmodified_since,
-        };
+        let conds = copy_conditions!(input);
         let (_, stream) = self
             .open_source(&input.copy_source, conds, input.copy_source_range.as_deref())
             .await?;
