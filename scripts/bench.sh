@@ -101,6 +101,17 @@ if [[ -z "${ENDPOINT:-}" ]]; then
     ENDPOINT="http://127.0.0.1:$PORT"
 fi
 
+# field(key): the value of "key" in the JSON line being read (no jq needed)
+AWK_FIELD='
+function field(key,    re) {
+    re = "\"" key "\":(\"[^\"]*\"|[^,}]*)"
+    if (!match($0, re)) return ""
+    v = substr($0, RSTART + length(key) + 3, RLENGTH - length(key) - 3)
+    gsub(/"/, "", v)
+    return v
+}
+'
+
 RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"
 failed=0
@@ -129,14 +140,7 @@ fi
 
 echo
 echo "ringstore benchmark: endpoint $ENDPOINT, ${DURATION}s per phase"
-awk '
-function field(key,    re) {
-    re = "\"" key "\":(\"[^\"]*\"|[^,}]*)"
-    if (!match($0, re)) return ""
-    v = substr($0, RSTART + length(key) + 3, RLENGTH - length(key) - 3)
-    gsub(/"/, "", v)
-    return v
-}
+awk "$AWK_FIELD"'
 BEGIN {
     printf "%-8s %-4s %5s %10s %9s %9s %9s %7s\n", "size", "op", "conc", "ops/s", "MiB/s", "p50 ms", "p99 ms", "errors"
 }
@@ -162,14 +166,7 @@ rm -f "$WORK"/dd.*
 printf "  MD5 on one core          %8.0f MiB/s\n" "$md5_mib"
 printf "  direct sequential write  %8.0f MiB/s\n" "$direct_mib"
 printf "  buffered write + fsync   %8.0f MiB/s\n" "$synced_mib"
-awk -v md5="$md5_mib" -v direct="$direct_mib" '
-function field(key,    re) {
-    re = "\"" key "\":(\"[^\"]*\"|[^,}]*)"
-    if (!match($0, re)) return ""
-    v = substr($0, RSTART + length(key) + 3, RLENGTH - length(key) - 3)
-    gsub(/"/, "", v)
-    return v
-}
+awk -v md5="$md5_mib" -v direct="$direct_mib" "$AWK_FIELD"'
 /^\{/ && field("size_label") == "1MiB" {
     r = field("mib_per_sec")
     printf "  1MiB %s: %.2f x one-core MD5, %.2f x direct disk write (EC 2+2 writes 2x the data)\n", field("op"), r / md5, r / direct
