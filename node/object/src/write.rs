@@ -39,6 +39,9 @@ pub(crate) struct Written {
     pub ok: Vec<bool>,
 }
 
+/// How long the data of a replaced or deleted version stays readable for GETs in flight.
+const RETIRE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 enum Msg {
     Stripe(Vec<u8>),
     Finish,
@@ -133,12 +136,10 @@ impl ObjectStore {
             }
             return Err(e);
         }
-        // The data of the version this one replaced is no longer reachable. Readers that
-        // already opened its shard files keep reading them (unlinked files stay readable).
+        // The data of the version this one replaced is no longer reachable by new readers;
+        // GETs already streaming it keep going (see `retire_data`).
         if let Some(prev) = previous.filter(|p| p.record.version < record.version) {
-            for p in &prev.record.parts {
-                inner.delete_data(&prev.record.drives, &p.data_id).await;
-            }
+            inner.retire_data(&prev.record);
         }
         // A concurrent writer with a newer version may have won; then ours is garbage.
         if let Ok(Some(now)) = self.lookup(bucket, key)
@@ -280,6 +281,26 @@ impl Inner {
         }
     }
 
+    /// Removes a replaced or deleted version's data after a grace period, so that a GET that
+    /// started before the overwrite returns the old version whole, as S3 promises: a reader
+    /// opens a multipart object's parts one after another, so unlinking them at once could
+    /// cut it off mid-stream. If the process stops first, the start-up orphan sweep removes
+    /// what is left.
+    pub(crate) fn retire_data(self: &Arc<Self>, rec: &ObjectRecord) {
+        let inline = rec.parts.len() == 1 && rec.parts[0].number == 0 && rec.size <= INLINE_MAX;
+        if rec.parts.is_empty() || inline {
+            return; // nothing on disk besides the records
+        }
+        let inner = self.clone();
+        let rec = rec.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(RETIRE_GRACE).await;
+            for p in &rec.parts {
+                inner.delete_data(&rec.drives, &p.data_id).await;
+            }
+        });
+    }
+
     /// Removes the shards of `data_id` from the drives named by `drive_ids`.
     pub(crate) async fn delete_data(&self, drive_ids: &[String], data_id: &str) {
         let targets: Vec<Arc<Drive>> = self
@@ -350,9 +371,7 @@ impl ObjectStore {
         let acked = inner
             .commit_quorum("deletion", marker.redundancy().write_quorum(), writes)
             .await?;
-        for p in &prev.record.parts {
-            inner.delete_data(&prev.record.drives, &p.data_id).await;
-        }
+        inner.retire_data(&prev.record);
         // the marker only needs to outlive drives that missed it; drop it once all have it
         if acked == drives.len() {
             self.drop_marker_everywhere(&okey, &marker).await;
