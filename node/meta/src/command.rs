@@ -1,0 +1,107 @@
+//! Control-plane commands (the Raft log payload) and their responses.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A change to the control-plane state, proposed through Raft and applied on every node.
+///
+/// Commands must be deterministic: anything that varies between nodes (the time, a random id)
+/// is decided by the proposer and carried in the command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create a bucket. Rejected if it already exists.
+    PutBucket {
+        name: String,
+        /// Creation time, nanoseconds since the Unix epoch, chosen by the proposer.
+        created_nanos: u64,
+    },
+    /// Delete a bucket. Rejected if it does not exist. Whether the bucket is empty is checked by
+    /// the caller: object metadata does not live in the control plane.
+    DeleteBucket { name: String },
+    /// Record a new cluster layout. `layout_json` is the ring layout serialized by the caller,
+    /// kept opaque here so this crate does not depend on the ring. Rejected unless `version` is
+    /// greater than the current layout's version.
+    SetLayout { version: u64, layout_json: String },
+    /// Add an S3 access key. Rejected if the access key id is already in use (rotating a secret
+    /// is a delete then a put, so a typo can not silently replace someone's secret).
+    PutAccessKey { access_key: String, secret_key: Secret },
+    /// Remove an S3 access key. Rejected if it does not exist.
+    DeleteAccessKey { access_key: String },
+}
+
+/// The result of applying one log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The command was applied (also the response to blank and membership entries).
+    Ok,
+    /// The command was committed but had no effect because the state forbids it. Every node
+    /// reaches the same verdict, so this is an answer for the client, not a failure of the node.
+    Rejected(Rejection),
+}
+
+impl Response {
+    /// `Ok(())` for [`Response::Ok`], the rejection otherwise.
+    pub fn into_result(self) -> Result<(), Rejection> {
+        match self {
+            Response::Ok => Ok(()),
+            Response::Rejected(r) => Err(r),
+        }
+    }
+}
+
+/// Why a command was rejected. Typed, so that the S3 and admin layers can map each case to
+/// the right protocol error (e.g. `BucketAlreadyOwnedByYou`, `NoSuchBucket`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("bucket {0} already exists")]
+    BucketExists(String),
+    #[error("bucket {0} does not exist")]
+    NoSuchBucket(String),
+    #[error("layout version {proposed} is not newer than the current version {current}")]
+    StaleLayout { current: u64, proposed: u64 },
+    #[error("access key {0} already exists")]
+    AccessKeyExists(String),
+    #[error("access key {0} does not exist")]
+    NoSuchAccessKey(String),
+}
+
+/// A secret string (an S3 secret key). Its `Debug` output is redacted because openraft logs
+/// log entries, and entries carry commands.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Secret(secret.into())
+    }
+
+    /// The secret itself, for signing and verifying requests.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_is_redacted_in_debug_but_kept_in_json() {
+        let cmd = Command::PutAccessKey {
+            access_key: "AK".into(),
+            secret_key: Secret::new("hunter2"),
+        };
+        assert!(!format!("{cmd:?}").contains("hunter2"));
+        let json = serde_json::to_string(&cmd).unwrap();
+        assert!(json.contains("hunter2"));
+        assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), cmd);
+    }
+}

@@ -1,0 +1,265 @@
+//! The control-plane state and the pure function that applies commands to it.
+
+use std::collections::BTreeMap;
+
+use openraft::EntryPayload;
+use serde::{Deserialize, Serialize};
+
+use crate::{Command, Entry, LogId, Rejection, Response, Secret, StoredMembership};
+
+/// Everything the control plane knows. Serialized as a whole into snapshots.
+///
+/// Maps are `BTreeMap` so that a snapshot's bytes depend only on the content, never on hashing
+/// order, and so that listings come out sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StateMachineData {
+    /// The last log entry applied to this state.
+    pub last_applied: Option<LogId>,
+    /// The last membership config applied (Raft's own, kept here so snapshots carry it).
+    pub last_membership: StoredMembership,
+    /// Buckets by name.
+    pub buckets: BTreeMap<String, BucketInfo>,
+    /// Layout history: version to the layout as JSON. The current layout is the last one;
+    /// older versions stay so that data still placed by them can be found while it moves.
+    pub layouts: BTreeMap<u64, String>,
+    /// S3 access keys by access key id.
+    pub access_keys: BTreeMap<String, AccessKey>,
+}
+
+/// A bucket and its settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketInfo {
+    /// Creation time, nanoseconds since the Unix epoch.
+    pub created_nanos: u64,
+}
+
+/// An S3 access key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessKey {
+    pub secret_key: Secret,
+}
+
+impl StateMachineData {
+    /// Applies one command. Pure and deterministic: the same state and command give the same
+    /// result on every node. A rejected command leaves the state unchanged.
+    pub fn apply(&mut self, cmd: &Command) -> Response {
+        match self.try_apply(cmd) {
+            Ok(()) => Response::Ok,
+            Err(rejection) => Response::Rejected(rejection),
+        }
+    }
+
+    fn try_apply(&mut self, cmd: &Command) -> Result<(), Rejection> {
+        match cmd {
+            Command::PutBucket { name, created_nanos } => {
+                if self.buckets.contains_key(name) {
+                    return Err(Rejection::BucketExists(name.clone()));
+                }
+                self.buckets.insert(
+                    name.clone(),
+                    BucketInfo {
+                        created_nanos: *created_nanos,
+                    },
+                );
+            }
+            Command::DeleteBucket { name } => {
+                if self.buckets.remove(name).is_none() {
+                    return Err(Rejection::NoSuchBucket(name.clone()));
+                }
+            }
+            Command::SetLayout { version, layout_json } => {
+                if let Some((current, _)) = self.current_layout()
+                    && *version <= current
+                {
+                    return Err(Rejection::StaleLayout {
+                        current,
+                        proposed: *version,
+                    });
+                }
+                self.layouts.insert(*version, layout_json.clone());
+            }
+            Command::PutAccessKey {
+                access_key,
+                secret_key,
+            } => {
+                if self.access_keys.contains_key(access_key) {
+                    return Err(Rejection::AccessKeyExists(access_key.clone()));
+                }
+                self.access_keys.insert(
+                    access_key.clone(),
+                    AccessKey {
+                        secret_key: secret_key.clone(),
+                    },
+                );
+            }
+            Command::DeleteAccessKey { access_key } => {
+                if self.access_keys.remove(access_key).is_none() {
+                    return Err(Rejection::NoSuchAccessKey(access_key.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one log entry: records it as applied, keeps membership changes, and runs the
+    /// command of a normal entry. Returns the response for the entry's proposer.
+    pub fn apply_entry(&mut self, entry: &Entry) -> Response {
+        self.last_applied = Some(entry.log_id);
+        match &entry.payload {
+            EntryPayload::Blank => Response::Ok,
+            EntryPayload::Normal(cmd) => self.apply(cmd),
+            EntryPayload::Membership(membership) => {
+                self.last_membership = StoredMembership::new(Some(entry.log_id), membership.clone());
+                Response::Ok
+            }
+        }
+    }
+
+    /// The current layout: its version and JSON.
+    pub fn current_layout(&self) -> Option<(u64, &str)> {
+        self.layouts.last_key_value().map(|(v, json)| (*v, json.as_str()))
+    }
+
+    /// The secret of an access key, if the key exists.
+    pub fn secret_key(&self, access_key: &str) -> Option<&Secret> {
+        self.access_keys.get(access_key).map(|k| &k.secret_key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use openraft::entry::RaftEntry;
+    use openraft::{CommittedLeaderId, Membership};
+
+    use super::*;
+
+    fn put_bucket(name: &str) -> Command {
+        Command::PutBucket {
+            name: name.into(),
+            created_nanos: 7,
+        }
+    }
+
+    fn set_layout(version: u64) -> Command {
+        Command::SetLayout {
+            version,
+            layout_json: format!("{{\"v\":{version}}}"),
+        }
+    }
+
+    #[test]
+    fn bucket_create_and_delete() {
+        let mut s = StateMachineData::default();
+        assert_eq!(s.apply(&put_bucket("a")), Response::Ok);
+        assert_eq!(s.buckets["a"], BucketInfo { created_nanos: 7 });
+        assert_eq!(
+            s.apply(&put_bucket("a")),
+            Response::Rejected(Rejection::BucketExists("a".into()))
+        );
+        assert_eq!(s.apply(&Command::DeleteBucket { name: "a".into() }), Response::Ok);
+        assert!(s.buckets.is_empty());
+    }
+
+    #[test]
+    fn deleting_a_missing_bucket_is_rejected_and_changes_nothing() {
+        let mut s = StateMachineData::default();
+        s.apply(&put_bucket("keep"));
+        let before = s.clone();
+        assert_eq!(
+            s.apply(&Command::DeleteBucket { name: "gone".into() }),
+            Response::Rejected(Rejection::NoSuchBucket("gone".into()))
+        );
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn layout_version_must_increase() {
+        let mut s = StateMachineData::default();
+        assert_eq!(s.current_layout(), None);
+        assert_eq!(s.apply(&set_layout(3)), Response::Ok);
+        assert_eq!(s.current_layout(), Some((3, "{\"v\":3}")));
+        assert_eq!(
+            s.apply(&set_layout(3)),
+            Response::Rejected(Rejection::StaleLayout {
+                current: 3,
+                proposed: 3
+            })
+        );
+        assert_eq!(
+            s.apply(&set_layout(2)),
+            Response::Rejected(Rejection::StaleLayout {
+                current: 3,
+                proposed: 2
+            })
+        );
+        assert_eq!(s.apply(&set_layout(5)), Response::Ok);
+        assert_eq!(s.current_layout().map(|(v, _)| v), Some(5));
+        // History is kept.
+        assert_eq!(s.layouts.keys().copied().collect::<Vec<_>>(), vec![3, 5]);
+    }
+
+    #[test]
+    fn access_keys() {
+        let mut s = StateMachineData::default();
+        let put = Command::PutAccessKey {
+            access_key: "AK".into(),
+            secret_key: Secret::new("sk"),
+        };
+        assert_eq!(s.apply(&put), Response::Ok);
+        assert_eq!(s.secret_key("AK").map(Secret::expose), Some("sk"));
+        assert_eq!(
+            s.apply(&put),
+            Response::Rejected(Rejection::AccessKeyExists("AK".into()))
+        );
+        let del = Command::DeleteAccessKey {
+            access_key: "AK".into(),
+        };
+        assert_eq!(s.apply(&del), Response::Ok);
+        assert_eq!(s.secret_key("AK"), None);
+        assert_eq!(
+            s.apply(&del),
+            Response::Rejected(Rejection::NoSuchAccessKey("AK".into()))
+        );
+    }
+
+    #[test]
+    fn apply_entry_tracks_last_applied_and_membership() {
+        let log_id = |i| LogId::new(CommittedLeaderId::new(1, 0), i);
+        let mut s = StateMachineData::default();
+        assert_eq!(s.apply_entry(&Entry::new_blank(log_id(1))), Response::Ok);
+        assert_eq!(s.last_applied, Some(log_id(1)));
+
+        let membership = Membership::new(vec![BTreeSet::from([1, 2, 3])], None);
+        s.apply_entry(&Entry::new_membership(log_id(2), membership.clone()));
+        assert_eq!(
+            s.last_membership,
+            StoredMembership::new(Some(log_id(2)), membership)
+        );
+
+        let normal = Entry {
+            log_id: log_id(3),
+            payload: EntryPayload::Normal(put_bucket("b")),
+        };
+        assert_eq!(s.apply_entry(&normal), Response::Ok);
+        assert_eq!(s.last_applied, Some(log_id(3)));
+        assert!(s.buckets.contains_key("b"));
+        // The membership is untouched by normal entries.
+        assert_eq!(s.last_membership.log_id(), &Some(log_id(2)));
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let mut s = StateMachineData::default();
+        s.apply(&put_bucket("a"));
+        s.apply(&set_layout(1));
+        s.apply(&Command::PutAccessKey {
+            access_key: "AK".into(),
+            secret_key: Secret::new("sk"),
+        });
+        let bytes = serde_json::to_vec(&s).unwrap();
+        assert_eq!(serde_json::from_slice::<StateMachineData>(&bytes).unwrap(), s);
+    }
+}
