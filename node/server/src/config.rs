@@ -8,7 +8,11 @@ use ringstore_ring::Redundancy;
 
 /// Ringstore: an S3-compatible object store.
 #[derive(Debug, Parser)]
-#[command(name = "ringstore", version, about = "Ringstore: an S3-compatible, erasure-coded object store")]
+#[command(
+    name = "ringstore",
+    version,
+    about = "Ringstore: an S3-compatible, erasure-coded object store"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
