@@ -152,6 +152,11 @@ impl ObjectStore {
         self.inner.layout.redundancy
     }
 
+    /// Version of the layout the node places data with (always 1 on a single node).
+    pub fn layout_version(&self) -> u64 {
+        self.inner.layout.version
+    }
+
     pub fn drives(&self) -> &[Arc<Drive>] {
         &self.inner.drives
     }

@@ -22,6 +22,35 @@ pub struct Cli {
 pub enum Command {
     /// Serve the S3 API from local drive folders.
     Server(ServerArgs),
+    /// Ask a running node about its state (admin API).
+    Admin(AdminArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum AdminCommand {
+    /// Show the node, its drives, capacity and healing progress.
+    Status(AdminStatusArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminStatusArgs {
+    /// Base URL of the node (http only).
+    #[arg(long, env = "RINGSTORE_ENDPOINT", default_value = "http://127.0.0.1:9000")]
+    pub endpoint: String,
+
+    /// Admin token (for now the node's S3 secret key).
+    #[arg(long, env = "RINGSTORE_SECRET_KEY", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Print the raw JSON document instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, Default)]

@@ -6,15 +6,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use http_body_util::BodyExt;
+use ringstore_object::ObjectStore;
 use s3s::service::S3Service;
+
+use crate::metrics::{self, Metrics, OperationSlot};
 
 /// Whether the node is ready to serve (set once start-up has finished, cleared on shutdown).
 #[derive(Clone, Default)]
@@ -26,10 +29,26 @@ impl Readiness {
     }
 }
 
-pub fn router(s3: S3Service, ready: Readiness) -> Router {
+/// What the non-S3 endpoints need.
+#[derive(Clone)]
+pub struct AppState {
+    pub ready: Readiness,
+    pub metrics: Arc<Metrics>,
+    pub store: ObjectStore,
+    pub node_name: String,
+    /// Bearer token of the admin API (the S3 secret key for now).
+    pub admin_token: Arc<str>,
+}
+
+/// Path of the Prometheus endpoint. Bucket names cannot contain `_`, so nothing under
+/// `/_ringstore/` can shadow a bucket.
+pub const METRICS_PATH: &str = "/_ringstore/metrics";
+
+pub fn router(s3: S3Service, state: AppState) -> Router {
     let s3 = tower::service_fn(move |req: Request| {
         let s3 = s3.clone();
         async move {
+            let slot = req.extensions().get::<OperationSlot>().cloned();
             let resp = match s3.call(req.map(s3s::Body::http_body_unsync)).await {
                 Ok(resp) => resp.map(Body::new),
                 Err(e) => {
@@ -37,39 +56,68 @@ pub fn router(s3: S3Service, ready: Readiness) -> Router {
                     StatusCode::INTERNAL_SERVER_ERROR.into_response()
                 }
             };
+            // requests s3s answered before routing them (bad signature, malformed request)
+            if let Some(slot) = slot {
+                slot.set("Unknown");
+            }
             Ok::<_, Infallible>(resp)
         }
     });
     Router::new()
         .route("/health/live", get(|| async { "ok" }))
         .route("/health/ready", get(health_ready))
-        .with_state(ready)
+        .route(METRICS_PATH, get(serve_metrics))
+        .route("/_ringstore/admin/{*rest}", any(crate::admin::admin))
         .fallback_service(s3)
-        .layer(axum::middleware::from_fn(request_id))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), request_id))
+        .with_state(state)
 }
 
-async fn health_ready(State(ready): State<Readiness>) -> Response {
-    if ready.0.load(Ordering::SeqCst) {
+async fn health_ready(State(state): State<AppState>) -> Response {
+    if state.ready.0.load(Ordering::SeqCst) {
         "ready".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
     }
 }
 
+async fn serve_metrics(State(state): State<AppState>) -> Response {
+    let text = state.metrics.render(&state.store).await;
+    ([(http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
+}
+
 fn new_request_id() -> String {
     hex::encode_upper(rand::random::<[u8; 8]>())
 }
 
-/// Tags every response with `x-amz-request-id` and completes XML error documents.
-async fn request_id(req: Request, next: Next) -> Response {
+/// Tags every response with `x-amz-request-id`, completes XML error documents and records
+/// the request metrics of S3 requests.
+async fn request_id(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let id = new_request_id();
+    let slot = OperationSlot::default();
+    req.extensions_mut().insert(slot.clone());
+    let received = declared_length(req.headers());
     let resource = req.uri().path().to_string();
     let is_head = req.method() == http::Method::HEAD;
     let method = req.method().clone();
     let started = std::time::Instant::now();
     let mut resp = next.run(req).await;
     let status = resp.status().as_u16();
-    let millis = started.elapsed().as_secs_f64() * 1000.0;
+    let seconds = started.elapsed().as_secs_f64();
+    let millis = seconds * 1000.0;
+    // only requests that reached the S3 service have an operation
+    if let Some(op) = slot.get() {
+        let sent = if is_head {
+            0
+        } else {
+            resp.headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .or_else(|| resp.body().size_hint().exact())
+                .unwrap_or(0)
+        };
+        state.metrics.record_request(op, status, seconds, received, sent);
+    }
     // 501 is the expected answer to operations we do not implement, not an incident
     if resp.status().is_server_error() && resp.status() != StatusCode::NOT_IMPLEMENTED {
         tracing::warn!(request_id = %id, %method, path = %resource, status, millis, "request failed");
@@ -98,6 +146,15 @@ async fn request_id(req: Request, next: Next) -> Response {
         .headers
         .insert(http::header::CONTENT_LENGTH, HeaderValue::from(completed.len()));
     Response::from_parts(parts, Body::from(completed))
+}
+
+/// Body bytes a request declares: the decoded length of aws-chunked uploads, else its
+/// Content-Length.
+fn declared_length(headers: &http::HeaderMap) -> u64 {
+    ["x-amz-decoded-content-length", "content-length"]
+        .iter()
+        .find_map(|h| headers.get(*h)?.to_str().ok()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Adds `<Resource>` and `<RequestId>` to an S3 `<Error>` document when missing.

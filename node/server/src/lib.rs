@@ -1,11 +1,14 @@
 //! The `ringstore` command: configuration, logging, and the commands it offers.
 
+mod admin;
+mod admin_cli;
 mod config;
 mod credentials;
 mod http;
+mod metrics;
 mod server;
 
-pub use config::{Cli, Command, LogFormat, ServerArgs};
+pub use config::{AdminArgs, AdminCommand, AdminStatusArgs, Cli, Command, LogFormat, ServerArgs};
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> std::process::ExitCode {
@@ -24,5 +27,6 @@ pub fn run(cli: Cli) -> std::process::ExitCode {
                 }
             }
         }
+        Command::Admin(args) => admin_cli::run(args),
     }
 }

@@ -14,7 +14,8 @@ use s3s::service::S3ServiceBuilder;
 use tokio::net::TcpListener;
 
 use crate::config::ServerArgs;
-use crate::http::{Readiness, router};
+use crate::http::{AppState, Readiness, router};
+use crate::metrics::Metrics;
 
 pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let started = SystemTime::now();
@@ -60,12 +61,22 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         creds.access_key.as_str(),
         creds.secret_key.as_str(),
     ));
+    builder.set_access(crate::metrics::OperationProbe);
     if !args.domains.is_empty() {
         let hosts = ringstore_s3::VirtualHosts::new(&args.domains).map_err(anyhow::Error::msg);
         builder.set_host(hosts.context("invalid --domain")?);
     }
     let ready = Readiness::default();
-    let app = router(builder.build(), ready.clone());
+    let app = router(
+        builder.build(),
+        AppState {
+            ready: ready.clone(),
+            metrics: Arc::new(Metrics::new()),
+            store: store.clone(),
+            node_name: args.node_name.clone(),
+            admin_token: creds.secret_key.as_str().into(),
+        },
+    );
 
     let listener = TcpListener::bind(args.address)
         .await

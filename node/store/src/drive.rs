@@ -297,6 +297,14 @@ impl Drive {
         Ok(ids)
     }
 
+    /// Whether the drive answers: its identity file is still there and its metadata index
+    /// serves a read. Cheap enough to run for every status request.
+    pub fn check(&self) -> Result<()> {
+        let info = self.root.join(".ringstore").join("drive.json");
+        fs::metadata(&info).map_err(|e| self.io_err(e))?;
+        self.get(Table::Buckets, b"").map(|_| ())
+    }
+
     /// Bytes used and available on the file system holding the drive.
     pub fn usage(&self) -> Option<(u64, u64)> {
         let out = std::process::Command::new("df")

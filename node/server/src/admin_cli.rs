@@ -1,0 +1,183 @@
+//! `ringstore admin ...`: a small client of the admin API.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use crate::config::{AdminArgs, AdminCommand, AdminStatusArgs};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn run(args: AdminArgs) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let result = runtime.map_err(anyhow::Error::from).and_then(|rt| {
+        rt.block_on(async {
+            match args.command {
+                AdminCommand::Status(a) => status(a).await,
+            }
+        })
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringstore: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn status(args: AdminStatusArgs) -> anyhow::Result<()> {
+    let doc = get_json(
+        &args.endpoint,
+        args.token.as_deref(),
+        "/_ringstore/admin/v1/status",
+    )
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", status_table(&doc));
+    }
+    Ok(())
+}
+
+/// GETs an admin path and parses the JSON answer, with errors that name the endpoint.
+async fn get_json(endpoint: &str, token: Option<&str>, path: &str) -> anyhow::Result<Value> {
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        bail!("no admin token: pass --token or set RINGSTORE_SECRET_KEY (the node's S3 secret key)");
+    };
+    let base = endpoint.trim_end_matches('/');
+    if !base.starts_with("http://") {
+        bail!("endpoint {endpoint} is not supported: the CLI speaks plain http:// only");
+    }
+    let uri: http::Uri = format!("{base}{path}")
+        .parse()
+        .with_context(|| format!("invalid endpoint {endpoint}"))?;
+    let req = http::Request::get(uri)
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Empty::<Bytes>::new())
+        .context("cannot build the request")?;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let exchange = async {
+        let resp = client.request(req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok::<_, anyhow::Error>((status, body))
+    };
+    let (status, body) = match tokio::time::timeout(TIMEOUT, exchange).await {
+        Err(_) => bail!("no answer from ringstore at {endpoint} within {TIMEOUT:?}"),
+        Ok(Err(e)) => return Err(anyhow!("cannot reach ringstore at {endpoint}: {}", chain(&*e))),
+        Ok(Ok(r)) => r,
+    };
+    if status == http::StatusCode::UNAUTHORIZED {
+        bail!(
+            "ringstore at {endpoint} refused the admin token (401 Unauthorized): check --token or RINGSTORE_SECRET_KEY"
+        );
+    }
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&body);
+        bail!("ringstore at {endpoint} answered {status}: {}", text.trim());
+    }
+    serde_json::from_slice(&body).with_context(|| {
+        format!("ringstore at {endpoint} did not answer with JSON (is it a ringstore node?)")
+    })
+}
+
+/// An error and its causes on one line (hyper's errors keep the useful part in sources).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+fn human_bytes(v: Option<u64>) -> String {
+    let Some(v) = v else { return "-".into() };
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut x = v as f64;
+    let mut unit = 0;
+    while x >= 1024.0 && unit < UNITS.len() - 1 {
+        x /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{v} B")
+    } else {
+        format!("{x:.1} {}", UNITS[unit])
+    }
+}
+
+/// The readable form of the status document.
+fn status_table(doc: &Value) -> String {
+    use std::fmt::Write;
+    let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "node:            {} (ringstore {})",
+        s(&doc["node"]),
+        s(&doc["version"])
+    );
+    let _ = writeln!(out, "redundancy:      {}", s(&doc["redundancy"]));
+    let _ = writeln!(out, "layout version:  {}", s(&doc["layout_version"]));
+    let cap = &doc["capacity"];
+    let _ = writeln!(
+        out,
+        "drives:          {} of {} online",
+        s(&cap["drives_online"]),
+        s(&cap["drives_total"])
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<34} {:<8} {:>10} {:>10}  PATH",
+        "DRIVE", "STATE", "USED", "AVAILABLE"
+    );
+    for d in doc["drives"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<34} {:<8} {:>10} {:>10}  {}",
+            s(&d["id"]),
+            s(&d["state"]),
+            human_bytes(d["bytes_used"].as_u64()),
+            human_bytes(d["bytes_available"].as_u64()),
+            s(&d["path"])
+        );
+    }
+    let h = &doc["healing"];
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "healing:         {} objects checked, {} shards healed, {} records healed, {} orphans removed, {} errors",
+        s(&h["objects_checked"]),
+        s(&h["shards_healed"]),
+        s(&h["records_healed"]),
+        s(&h["orphans_removed"]),
+        s(&h["heal_errors"])
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_readable() {
+        assert_eq!(human_bytes(Some(512)), "512 B");
+        assert_eq!(human_bytes(Some(3 * 1024 * 1024 / 2)), "1.5 MiB");
+        assert_eq!(human_bytes(None), "-");
+    }
+}

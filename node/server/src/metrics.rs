@@ -1,0 +1,228 @@
+//! Prometheus metrics, served at `/_ringstore/metrics` in the OpenMetrics text format.
+//!
+//! Request metrics are recorded by the request middleware; drive usage and healing totals
+//! are sampled when the endpoint is scraped.
+
+use std::sync::{Arc, OnceLock};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use ringstore_object::{HealStats, ObjectStore};
+
+/// The OpenMetrics content type the text encoder produces (Prometheus accepts it).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    operation: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DriveLabels {
+    drive: String,
+}
+
+type HistogramFamily = Family<OperationLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~33 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// The S3 operation of a request, filled in by [`OperationProbe`] once s3s has routed it.
+/// The request middleware puts one in every request's extensions.
+#[derive(Clone, Default)]
+pub struct OperationSlot(Arc<OnceLock<String>>);
+
+impl OperationSlot {
+    pub fn set(&self, name: &str) {
+        let _ = self.0.set(name.to_string());
+    }
+
+    pub fn get(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+}
+
+/// An s3s access check that records the operation name s3s resolved (in the request's
+/// [`OperationSlot`]) and otherwise behaves as the default check: signed requests pass,
+/// anonymous ones are denied.
+pub struct OperationProbe;
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for OperationProbe {
+    async fn check(&self, cx: &mut s3s::access::S3AccessContext<'_>) -> s3s::S3Result<()> {
+        let name = cx.s3_op().name().to_string();
+        if let Some(slot) = cx.extensions_mut().get::<OperationSlot>() {
+            slot.set(&name);
+        }
+        match cx.credentials() {
+            Some(_) => Ok(()),
+            None => Err(s3s::s3_error!(AccessDenied, "Signature is required")),
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: HistogramFamily,
+    bytes_received: Counter,
+    bytes_sent: Counter,
+    drive_used: Family<DriveLabels, Gauge>,
+    drive_available: Family<DriveLabels, Gauge>,
+    drive_online: Family<DriveLabels, Gauge>,
+    heal: [Counter; 5],
+    /// Serialises scrapes: healing counters are advanced by the difference since the last one.
+    scrape: tokio::sync::Mutex<()>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        // counters get their `_total` suffix from the encoder
+        registry.register(
+            "ringstore_s3_requests",
+            "S3 requests by operation and HTTP status",
+            requests.clone(),
+        );
+        let durations: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "ringstore_s3_request_duration_seconds",
+            "Time to answer S3 requests (until the response head), by operation",
+            durations.clone(),
+        );
+        let bytes_received = Counter::default();
+        registry.register(
+            "ringstore_s3_bytes_received",
+            "Request body bytes received by the S3 API (where the length is declared)",
+            bytes_received.clone(),
+        );
+        let bytes_sent = Counter::default();
+        registry.register(
+            "ringstore_s3_bytes_sent",
+            "Response body bytes sent by the S3 API (where the length is known)",
+            bytes_sent.clone(),
+        );
+        let drive_used = Family::<DriveLabels, Gauge>::default();
+        registry.register(
+            "ringstore_drive_bytes_used",
+            "Bytes used on the file system holding the drive",
+            drive_used.clone(),
+        );
+        let drive_available = Family::<DriveLabels, Gauge>::default();
+        registry.register(
+            "ringstore_drive_bytes_available",
+            "Bytes available on the file system holding the drive",
+            drive_available.clone(),
+        );
+        let drive_online = Family::<DriveLabels, Gauge>::default();
+        registry.register(
+            "ringstore_drive_online",
+            "1 when the drive's metadata index answers, 0 otherwise",
+            drive_online.clone(),
+        );
+        let heal: [Counter; 5] = Default::default();
+        let heal_help = [
+            (
+                "ringstore_heal_objects_checked",
+                "Objects verified by healing and scrubbing",
+            ),
+            ("ringstore_heal_shards_healed", "Shards rebuilt"),
+            ("ringstore_heal_records_healed", "Metadata records repaired"),
+            ("ringstore_heal_orphans_removed", "Orphaned shard files removed"),
+            ("ringstore_heal_errors", "Heal attempts that failed"),
+        ];
+        for ((name, help), c) in heal_help.into_iter().zip(&heal) {
+            registry.register(name, help, c.clone());
+        }
+        Self {
+            registry,
+            requests,
+            durations,
+            bytes_received,
+            bytes_sent,
+            drive_used,
+            drive_available,
+            drive_online,
+            heal,
+            scrape: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Records one S3 request.
+    pub fn record_request(&self, operation: &str, status: u16, seconds: f64, received: u64, sent: u64) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                operation: operation.to_string(),
+                status,
+            })
+            .inc();
+        self.durations
+            .get_or_create(&OperationLabels {
+                operation: operation.to_string(),
+            })
+            .observe(seconds);
+        self.bytes_received.inc_by(received);
+        self.bytes_sent.inc_by(sent);
+    }
+
+    /// Samples drives and healing totals, then encodes every metric.
+    pub async fn render(&self, store: &ObjectStore) -> String {
+        let _guard = self.scrape.lock().await;
+        for d in crate::admin::drive_states(store).await {
+            let labels = DriveLabels { drive: d.id.clone() };
+            self.drive_online.get_or_create(&labels).set(i64::from(d.online));
+            if let Some((used, available)) = d.usage {
+                self.drive_used.get_or_create(&labels).set(clamp(used));
+                self.drive_available.get_or_create(&labels).set(clamp(available));
+            }
+        }
+        let HealStats {
+            objects_checked,
+            shards_healed,
+            records_healed,
+            orphans_removed,
+            heal_errors,
+        } = store.heal_stats();
+        let totals = [
+            objects_checked,
+            shards_healed,
+            records_healed,
+            orphans_removed,
+            heal_errors,
+        ];
+        for (c, total) in self.heal.iter().zip(totals) {
+            let seen = c.get();
+            if total > seen {
+                c.inc_by(total - seen);
+            }
+        }
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
