@@ -102,6 +102,10 @@ pub(crate) struct Inner {
     clock: AtomicU64,
     pub(crate) healing: Mutex<std::collections::HashSet<Vec<u8>>>,
     pub(crate) stats: heal::Counters,
+    /// Serialises the commit steps of UploadPart, Complete and Abort of one upload (striped
+    /// by upload id), so that a part replaced while its upload completes is not removed
+    /// from under the completed object. In-process only: enough for a single node.
+    upload_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl ObjectStore {
@@ -144,6 +148,7 @@ impl ObjectStore {
                 clock: AtomicU64::new(0),
                 healing: Mutex::new(Default::default()),
                 stats: Default::default(),
+                upload_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             }),
         })
     }
@@ -248,6 +253,15 @@ impl ObjectStore {
 }
 
 impl Inner {
+    /// The lock of `upload_id` (see `upload_locks`).
+    pub(crate) async fn upload_lock(&self, upload_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        upload_id.hash(&mut h);
+        let i = (h.finish() % self.upload_locks.len() as u64) as usize;
+        self.upload_locks[i].lock().await
+    }
+
     pub(crate) fn block_size(&self) -> usize {
         ringstore_erasure::block_size(self.codec.redundancy().k)
     }

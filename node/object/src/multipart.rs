@@ -165,6 +165,12 @@ impl ObjectStore {
         let pkey = part_key(upload_id, number);
         let mut value = version.to_bytes().to_vec();
         value.extend_from_slice(&rmp_encode(&rec));
+        let _lock = inner.upload_lock(upload_id).await;
+        // the upload may have been completed or aborted while the body streamed
+        if let Err(e) = self.upload(bucket, key, upload_id).await {
+            inner.delete_data(&upload.drives, &data_id).await;
+            return Err(e);
+        }
         let previous = self.read_part(&slots, upload_id, number);
         let writes = slots
             .iter()
@@ -187,8 +193,17 @@ impl ObjectStore {
             inner.delete_data(&upload.drives, &data_id).await;
             return Err(e);
         }
-        if let Some(old) = previous {
+        // A concurrent upload of the same number may have committed a newer version: then
+        // it is the part and ours is garbage, and its data must not be removed as "previous".
+        if let Some((old_version, old)) = previous
+            && old_version < version
+        {
             inner.delete_data(&upload.drives, &old.data_id).await;
+        }
+        if let Some((now, _)) = self.read_part(&slots, upload_id, number)
+            && now > version
+        {
+            inner.delete_data(&upload.drives, &data_id).await;
         }
         Ok(PartInfo {
             number,
@@ -199,7 +214,8 @@ impl ObjectStore {
         })
     }
 
-    fn read_part(&self, slots: &[usize], upload_id: &str, number: u32) -> Option<PartRecord> {
+    /// The newest record of part `number` and its version.
+    fn read_part(&self, slots: &[usize], upload_id: &str, number: u32) -> Option<(Version, PartRecord)> {
         let pkey = part_key(upload_id, number);
         let mut best: Option<(Version, PartRecord)> = None;
         for d in slots {
@@ -213,7 +229,7 @@ impl ObjectStore {
                 best = Some((ver, rec));
             }
         }
-        best.map(|(_, r)| r)
+        best
     }
 
     fn all_parts(&self, slots: &[usize], upload_id: &str) -> BTreeMap<u32, PartRecord> {
@@ -272,8 +288,9 @@ impl ObjectStore {
         chosen: &[CompletedPart],
         checksum: impl FnOnce(&[PartInfo]) -> Result<Option<StoredChecksum>>,
     ) -> Result<ObjectRecord> {
-        let upload = self.upload(bucket, key, upload_id).await?;
         let inner = &self.inner;
+        let _lock = inner.upload_lock(upload_id).await;
+        let upload = self.upload(bucket, key, upload_id).await?;
         let slots: Vec<usize> = inner.resolve(&upload.drives).into_iter().flatten().collect();
         if chosen.is_empty() {
             return Err(Error::InvalidArgument(
@@ -346,6 +363,7 @@ impl ObjectStore {
     }
 
     pub async fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<()> {
+        let _lock = self.inner.upload_lock(upload_id).await;
         let upload = self.upload(bucket, key, upload_id).await?;
         let slots: Vec<usize> = self.inner.resolve(&upload.drives).into_iter().flatten().collect();
         for p in self.all_parts(&slots, upload_id).values() {

@@ -131,21 +131,27 @@ impl ObjectStore {
             });
         let need = record.redundancy().write_quorum();
         if let Err(e) = inner.commit_quorum("object record", need, writes).await {
-            for p in &record.parts {
-                inner.delete_data(&record.drives, &p.data_id).await;
+            // A failed PUT's shards are garbage; a failed Complete's parts still belong to
+            // the upload, which a retried Complete will use.
+            if record.parts.iter().all(|p| p.number == 0) {
+                for p in &record.parts {
+                    inner.delete_data(&record.drives, &p.data_id).await;
+                }
             }
             return Err(e);
         }
         // The data of the version this one replaced is no longer reachable by new readers;
         // GETs already streaming it keep going (see `retire_data`).
+        // Versions can share data files (concurrent Completes of one multipart upload), so
+        // only data the other version does not reference is removed.
         if let Some(prev) = previous.filter(|p| p.record.version < record.version) {
-            inner.retire_data(&prev.record);
+            inner.retire_data(&without_data_of(&prev.record, record));
         }
         // A concurrent writer with a newer version may have won; then ours is garbage.
         if let Ok(Some(now)) = self.lookup(bucket, key)
             && now.record.version > record.version
         {
-            for p in &record.parts {
+            for p in &without_data_of(record, &now.record).parts {
                 inner.delete_data(&record.drives, &p.data_id).await;
             }
         }
@@ -319,6 +325,14 @@ impl Inner {
         })
         .await;
     }
+}
+
+/// `rec` without the parts whose data files `other` also references.
+fn without_data_of(rec: &ObjectRecord, other: &ObjectRecord) -> ObjectRecord {
+    let mut out = rec.clone();
+    out.parts
+        .retain(|p| !other.parts.iter().any(|o| o.data_id == p.data_id));
+    out
 }
 
 /// Makes every open shard durable in parallel; returns which ones succeeded.
