@@ -107,7 +107,8 @@ macro_rules! object_output {
             accept_ranges: Some("bytes".into()),
             e_tag: Some(etag(rec)),
             last_modified: Some(timestamp(rec.modified_nanos())),
-            content_type: rec.headers.get("content-type").cloned(),
+            // S3 answers binary/octet-stream for objects stored without a type
+            content_type: Some(rec.headers.get("content-type").cloned().unwrap_or_else(|| "binary/octet-stream".into())),
             content_encoding: rec.headers.get("content-encoding").cloned(),
             content_disposition: rec.headers.get("content-disposition").cloned(),
             content_language: rec.headers.get("content-language").cloned(),

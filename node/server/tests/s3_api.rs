@@ -3338,3 +3338,36 @@ async fn get_in_flight_survives_overwrite_and_delete() {
         assert_bytes(&got, &whole, action);
     }
 }
+
+#[tokio::test]
+async fn objects_without_a_type_are_binary_octet_stream() {
+    let server = Server::start(1);
+    let c = server.client();
+    create_bucket(&c, "types").await;
+    // a presigned PUT sends exactly the headers we give it: no Content-Type
+    let p = c
+        .put_object()
+        .bucket("types")
+        .key("untyped")
+        .presigned(PresigningConfig::expires_in(Duration::from_secs(60)).unwrap())
+        .await
+        .unwrap();
+    let resp = common::raw_exchange(server.addr, &presigned_raw(&server, &p, "", b"raw bytes")).unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let got = c
+        .get_object()
+        .bucket("types")
+        .key("untyped")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.content_type(), Some("binary/octet-stream"));
+    let head = c
+        .head_object()
+        .bucket("types")
+        .key("untyped")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_type(), Some("binary/octet-stream"));
+}
