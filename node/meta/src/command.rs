@@ -28,6 +28,15 @@ pub enum Command {
     PutAccessKey { access_key: String, secret_key: Secret },
     /// Remove an S3 access key. Rejected if it does not exist.
     DeleteAccessKey { access_key: String },
+    /// Register a cluster member (or update it: a node that restarts or is replaced under the
+    /// same name re-registers with its current address and drives). Never rejected.
+    PutNode {
+        name: String,
+        rpc_addr: String,
+        zone: String,
+        /// The node's drives as (permanent drive id, capacity weight).
+        drives: Vec<(String, u64)>,
+    },
 }
 
 /// The result of applying one log entry.

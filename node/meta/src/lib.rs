@@ -60,7 +60,7 @@ use std::sync::Arc;
 
 pub use command::{Command, Rejection, Response, Secret};
 pub use log_store::LogStore;
-pub use state::{AccessKey, BucketInfo, StateMachineData};
+pub use state::{AccessKey, BucketInfo, NodeInfo, StateMachineData};
 pub use state_machine::{SharedState, SnapshotBuilder, StateMachineStore};
 
 /// A Raft node id. Assigned by the layer above and stable across restarts.

@@ -25,6 +25,18 @@ pub struct StateMachineData {
     pub layouts: BTreeMap<u64, String>,
     /// S3 access keys by access key id.
     pub access_keys: BTreeMap<String, AccessKey>,
+    /// The member registry: every node that joined, by name, with what layouts are built from.
+    pub nodes: BTreeMap<String, NodeInfo>,
+}
+
+/// A registered cluster member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Where the node's internal RPC listens, `HOST:PORT`.
+    pub rpc_addr: String,
+    pub zone: String,
+    /// The node's drives as (permanent drive id, capacity weight).
+    pub drives: Vec<(String, u64)>,
 }
 
 /// A bucket and its settings.
@@ -97,6 +109,21 @@ impl StateMachineData {
                 if self.access_keys.remove(access_key).is_none() {
                     return Err(Rejection::NoSuchAccessKey(access_key.clone()));
                 }
+            }
+            Command::PutNode {
+                name,
+                rpc_addr,
+                zone,
+                drives,
+            } => {
+                self.nodes.insert(
+                    name.clone(),
+                    NodeInfo {
+                        rpc_addr: rpc_addr.clone(),
+                        zone: zone.clone(),
+                        drives: drives.clone(),
+                    },
+                );
             }
         }
         Ok(())
@@ -248,6 +275,29 @@ mod tests {
         assert!(s.buckets.contains_key("b"));
         // The membership is untouched by normal entries.
         assert_eq!(s.last_membership.log_id(), &Some(log_id(2)));
+    }
+
+    #[test]
+    fn put_node_registers_and_replaces() {
+        let mut s = StateMachineData::default();
+        let put = |addr: &str, drives: Vec<(String, u64)>| Command::PutNode {
+            name: "n1".into(),
+            rpc_addr: addr.into(),
+            zone: "z".into(),
+            drives,
+        };
+        assert_eq!(s.apply(&put("a:1", vec![("d1".into(), 10)])), Response::Ok);
+        assert_eq!(s.nodes["n1"].rpc_addr, "a:1");
+        assert_eq!(s.apply(&put("b:2", vec![("d2".into(), 20)])), Response::Ok);
+        assert_eq!(s.nodes.len(), 1);
+        assert_eq!(s.nodes["n1"].rpc_addr, "b:2");
+        assert_eq!(s.nodes["n1"].drives, vec![("d2".to_string(), 20)]);
+    }
+
+    #[test]
+    fn snapshots_without_nodes_still_decode() {
+        let s: StateMachineData = serde_json::from_str(r#"{"buckets":{}}"#).unwrap();
+        assert!(s.nodes.is_empty());
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use ringstore_store::{Op, ShardWriter, Table};
+use ringstore_rpc::ShardSink;
+use ringstore_store::{Op, Table};
 use serde::Serialize;
 
 use crate::read::PartReader;
@@ -20,6 +21,9 @@ pub(crate) struct Counters {
     records_healed: AtomicU64,
     orphans_removed: AtomicU64,
     heal_errors: AtomicU64,
+    scrubs_running: AtomicU64,
+    scrub_passes: AtomicU64,
+    scrub_checked: AtomicU64,
 }
 
 /// Totals since the node started, for status and metrics.
@@ -30,11 +34,17 @@ pub struct HealStats {
     pub records_healed: u64,
     pub orphans_removed: u64,
     pub heal_errors: u64,
+    /// Whether a scrub (a walk over this node's objects) is running now.
+    pub scrub_running: bool,
+    /// Scrubs finished since the node started.
+    pub scrub_passes: u64,
+    /// Objects checked by the running scrub, or by the last one.
+    pub scrub_checked: u64,
 }
 
 impl ObjectStore {
     pub fn heal_stats(&self) -> HealStats {
-        let c = &self.inner.stats;
+        let c = &self.shared.stats;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         HealStats {
             objects_checked: get(&c.objects_checked),
@@ -42,15 +52,18 @@ impl ObjectStore {
             records_healed: get(&c.records_healed),
             orphans_removed: get(&c.orphans_removed),
             heal_errors: get(&c.heal_errors),
+            scrub_running: get(&c.scrubs_running) > 0,
+            scrub_passes: get(&c.scrub_passes),
+            scrub_checked: get(&c.scrub_checked),
         }
     }
 
     /// Verifies one object on every drive of its partition and repairs what is missing or
     /// corrupt: shard files, inline frames and records. Returns whether anything was fixed.
     pub async fn heal_object(&self, bucket: &str, key: &str) -> Result<bool> {
-        let inner = &self.inner;
+        let inner = &self.inner();
         inner.stats.objects_checked.fetch_add(1, Ordering::Relaxed);
-        let Some(found) = self.lookup(bucket, key)? else {
+        let Some(found) = self.lookup(bucket, key).await? else {
             return Ok(false);
         };
         let rec = found.record;
@@ -60,9 +73,18 @@ impl ObjectStore {
         // read (an interrupted write that `lookup` passed over) cannot take this one
         let mut stale = Vec::new();
         let mut ahead = Vec::new();
+        let mut unreachable = Vec::new();
         for (i, slot) in slots.iter().enumerate() {
             let Some(d) = slot else { continue };
-            let current = inner.drives[*d].get(Table::Objects, &okey)?;
+            // a drive that does not answer (its node is down) is left for a later pass
+            let current = match inner.drives[*d].get(Table::Objects, &okey).await {
+                Ok(c) => c,
+                Err(e) => {
+                    crate::drive_failure("heal: record read failed", &e);
+                    unreachable.push(i);
+                    continue;
+                }
+            };
             match current
                 .and_then(|b| ObjectRecord::decode(&b).ok())
                 .map(|r| r.version)
@@ -96,7 +118,7 @@ impl ObjectStore {
                 let decoded = inner.codec.decode(part.size as usize, inline.clone())?;
                 for (i, frame) in decoded.repaired {
                     inline[i] = Some(frame);
-                    if !stale.contains(&i) && !ahead.contains(&i) {
+                    if !stale.contains(&i) && !ahead.contains(&i) && !unreachable.contains(&i) {
                         stale.push(i);
                     }
                 }
@@ -130,12 +152,13 @@ impl ObjectStore {
     }
 
     pub(crate) async fn drop_marker_everywhere(&self, okey: &[u8], marker: &ObjectRecord) {
-        let slots = self.inner.resolve(&marker.drives);
+        let inner = self.inner();
+        let slots = inner.resolve(&marker.drives);
         if slots.iter().any(Option::is_none) {
             return;
         }
         let ops = slots.iter().flatten().map(|d| {
-            self.inner.drives[*d].commit(vec![Op::DeleteIfVersion {
+            inner.drives[*d].commit(vec![Op::DeleteIfVersion {
                 table: Table::Objects,
                 key: okey.to_vec(),
                 version: marker.version,
@@ -144,12 +167,27 @@ impl ObjectStore {
         let _ = futures::future::join_all(ops).await;
     }
 
-    /// Walks every object once, healing as it goes, at most `per_second` objects a second.
+    /// Walks every object stored on this node's drives once, healing as it goes, at most
+    /// `per_second` objects a second. Each node checks the objects its own drives hold, once
+    /// per node (from the first of its drives in the object's set), so an object is checked
+    /// by every node holding a shard of it: a drive that lost everything is rebuilt by its
+    /// peers.
     pub async fn scrub(&self, per_second: u32) -> Result<u64> {
-        let inner = &self.inner;
+        let stats = &self.shared.stats;
+        stats.scrubs_running.fetch_add(1, Ordering::SeqCst);
+        stats.scrub_checked.store(0, Ordering::Relaxed);
+        let result = self.scrub_pass(per_second).await;
+        stats.scrubs_running.fetch_sub(1, Ordering::SeqCst);
+        stats.scrub_passes.fetch_add(1, Ordering::SeqCst);
+        result
+    }
+
+    async fn scrub_pass(&self, per_second: u32) -> Result<u64> {
         let mut checked = 0u64;
         let pause = Duration::from_secs(1) / per_second.max(1);
-        for (di, drive) in inner.drives.iter().enumerate() {
+        let local: Vec<Arc<ringstore_store::Drive>> = self.shared.local.clone();
+        let local_ids: HashSet<String> = local.iter().map(|d| d.id().to_string()).collect();
+        for drive in &local {
             let mut after: Option<Vec<u8>> = None;
             loop {
                 let page = drive.scan(Table::Objects, b"", after.as_deref(), 256)?;
@@ -159,9 +197,8 @@ impl ObjectStore {
                     let Ok(rec) = ObjectRecord::decode(v) else {
                         continue;
                     };
-                    // each object is checked from the first drive of its set that is present
-                    let first = inner.resolve(&rec.drives).into_iter().flatten().next();
-                    if first != Some(di) {
+                    let first = rec.drives.iter().find(|id| local_ids.contains(*id));
+                    if first.map(String::as_str) != Some(drive.id()) {
                         continue;
                     }
                     let Some(sep) = k.iter().position(|b| *b == 0) else {
@@ -170,10 +207,11 @@ impl ObjectStore {
                     let bucket = String::from_utf8_lossy(&k[..sep]).into_owned();
                     let key = String::from_utf8_lossy(&k[sep + 1..]).into_owned();
                     if let Err(e) = self.heal_object(&bucket, &key).await {
-                        inner.stats.heal_errors.fetch_add(1, Ordering::Relaxed);
+                        self.shared.stats.heal_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(%bucket, %key, error = %e, "scrub could not heal object");
                     }
                     checked += 1;
+                    self.shared.stats.scrub_checked.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(pause).await;
                 }
             }
@@ -194,7 +232,7 @@ impl ObjectStore {
             // Parts are read before objects: completing an upload commits the object record
             // before it drops the part records, so a part cannot slip between the two scans.
             let mut referenced = HashSet::new();
-            for drive in &store.inner.drives {
+            for drive in &store.shared.local {
                 for (_, v) in drive.scan(Table::Parts, b"", None, usize::MAX)? {
                     if let Ok(p) =
                         crate::rmp_decode::<crate::multipart::PartRecord>(&v[ringstore_store::Version::LEN..])
@@ -203,14 +241,14 @@ impl ObjectStore {
                     }
                 }
             }
-            for drive in &store.inner.drives {
+            for drive in &store.shared.local {
                 for (_, v) in drive.scan(Table::Objects, b"", None, usize::MAX)? {
                     if let Ok(rec) = ObjectRecord::decode(&v) {
                         referenced.extend(rec.parts.into_iter().map(|p| p.data_id));
                     }
                 }
             }
-            for drive in &store.inner.drives {
+            for drive in &store.shared.local {
                 for id in drive.shards_older_than(before)? {
                     if !referenced.contains(&id) {
                         drive.delete_shard(&id)?;
@@ -219,7 +257,7 @@ impl ObjectStore {
                 }
             }
             store
-                .inner
+                .shared
                 .stats
                 .orphans_removed
                 .fetch_add(removed, Ordering::Relaxed);
@@ -246,11 +284,11 @@ impl Inner {
                 Ok(true) => tracing::info!(%bucket, key = %object, "healed object"),
                 Ok(false) => {}
                 Err(e) => {
-                    store.inner.stats.heal_errors.fetch_add(1, Ordering::Relaxed);
+                    store.shared.stats.heal_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%bucket, key = %object, error = %e, "heal failed");
                 }
             }
-            store.inner.healing.lock().expect("not poisoned").remove(&key);
+            store.shared.healing.lock().expect("not poisoned").remove(&key);
         });
     }
 
@@ -278,7 +316,11 @@ impl Inner {
             if geometry.stripes() == 0 {
                 return Ok(vec![]);
             }
-            let mut damaged: Vec<usize> = damaged.into_iter().filter(|i| slots[*i].is_some()).collect();
+            // shards on drives that failed to answer are not damaged, just out of reach
+            let mut damaged: Vec<usize> = damaged
+                .into_iter()
+                .filter(|i| slots[*i].is_some() && !reader.unreachable.contains(i))
+                .collect();
             damaged.sort_unstable();
             if damaged.is_empty() {
                 return Ok(damaged);
@@ -290,10 +332,10 @@ impl Inner {
                 }));
             }
             // pass 2: rebuild the damaged shards into replacement files
-            let mut writers: Vec<(usize, ShardWriter)> = Vec::new();
+            let mut writers: Vec<(usize, ShardSink)> = Vec::new();
             for &i in &damaged {
                 let d = slots[i].expect("filtered");
-                writers.push((i, inner.drives[d].replace_shard(&part.data_id)?));
+                writers.push((i, inner.drives[d].create_shard(&part.data_id, true)?));
             }
             for s in 0..geometry.stripes() {
                 let frames = reader.all_frames(s);

@@ -21,11 +21,12 @@ mod write;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ringstore_erasure::Codec;
 use ringstore_ring::{Layout, Placement, Redundancy};
+use ringstore_rpc::DriveHandle;
 use ringstore_store::{Drive, Op, Table, Version};
 
 pub use heal::HealStats;
@@ -80,39 +81,64 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Where bucket records live: the drives' own tables for a store used on its own (tests,
+/// tools), the Raft control plane in a server.
+#[async_trait::async_trait]
+pub trait Catalog: Send + Sync {
+    async fn get(&self, name: &str) -> Result<Option<BucketRecord>>;
+    async fn list(&self) -> Result<Vec<BucketRecord>>;
+    /// Fails with [`Error::BucketExists`] when the bucket exists.
+    async fn create(&self, rec: &BucketRecord) -> Result<()>;
+    async fn delete(&self, name: &str) -> Result<()>;
+}
+
 /// The object service of one node.
+#[derive(Clone)]
 pub struct ObjectStore {
-    inner: Arc<Inner>,
+    current: Arc<RwLock<Arc<Inner>>>,
+    shared: Arc<Shared>,
 }
 
-impl Clone for ObjectStore {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-        }
-    }
-}
-
-pub(crate) struct Inner {
-    pub(crate) drives: Vec<Arc<Drive>>,
-    pub(crate) by_id: HashMap<String, usize>,
-    pub(crate) layout: Layout,
-    pub(crate) placement: Placement,
-    pub(crate) codec: Arc<Codec>,
+/// What stays across layout changes.
+pub(crate) struct Shared {
     clock: AtomicU64,
     pub(crate) healing: Mutex<std::collections::HashSet<Vec<u8>>>,
     pub(crate) stats: heal::Counters,
     /// Serialises the commit steps of UploadPart, Complete and Abort of one upload (striped
     /// by upload id), so that a part replaced while its upload completes is not removed
-    /// from under the completed object. In-process only: enough for a single node.
+    /// from under the completed object. In-process only: uploads of one key are coordinated
+    /// by the node that serves them.
     upload_locks: Vec<tokio::sync::Mutex<()>>,
+    catalog: Arc<dyn Catalog>,
+    /// This node's own drives (sweeps and scrubs walk these).
+    pub(crate) local: Vec<Arc<Drive>>,
+}
+
+/// One layout's view of the cluster: every drive of the layout, local or remote, and the
+/// placement computed from it. Replaced whole when the layout changes; an operation keeps
+/// the view it started with.
+pub(crate) struct Inner {
+    pub(crate) drives: Vec<DriveHandle>,
+    pub(crate) by_id: HashMap<String, usize>,
+    pub(crate) layout: Layout,
+    pub(crate) placement: Placement,
+    pub(crate) codec: Arc<Codec>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::ops::Deref for Inner {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
 }
 
 impl ObjectStore {
-    /// Builds the service over already opened drives. `redundancy` defaults to the
-    /// standard scheme for the number of drives.
+    /// A store on its own over already opened local drives, with buckets kept in the drives'
+    /// tables. `redundancy` defaults to the standard scheme for the number of drives.
     pub fn new(drives: Vec<Drive>, redundancy: Option<Redundancy>, node: &str) -> Result<Self> {
         let redundancy = redundancy.unwrap_or_else(|| Redundancy::default_for(drives.len()));
+        let drives: Vec<Arc<Drive>> = drives.into_iter().map(Arc::new).collect();
         let layout = Layout {
             version: 1,
             redundancy,
@@ -128,88 +154,84 @@ impl ObjectStore {
                     .collect(),
             }],
         };
-        let placement = layout
-            .placement()
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let codec = Arc::new(Codec::new(redundancy)?);
-        let drives: Vec<Arc<Drive>> = drives.into_iter().map(Arc::new).collect();
-        let by_id = drives
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (d.id().to_string(), i))
-            .collect();
+        let catalog = Arc::new(DriveCatalog {
+            drives: drives.clone(),
+        });
+        let handles = drives.iter().cloned().map(DriveHandle::Local).collect();
+        Self::with_layout(drives, catalog, layout, handles)
+    }
+
+    /// A store placing data by `layout`, whose drives are `handles` (in the layout's
+    /// order: node by node, drive by drive); `local` are this node's own drives.
+    pub fn with_layout(
+        local: Vec<Arc<Drive>>,
+        catalog: Arc<dyn Catalog>,
+        layout: Layout,
+        handles: Vec<DriveHandle>,
+    ) -> Result<Self> {
+        let shared = Arc::new(Shared {
+            clock: AtomicU64::new(0),
+            healing: Mutex::new(Default::default()),
+            stats: Default::default(),
+            upload_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+            catalog,
+            local,
+        });
+        let inner = Inner::build(shared.clone(), layout, handles)?;
         Ok(Self {
-            inner: Arc::new(Inner {
-                drives,
-                by_id,
-                layout,
-                placement,
-                codec,
-                clock: AtomicU64::new(0),
-                healing: Mutex::new(Default::default()),
-                stats: Default::default(),
-                upload_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
-            }),
+            current: Arc::new(RwLock::new(Arc::new(inner))),
+            shared,
         })
     }
 
+    /// Switches to a new layout (see [`ObjectStore::with_layout`] for `handles`).
+    pub fn set_layout(&self, layout: Layout, handles: Vec<DriveHandle>) -> Result<()> {
+        let inner = Inner::build(self.shared.clone(), layout, handles)?;
+        *self.current.write().expect("not poisoned") = Arc::new(inner);
+        Ok(())
+    }
+
+    /// The current layout view.
+    pub(crate) fn inner(&self) -> Arc<Inner> {
+        self.current.read().expect("not poisoned").clone()
+    }
+
     pub fn redundancy(&self) -> Redundancy {
-        self.inner.layout.redundancy
+        self.inner().layout.redundancy
     }
 
-    /// Version of the layout the node places data with (always 1 on a single node).
+    /// Version of the layout the node places data with.
     pub fn layout_version(&self) -> u64 {
-        self.inner.layout.version
+        self.inner().layout.version
     }
 
-    pub fn drives(&self) -> &[Arc<Drive>] {
-        &self.inner.drives
+    pub fn layout(&self) -> Layout {
+        self.inner().layout.clone()
+    }
+
+    /// This node's own drives.
+    pub fn local_drives(&self) -> &[Arc<Drive>] {
+        &self.shared.local
     }
 
     /// Object bytes per stripe with this node's redundancy.
     pub fn block_size(&self) -> usize {
-        self.inner.block_size()
+        self.inner().block_size()
     }
 
     // ---- buckets -------------------------------------------------------------------------
 
     pub async fn create_bucket(&self, name: &str) -> Result<BucketRecord> {
-        if self.bucket(name).await?.is_some() {
-            return Err(Error::BucketExists);
-        }
         let rec = BucketRecord {
             name: name.to_string(),
-            created_nanos: self.inner.now().ts_nanos,
+            created_nanos: self.inner().now().ts_nanos,
         };
-        let value = rmp_encode(&rec);
-        self.inner
-            .commit_all(|_| {
-                vec![Op::Put {
-                    table: Table::Buckets,
-                    key: name.as_bytes().to_vec(),
-                    value: value.clone(),
-                }]
-            })
-            .await?;
+        self.shared.catalog.create(&rec).await?;
         Ok(rec)
     }
 
     pub async fn bucket(&self, name: &str) -> Result<Option<BucketRecord>> {
-        let mut found = None;
-        let mut answered = 0;
-        for d in &self.inner.drives {
-            match d.get(Table::Buckets, name.as_bytes()) {
-                Ok(v) => {
-                    answered += 1;
-                    if let Some(v) = v {
-                        found = Some(rmp_decode::<BucketRecord>(&v)?);
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "bucket lookup failed on a drive"),
-            }
-        }
-        self.inner.need_majority(answered)?;
-        Ok(found)
+        self.shared.catalog.get(name).await
     }
 
     pub async fn require_bucket(&self, name: &str) -> Result<()> {
@@ -217,18 +239,7 @@ impl ObjectStore {
     }
 
     pub async fn list_buckets(&self) -> Result<Vec<BucketRecord>> {
-        let mut all = std::collections::BTreeMap::new();
-        for d in &self.inner.drives {
-            match d.scan(Table::Buckets, b"", None, usize::MAX) {
-                Ok(entries) => {
-                    for (k, v) in entries {
-                        all.insert(k, rmp_decode::<BucketRecord>(&v)?);
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "bucket listing failed on a drive"),
-            }
-        }
-        Ok(all.into_values().collect())
+        self.shared.catalog.list().await
     }
 
     pub async fn delete_bucket(&self, name: &str) -> Result<()> {
@@ -241,18 +252,95 @@ impl ObjectStore {
         for upload in self.list_uploads(name, "", None, usize::MAX).await? {
             self.abort_upload(name, &upload.key, &upload.upload_id).await?;
         }
-        self.inner
-            .commit_all(|_| {
-                vec![Op::Delete {
-                    table: Table::Buckets,
-                    key: name.as_bytes().to_vec(),
-                }]
-            })
-            .await
+        self.shared.catalog.delete(name).await
     }
 }
 
-impl Inner {
+/// Buckets kept in the tables of a single node's drives, written to all and read from a
+/// majority.
+struct DriveCatalog {
+    drives: Vec<Arc<Drive>>,
+}
+
+impl DriveCatalog {
+    fn need_majority(&self, answered: usize) -> Result<()> {
+        let need = self.drives.len() / 2 + 1;
+        if answered < need {
+            return Err(Error::Quorum(format!(
+                "{answered} of {} drives answered, {need} needed",
+                self.drives.len()
+            )));
+        }
+        Ok(())
+    }
+
+    async fn commit_all(&self, op: Op) -> Result<()> {
+        let results = futures::future::join_all(self.drives.iter().map(|d| d.commit(vec![op.clone()]))).await;
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        for e in results.into_iter().filter_map(|r| r.err()) {
+            tracing::warn!(error = %e, "bucket write failed on a drive");
+        }
+        self.need_majority(ok)
+    }
+}
+
+#[async_trait::async_trait]
+impl Catalog for DriveCatalog {
+    async fn get(&self, name: &str) -> Result<Option<BucketRecord>> {
+        let mut found = None;
+        let mut answered = 0;
+        for d in &self.drives {
+            match d.get(Table::Buckets, name.as_bytes()) {
+                Ok(v) => {
+                    answered += 1;
+                    if let Some(v) = v {
+                        found = Some(rmp_decode::<BucketRecord>(&v)?);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "bucket lookup failed on a drive"),
+            }
+        }
+        self.need_majority(answered)?;
+        Ok(found)
+    }
+
+    async fn list(&self) -> Result<Vec<BucketRecord>> {
+        let mut all = std::collections::BTreeMap::new();
+        for d in &self.drives {
+            match d.scan(Table::Buckets, b"", None, usize::MAX) {
+                Ok(entries) => {
+                    for (k, v) in entries {
+                        all.insert(k, rmp_decode::<BucketRecord>(&v)?);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "bucket listing failed on a drive"),
+            }
+        }
+        Ok(all.into_values().collect())
+    }
+
+    async fn create(&self, rec: &BucketRecord) -> Result<()> {
+        if self.get(&rec.name).await?.is_some() {
+            return Err(Error::BucketExists);
+        }
+        self.commit_all(Op::Put {
+            table: Table::Buckets,
+            key: rec.name.as_bytes().to_vec(),
+            value: rmp_encode(rec),
+        })
+        .await
+    }
+
+    async fn delete(&self, name: &str) -> Result<()> {
+        self.commit_all(Op::Delete {
+            table: Table::Buckets,
+            key: name.as_bytes().to_vec(),
+        })
+        .await
+    }
+}
+
+impl Shared {
     /// The lock of `upload_id` (see `upload_locks`).
     pub(crate) async fn upload_lock(&self, upload_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
         use std::hash::{Hash, Hasher};
@@ -260,6 +348,36 @@ impl Inner {
         upload_id.hash(&mut h);
         let i = (h.finish() % self.upload_locks.len() as u64) as usize;
         self.upload_locks[i].lock().await
+    }
+}
+
+impl Inner {
+    fn build(shared: Arc<Shared>, layout: Layout, drives: Vec<DriveHandle>) -> Result<Self> {
+        let placement = layout
+            .placement()
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let ids: Vec<&str> = layout
+            .nodes
+            .iter()
+            .flat_map(|n| n.drives.iter().map(|d| d.id.as_str()))
+            .collect();
+        if ids.len() != drives.len() || ids.iter().zip(&drives).any(|(a, b)| *a != b.id()) {
+            return Err(Error::Internal("drive handles do not match the layout".into()));
+        }
+        let codec = Arc::new(Codec::new(layout.redundancy)?);
+        let by_id = drives
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id().to_string(), i))
+            .collect();
+        Ok(Inner {
+            drives,
+            by_id,
+            layout,
+            placement,
+            codec,
+            shared,
+        })
     }
 
     pub(crate) fn block_size(&self) -> usize {
@@ -290,26 +408,18 @@ impl Inner {
         }
     }
 
-    pub(crate) fn need_majority(&self, answered: usize) -> Result<()> {
-        let need = self.drives.len() / 2 + 1;
-        if answered < need {
+    /// A listing asks every drive; it is complete when no partition can have lost a read
+    /// quorum, i.e. when at most `width - read quorum` drives did not answer (a key written
+    /// with a write quorum then has at least one answering holder).
+    pub(crate) fn need_listing_quorum(&self, unknown: usize) -> Result<()> {
+        let r = self.layout.redundancy;
+        let tolerated = r.width() - r.read_quorum();
+        if unknown > tolerated {
             return Err(Error::Quorum(format!(
-                "{answered} of {} drives answered, {need} needed",
-                self.drives.len()
+                "{unknown} drives did not answer the listing, at most {tolerated} may be missing"
             )));
         }
         Ok(())
-    }
-
-    /// Commits per-drive operations on every drive; succeeds when a majority did.
-    pub(crate) async fn commit_all(&self, ops: impl Fn(usize) -> Vec<Op>) -> Result<()> {
-        let results =
-            futures::future::join_all(self.drives.iter().enumerate().map(|(i, d)| d.commit(ops(i)))).await;
-        let ok = results.iter().filter(|r| r.is_ok()).count();
-        for e in results.into_iter().filter_map(|r| r.err()) {
-            tracing::warn!(error = %e, "metadata write failed on a drive");
-        }
-        self.need_majority(ok)
     }
 
     /// Commits per-drive writes (`(drive index, ops)`) in parallel; succeeds with the count of
@@ -325,7 +435,7 @@ impl Inner {
         let acked = results.iter().filter(|r| r.is_ok()).count();
         if acked < need {
             for e in results.into_iter().filter_map(|r| r.err()) {
-                tracing::warn!(error = %e, "{what} write failed on a drive");
+                crate::drive_failure(&format!("{what} write failed on a drive"), &e);
             }
             return Err(Error::Quorum(format!(
                 "{what} recorded on {acked} drives, {need} needed"
@@ -365,12 +475,43 @@ impl Inner {
     /// The drives of `bucket/key`'s partition, in shard order.
     pub(crate) fn partition_drives(&self, bucket: &str, key: &str) -> Vec<usize> {
         let p = ringstore_ring::partition_of(bucket, key);
-        self.placement.drives(p).iter().map(|d| d.drive).collect()
+        let offsets = self.node_offsets();
+        self.placement
+            .drives(p)
+            .iter()
+            .map(|d| offsets[d.node] + d.drive)
+            .collect()
+    }
+
+    /// Index of each node's first drive in `drives`.
+    fn node_offsets(&self) -> Vec<usize> {
+        let mut at = 0;
+        self.layout
+            .nodes
+            .iter()
+            .map(|n| {
+                let o = at;
+                at += n.drives.len();
+                o
+            })
+            .collect()
     }
 
     /// Drive indexes of the ids a record names; unknown ids map to `None`.
     pub(crate) fn resolve(&self, ids: &[String]) -> Vec<Option<usize>> {
         ids.iter().map(|id| self.by_id.get(id).copied()).collect()
+    }
+}
+
+/// Logs a drive operation that failed. A peer that is down is expected while it is down
+/// (requests carry on with the other shards, and `admin status` shows the node offline), so
+/// that is logged at debug level rather than once per request.
+pub(crate) fn drive_failure(what: &str, e: &dyn std::fmt::Display) {
+    let text = e.to_string();
+    if text.contains(" is unreachable") || text.contains(" did not answer") {
+        tracing::debug!(error = %text, "{what}");
+    } else {
+        tracing::warn!(error = %text, "{what}");
     }
 }
 

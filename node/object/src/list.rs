@@ -39,12 +39,17 @@ impl ObjectStore {
             let mut merged: BTreeMap<Vec<u8>, Vec<ObjectRecord>> = BTreeMap::new();
             // keys past the horizon may be missing from a drive that returned a full page
             let mut horizon: Option<Vec<u8>> = None;
+            let inner = self.inner();
+            let scans = inner
+                .drives
+                .iter()
+                .map(|d| d.scan(Table::Objects, &scan_prefix, cursor.as_deref(), batch));
             let mut answered = 0;
-            for d in self.drives() {
-                let page = match d.scan(Table::Objects, &scan_prefix, cursor.as_deref(), batch) {
+            for scanned in futures::future::join_all(scans).await {
+                let page = match scanned {
                     Ok(p) => p,
                     Err(e) => {
-                        tracing::warn!(error = %e, "listing failed on a drive");
+                        crate::drive_failure("listing failed on a drive", &e);
                         continue;
                     }
                 };
@@ -62,9 +67,9 @@ impl ObjectStore {
                     merged.entry(k).or_default().push(rec);
                 }
             }
-            self.inner.need_majority(answered)?;
             // drives that failed to answer may hold any version (see `newest_readable`)
-            let unknown = self.drives().len() - answered;
+            let unknown = inner.drives.len() - answered;
+            inner.need_listing_quorum(unknown)?;
             let bucket_len = bucket.len() + 1;
             for (k, records) in merged {
                 if horizon.as_ref().is_some_and(|h| &k > h) {

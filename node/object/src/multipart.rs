@@ -81,7 +81,7 @@ impl ObjectStore {
         checksum_algorithm: Option<String>,
     ) -> Result<String> {
         self.require_bucket(bucket).await?;
-        let inner = &self.inner;
+        let inner = &self.inner();
         let drives = inner.partition_drives(bucket, key);
         let version = inner.now();
         let upload_id = version.hex();
@@ -112,10 +112,10 @@ impl ObjectStore {
 
     async fn upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<UploadRecord> {
         self.require_bucket(bucket).await?;
-        let inner = &self.inner;
+        let inner = &self.inner();
         let ukey = upload_key(bucket, key, upload_id);
         for d in inner.partition_drives(bucket, key) {
-            if let Ok(Some(v)) = inner.drives[d].get(Table::Uploads, &ukey) {
+            if let Ok(Some(v)) = inner.drives[d].get(Table::Uploads, &ukey).await {
                 return rmp_decode(&v);
             }
         }
@@ -138,7 +138,7 @@ impl ObjectStore {
             ));
         }
         let upload = self.upload(bucket, key, upload_id).await?;
-        let inner = &self.inner;
+        let inner = &self.inner();
         let slots: Vec<usize> = inner.resolve(&upload.drives).into_iter().flatten().collect();
         if slots.len() != upload.drives.len() {
             return Err(Error::Quorum(
@@ -171,7 +171,7 @@ impl ObjectStore {
             inner.delete_data(&upload.drives, &data_id).await;
             return Err(e);
         }
-        let previous = self.read_part(&slots, upload_id, number);
+        let previous = self.read_part(&slots, upload_id, number).await;
         let writes = slots
             .iter()
             .zip(&written.ok)
@@ -200,7 +200,7 @@ impl ObjectStore {
         {
             inner.delete_data(&upload.drives, &old.data_id).await;
         }
-        if let Some((now, _)) = self.read_part(&slots, upload_id, number)
+        if let Some((now, _)) = self.read_part(&slots, upload_id, number).await
             && now > version
         {
             inner.delete_data(&upload.drives, &data_id).await;
@@ -215,11 +215,17 @@ impl ObjectStore {
     }
 
     /// The newest record of part `number` and its version.
-    fn read_part(&self, slots: &[usize], upload_id: &str, number: u32) -> Option<(Version, PartRecord)> {
+    async fn read_part(
+        &self,
+        slots: &[usize],
+        upload_id: &str,
+        number: u32,
+    ) -> Option<(Version, PartRecord)> {
         let pkey = part_key(upload_id, number);
+        let inner = self.inner();
         let mut best: Option<(Version, PartRecord)> = None;
         for d in slots {
-            if let Ok(Some(v)) = self.inner.drives[*d].get(Table::Parts, &pkey)
+            if let Ok(Some(v)) = inner.drives[*d].get(Table::Parts, &pkey).await
                 && let (Some(ver), Ok(rec)) = (
                     Version::from_bytes(&v),
                     rmp_decode::<PartRecord>(&v[Version::LEN..]),
@@ -232,12 +238,16 @@ impl ObjectStore {
         best
     }
 
-    fn all_parts(&self, slots: &[usize], upload_id: &str) -> BTreeMap<u32, PartRecord> {
+    async fn all_parts(&self, slots: &[usize], upload_id: &str) -> BTreeMap<u32, PartRecord> {
         let mut prefix = upload_id.as_bytes().to_vec();
         prefix.push(0);
         let mut best: BTreeMap<u32, (Version, PartRecord)> = BTreeMap::new();
+        let inner = self.inner();
         for d in slots {
-            let Ok(entries) = self.inner.drives[*d].scan(Table::Parts, &prefix, None, usize::MAX) else {
+            let Ok(entries) = inner.drives[*d]
+                .scan(Table::Parts, &prefix, None, usize::MAX)
+                .await
+            else {
                 continue;
             };
             for (k, v) in entries {
@@ -264,9 +274,15 @@ impl ObjectStore {
 
     pub async fn list_parts(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Vec<PartInfo>> {
         let upload = self.upload(bucket, key, upload_id).await?;
-        let slots: Vec<usize> = self.inner.resolve(&upload.drives).into_iter().flatten().collect();
+        let slots: Vec<usize> = self
+            .inner()
+            .resolve(&upload.drives)
+            .into_iter()
+            .flatten()
+            .collect();
         Ok(self
             .all_parts(&slots, upload_id)
+            .await
             .into_iter()
             .map(|(number, r)| PartInfo {
                 number,
@@ -288,7 +304,7 @@ impl ObjectStore {
         chosen: &[CompletedPart],
         checksum: impl FnOnce(&[PartInfo]) -> Result<Option<StoredChecksum>>,
     ) -> Result<ObjectRecord> {
-        let inner = &self.inner;
+        let inner = &self.inner();
         let _lock = inner.upload_lock(upload_id).await;
         let upload = self.upload(bucket, key, upload_id).await?;
         let slots: Vec<usize> = inner.resolve(&upload.drives).into_iter().flatten().collect();
@@ -297,7 +313,7 @@ impl ObjectStore {
                 "you must specify at least one part".into(),
             ));
         }
-        let mut stored = self.all_parts(&slots, upload_id);
+        let mut stored = self.all_parts(&slots, upload_id).await;
         let mut parts = Vec::with_capacity(chosen.len());
         let mut infos = Vec::with_capacity(chosen.len());
         let mut md5s = Md5::new();
@@ -363,19 +379,25 @@ impl ObjectStore {
     }
 
     pub async fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<()> {
-        let _lock = self.inner.upload_lock(upload_id).await;
+        let _lock = self.shared.upload_lock(upload_id).await;
         let upload = self.upload(bucket, key, upload_id).await?;
-        let slots: Vec<usize> = self.inner.resolve(&upload.drives).into_iter().flatten().collect();
-        for p in self.all_parts(&slots, upload_id).values() {
-            self.inner.delete_data(&upload.drives, &p.data_id).await;
+        let slots: Vec<usize> = self
+            .inner()
+            .resolve(&upload.drives)
+            .into_iter()
+            .flatten()
+            .collect();
+        for p in self.all_parts(&slots, upload_id).await.values() {
+            self.inner().delete_data(&upload.drives, &p.data_id).await;
         }
         self.forget_upload(bucket, key, upload_id, &slots).await;
         Ok(())
     }
 
     async fn forget_upload(&self, bucket: &str, key: &str, upload_id: &str, slots: &[usize]) {
-        let parts: Vec<u32> = self.all_parts(slots, upload_id).into_keys().collect();
+        let parts: Vec<u32> = self.all_parts(slots, upload_id).await.into_keys().collect();
         let ukey = upload_key(bucket, key, upload_id);
+        let inner = self.inner();
         let ops = slots.iter().map(|d| {
             let mut ops = vec![Op::Delete {
                 table: Table::Uploads,
@@ -385,7 +407,7 @@ impl ObjectStore {
                 table: Table::Parts,
                 key: part_key(upload_id, *n),
             }));
-            self.inner.drives[*d].commit(ops)
+            inner.drives[*d].commit(ops)
         });
         for r in futures::future::join_all(ops).await {
             if let Err(e) = r {
@@ -406,8 +428,13 @@ impl ObjectStore {
         self.require_bucket(bucket).await?;
         let scan_prefix = object_key(bucket, prefix);
         let mut all: BTreeMap<Vec<u8>, UploadRecord> = BTreeMap::new();
-        for d in self.drives() {
-            let Ok(entries) = d.scan(Table::Uploads, &scan_prefix, None, usize::MAX) else {
+        let inner = self.inner();
+        let scans = inner
+            .drives
+            .iter()
+            .map(|d| d.scan(Table::Uploads, &scan_prefix, None, usize::MAX));
+        for scanned in futures::future::join_all(scans).await {
+            let Ok(entries) = scanned else {
                 continue;
             };
             for (k, v) in entries {

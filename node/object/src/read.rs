@@ -1,7 +1,6 @@
 //! The read path: find the newest version with a read quorum, then stream its data,
 //! reconstructing from parity only when a data shard is missing or corrupt.
 
-use std::fs::File;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,7 +8,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::Stream;
 use ringstore_erasure::{Codec, Geometry};
-use ringstore_store::{Drive, Table, Version};
+use ringstore_rpc::{DriveHandle, ShardSource};
+use ringstore_store::{Table, Version};
 
 use crate::record::{ObjectRecord, PartRef};
 use crate::{Error, Inner, ObjectStore, Result, object_key};
@@ -32,7 +32,7 @@ pub struct Found {
 impl ObjectStore {
     /// The newest live version of `bucket/key`.
     pub async fn head(&self, bucket: &str, key: &str) -> Result<Found> {
-        match self.lookup(bucket, key)? {
+        match self.lookup(bucket, key).await? {
             Some(f) if !f.record.deleted => Ok(f),
             _ => {
                 // distinguish a missing bucket from a missing key
@@ -44,15 +44,16 @@ impl ObjectStore {
 
     /// Reads the records of `bucket/key` from its partition's drives; the newest wins.
     /// Includes deletion markers.
-    pub(crate) fn lookup(&self, bucket: &str, key: &str) -> Result<Option<Found>> {
-        let inner = &self.inner;
+    pub(crate) async fn lookup(&self, bucket: &str, key: &str) -> Result<Option<Found>> {
+        let inner = &self.inner();
         let drives = inner.partition_drives(bucket, key);
         let okey = object_key(bucket, key);
         let mut answered = 0;
         let mut empty = 0;
         let mut records: Vec<ObjectRecord> = Vec::with_capacity(drives.len());
-        for d in &drives {
-            match inner.drives[*d].get(Table::Objects, &okey) {
+        let reads = drives.iter().map(|d| inner.drives[*d].get(Table::Objects, &okey));
+        for read in futures::future::join_all(reads).await {
+            match read {
                 Ok(Some(bytes)) => {
                     answered += 1;
                     match ObjectRecord::decode(&bytes) {
@@ -64,7 +65,7 @@ impl ObjectStore {
                     answered += 1;
                     empty += 1;
                 }
-                Err(e) => tracing::warn!(error = %e, "object record read failed"),
+                Err(e) => crate::drive_failure("object record read failed", &e),
             }
         }
         let need = inner.codec.redundancy().read_quorum();
@@ -103,16 +104,16 @@ impl ObjectStore {
     pub fn read(&self, found: &Found, start: u64, end: u64) -> Result<ObjectStream> {
         let rec = &found.record;
         if found.stale {
-            self.inner.request_heal(self, &found.bucket, &found.key);
+            self.inner().request_heal(self, &found.bucket, &found.key);
         }
         if rec.parts.len() == 1 && found.inline.iter().any(Option::is_some) {
             let part = &rec.parts[0];
-            let codec = &self.inner.codec;
+            let codec = &self.inner().codec;
             let mut bytes = Bytes::new();
             if part.size > 0 {
                 let decoded = codec.decode(part.size as usize, found.inline.clone())?;
                 if !decoded.repaired.is_empty() {
-                    self.inner.request_heal(self, &found.bucket, &found.key);
+                    self.inner().request_heal(self, &found.bucket, &found.key);
                 }
                 bytes = Bytes::from(decoded.data).slice(start as usize..end as usize);
             }
@@ -124,7 +125,7 @@ impl ObjectStore {
         let (bucket, key) = (found.bucket.clone(), found.key.clone());
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            let inner = &store.inner;
+            let inner = &store.inner();
             let mut damaged = false;
             let mut offset = 0u64;
             for part in &rec.parts {
@@ -158,7 +159,7 @@ impl ObjectStore {
 /// Shard files are written and synced on every drive before any record names them, so one
 /// record is enough for them. Small objects keep their frames in the records instead: with
 /// fewer than `k` frames, even counting the unknown drives as holders, the version cannot be
-/// decoded, and it was never acknowledged either (that takes `k + 1` records): it is a write
+/// decoded, and it was never acknowledged either (that takes at least `k` records): it is a write
 /// cut short by a crash between its per-drive commits. Such a version is passed over as if
 /// it had not been written, so that it neither hides the version it was replacing nor shows
 /// up as an object that cannot be read.
@@ -191,11 +192,13 @@ fn tokio_stream<T: Send + 'static>(
 pub(crate) struct PartReader {
     codec: Arc<Codec>,
     geometry: Geometry,
-    drives: Vec<Option<Arc<Drive>>>,
-    files: Vec<Option<Option<File>>>,
+    drives: Vec<Option<DriveHandle>>,
+    files: Vec<Option<Option<ShardSource>>>,
     data_id: String,
     /// Whether any shard was found missing or corrupt.
     pub damaged: bool,
+    /// Shards whose drive failed to answer (as opposed to answering that data is missing).
+    pub unreachable: std::collections::HashSet<usize>,
 }
 
 impl PartReader {
@@ -213,6 +216,7 @@ impl PartReader {
             files: (0..width).map(|_| None).collect(),
             data_id: part.data_id.clone(),
             damaged: false,
+            unreachable: Default::default(),
         };
         // open the data shards up front so a concurrent overwrite cannot unlink them mid-read
         for i in 0..rec.k {
@@ -221,11 +225,11 @@ impl PartReader {
         reader
     }
 
-    fn file(&mut self, shard: usize) -> Option<&File> {
+    fn file(&mut self, shard: usize) -> Option<&ShardSource> {
         if self.files[shard].is_none() {
             let f = self.drives[shard].as_ref().and_then(|d| {
                 d.open_shard(&self.data_id)
-                    .map_err(|e| tracing::warn!(error = %e, "shard open failed"))
+                    .map_err(|e| crate::drive_failure("shard open failed", &e))
                     .ok()
                     .flatten()
             });
@@ -237,10 +241,16 @@ impl PartReader {
     fn frame(&mut self, shard: usize, stripe: u64) -> Option<Vec<u8>> {
         let (off, len) = self.geometry.frame(stripe);
         let f = self.file(shard)?;
-        Drive::read_frame(f, off, len)
-            .map_err(|e| tracing::warn!(error = %e, "shard read failed"))
-            .ok()
-            .flatten()
+        match f.read_frame(off, len) {
+            Ok(frame) => frame,
+            Err(e) => {
+                crate::drive_failure("shard read failed", &e);
+                if f.is_remote() {
+                    self.unreachable.insert(shard);
+                }
+                None
+            }
+        }
     }
 
     /// Every frame of a stripe, read from all shards (used by repair).
@@ -277,9 +287,9 @@ impl PartReader {
         for i in 0..k {
             let at = i * chunk;
             let file = self.file(i)?;
-            let read = Drive::read_frame_into(file, offset, &mut buf[at..at + chunk + CRC]);
+            let read = file.read_frame_into(offset, &mut buf[at..at + chunk + CRC]);
             if !read
-                .map_err(|e| tracing::warn!(error = %e, "shard read failed"))
+                .map_err(|e| crate::drive_failure("shard read failed", &e))
                 .ok()?
             {
                 return None;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use md5::{Digest, Md5};
-use ringstore_store::{Drive, Op, ShardWriter, Table};
+use ringstore_rpc::{DriveHandle, ShardSink};
+use ringstore_store::{Op, Table};
 
 use crate::record::{ObjectRecord, PartRef, StoredChecksum};
 use crate::{Error, INLINE_MAX, Inner, ObjectStore, Result, object_key};
@@ -59,7 +60,7 @@ impl ObjectStore {
         precondition: Option<Precondition>,
     ) -> Result<ObjectRecord> {
         self.require_bucket(bucket).await?;
-        let inner = &self.inner;
+        let inner = &self.inner();
         let drives = inner.partition_drives(bucket, key);
         let version = inner.now();
         let data_id = version.hex();
@@ -78,13 +79,19 @@ impl ObjectStore {
             }],
             ..inner.new_record(version, inner.drive_ids(&drives))
         };
-        let checked = verify(&written.md5, written.size).and_then(|checksum| {
-            if let Some(pre) = precondition {
-                let current = self.lookup(bucket, key)?.filter(|f| !f.record.deleted);
-                pre(current.as_ref().map(|f| &f.record))?;
-            }
-            Ok(checksum)
-        });
+        let checked = match verify(&written.md5, written.size) {
+            Ok(checksum) => match precondition {
+                Some(pre) => match self.lookup(bucket, key).await {
+                    Ok(current) => {
+                        let current = current.filter(|f| !f.record.deleted);
+                        pre(current.as_ref().map(|f| &f.record)).map(|_| checksum)
+                    }
+                    Err(e) => Err(e),
+                },
+                None => Ok(checksum),
+            },
+            Err(e) => Err(e),
+        };
         let checksum = match checked {
             Ok(c) => c,
             Err(e) => {
@@ -109,8 +116,8 @@ impl ObjectStore {
         inline: Option<Vec<Vec<u8>>>,
         ok: &[bool],
     ) -> Result<()> {
-        let inner = &self.inner;
-        let previous = self.lookup(bucket, key).ok().flatten();
+        let inner = &self.inner();
+        let previous = self.lookup(bucket, key).await.ok().flatten();
         let okey = object_key(bucket, key);
         let slots = inner.resolve(&record.drives);
         let writes = slots
@@ -148,7 +155,7 @@ impl ObjectStore {
             inner.retire_data(&without_data_of(&prev.record, record));
         }
         // A concurrent writer with a newer version may have won; then ours is garbage.
-        if let Ok(Some(now)) = self.lookup(bucket, key)
+        if let Ok(Some(now)) = self.lookup(bucket, key).await
             && now.record.version > record.version
         {
             for p in &without_data_of(record, &now.record).parts {
@@ -199,17 +206,17 @@ impl Inner {
             });
         }
 
-        let targets: Vec<Arc<Drive>> = drives.iter().map(|d| self.drives[*d].clone()).collect();
+        let targets: Vec<DriveHandle> = drives.iter().map(|d| self.drives[*d].clone()).collect();
         let codec = self.codec.clone();
         let id = data_id.to_string();
         let need = self.codec.redundancy().write_quorum();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(2);
         let writer = tokio::task::spawn_blocking(move || {
-            let mut writers: Vec<Option<ShardWriter>> = targets
+            let mut writers: Vec<Option<ShardSink>> = targets
                 .iter()
                 .map(|d| {
-                    d.create_shard(&id)
-                        .map_err(|e| tracing::warn!(error = %e, "cannot create shard"))
+                    d.create_shard(&id, false)
+                        .map_err(|e| crate::drive_failure("cannot create shard", &e))
                         .ok()
                 })
                 .collect();
@@ -226,7 +233,7 @@ impl Inner {
                             if let Some(sw) = w
                                 && let Err(e) = sw.write(chunk).and_then(|_| sw.write(&crc))
                             {
-                                tracing::warn!(error = %e, "shard write failed");
+                                crate::drive_failure("shard write failed", &e);
                                 *w = None;
                             }
                         }
@@ -309,21 +316,16 @@ impl Inner {
 
     /// Removes the shards of `data_id` from the drives named by `drive_ids`.
     pub(crate) async fn delete_data(&self, drive_ids: &[String], data_id: &str) {
-        let targets: Vec<Arc<Drive>> = self
+        let deletes = self
             .resolve(drive_ids)
             .into_iter()
             .flatten()
-            .map(|d| self.drives[d].clone())
-            .collect();
-        let id = data_id.to_string();
-        let _ = tokio::task::spawn_blocking(move || {
-            for d in targets {
-                if let Err(e) = d.delete_shard(&id) {
-                    tracing::warn!(error = %e, "could not remove a shard");
-                }
+            .map(|d| self.drives[d].delete_shard(data_id));
+        for r in futures::future::join_all(deletes).await {
+            if let Err(e) = r {
+                crate::drive_failure("could not remove a shard", &e);
             }
-        })
-        .await;
+        }
     }
 }
 
@@ -336,7 +338,7 @@ fn without_data_of(rec: &ObjectRecord, other: &ObjectRecord) -> ObjectRecord {
 }
 
 /// Makes every open shard durable in parallel; returns which ones succeeded.
-fn finish_all(writers: Vec<Option<ShardWriter>>) -> Vec<bool> {
+fn finish_all(writers: Vec<Option<ShardSink>>) -> Vec<bool> {
     std::thread::scope(|s| {
         let handles: Vec<_> = writers
             .into_iter()
@@ -344,7 +346,7 @@ fn finish_all(writers: Vec<Option<ShardWriter>>) -> Vec<bool> {
                 s.spawn(move || match w {
                     Some(w) => w
                         .finish()
-                        .map_err(|e| tracing::warn!(error = %e, "shard fsync failed"))
+                        .map_err(|e| crate::drive_failure("shard fsync failed", &e))
                         .is_ok(),
                     None => false,
                 })
@@ -358,13 +360,13 @@ impl ObjectStore {
     /// Deletes the newest version of an object. Deleting a missing key succeeds, as in S3.
     pub async fn delete_object(&self, bucket: &str, key: &str) -> Result<()> {
         self.require_bucket(bucket).await?;
-        let Some(prev) = self.lookup(bucket, key)? else {
+        let Some(prev) = self.lookup(bucket, key).await? else {
             return Ok(());
         };
         if prev.record.deleted {
             return Ok(());
         }
-        let inner = &self.inner;
+        let inner = &self.inner();
         let drives = inner.partition_drives(bucket, key);
         let marker = ObjectRecord {
             deleted: true,

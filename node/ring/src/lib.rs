@@ -74,10 +74,13 @@ impl Redundancy {
         self.k + self.m
     }
 
-    /// Shards that must be durably written before a write is acknowledged.
-    /// With parity, one more than the data shards so that any read quorum overlaps it.
+    /// Shards that must be durably written before a write is acknowledged: at least the
+    /// data shards (so the object can be decoded) and a strict majority of the set (so that
+    /// two write quorums always overlap and, with the read quorum below, every read meets
+    /// the newest acknowledged write). 4+2 and 3+2 keep accepting writes with `m` drives
+    /// down; 2+2 and 1+1 need more than half of the set.
     pub fn write_quorum(&self) -> usize {
-        if self.m == 0 { self.k } else { self.k + 1 }
+        self.k.max(self.width() / 2 + 1)
     }
 
     /// Metadata records that must answer a read so that it overlaps every write quorum.
@@ -326,6 +329,25 @@ mod tests {
         assert_eq!((r.write_quorum(), r.read_quorum()), (3, 2));
         let r = Redundancy::new(1, 0).unwrap();
         assert_eq!((r.write_quorum(), r.read_quorum()), (1, 1));
+        let q = |k, m| {
+            let r = Redundancy::new(k, m).unwrap();
+            (r.write_quorum(), r.read_quorum())
+        };
+        // (write, read): writes and reads survive m drives down where k > m
+        assert_eq!(q(4, 2), (4, 3));
+        assert_eq!(q(3, 2), (3, 3));
+        assert_eq!(q(2, 1), (2, 2));
+        assert_eq!(q(1, 2), (2, 2));
+        assert_eq!(q(12, 4), (12, 5));
+        // every read quorum meets every write quorum, and writes can be decoded
+        for k in 1..=16 {
+            for m in 0..=8 {
+                let r = Redundancy::new(k, m).unwrap();
+                assert!(r.write_quorum() + r.read_quorum() > r.width());
+                assert!(2 * r.write_quorum() > r.width());
+                assert!(r.write_quorum() >= k);
+            }
+        }
         assert_eq!(Redundancy::default_for(1), Redundancy { k: 1, m: 0 });
         assert_eq!(Redundancy::default_for(4), Redundancy { k: 2, m: 2 });
         assert_eq!(Redundancy::default_for(8), Redundancy { k: 6, m: 2 });

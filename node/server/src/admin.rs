@@ -22,7 +22,7 @@ pub struct DriveState {
 /// Checks every drive and samples its usage, off the async runtime (both touch the disk and
 /// `usage` runs `df`).
 pub async fn drive_states(store: &ObjectStore) -> Vec<DriveState> {
-    let drives = store.drives().to_vec();
+    let drives = store.local_drives().to_vec();
     let sampled = tokio::task::spawn_blocking(move || {
         drives
             .iter()
@@ -74,48 +74,242 @@ pub async fn admin(State(state): State<AppState>, req: Request) -> Response {
             "an admin token is required: send Authorization: Bearer <token>",
         );
     }
-    match (req.method(), req.uri().path()) {
-        (&http::Method::GET, "/_ringstore/admin/v1/status") => {
-            Json(status(&state.store, &state.node_name).await).into_response()
-        }
+    let method = req.method().clone();
+    match (method, req.uri().path()) {
+        (http::Method::GET, "/_ringstore/admin/v1/status") => Json(status(&state).await).into_response(),
+        (http::Method::GET, "/_ringstore/admin/v1/layout") => Json(layout_doc(&state)).into_response(),
+        (http::Method::POST, "/_ringstore/admin/v1/layout") => apply_layout(&state, req).await,
         (_, "/_ringstore/admin/v1/status") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use GET")
         }
+        (_, "/_ringstore/admin/v1/layout") => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "use GET or POST",
+        ),
         _ => error(StatusCode::NOT_FOUND, "NotFound", "no such admin endpoint"),
     }
 }
 
-/// The status document. Drives carry their node's name so the list can span a cluster.
-pub async fn status(store: &ObjectStore, node: &str) -> Value {
-    let drives = drive_states(store).await;
-    let online = drives.iter().filter(|d| d.online).count();
-    let used: u64 = drives.iter().filter_map(|d| d.usage).map(|u| u.0).sum();
-    let available: u64 = drives.iter().filter_map(|d| d.usage).map(|u| u.1).sum();
-    let drives: Vec<Value> = drives
-        .iter()
-        .map(|d| {
-            json!({
-                "id": d.id,
-                "node": node,
-                "path": d.path,
-                "state": if d.online { "online" } else { "offline" },
-                "bytes_used": d.usage.map(|u| u.0),
-                "bytes_available": d.usage.map(|u| u.1),
-            })
+/// One drive as peers report it over RPC.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct DriveWire {
+    pub id: String,
+    pub path: String,
+    pub online: bool,
+    pub bytes_used: Option<u64>,
+    pub bytes_available: Option<u64>,
+}
+
+/// This node's drives, for `/rpc/v1/node/drives`.
+pub async fn local_drives(store: &ObjectStore) -> Vec<DriveWire> {
+    drive_states(store)
+        .await
+        .into_iter()
+        .map(|d| DriveWire {
+            id: d.id,
+            path: d.path,
+            online: d.online,
+            bytes_used: d.usage.map(|u| u.0),
+            bytes_available: d.usage.map(|u| u.1),
         })
-        .collect();
+        .collect()
+}
+
+/// The status document: this node, every member with its drives (asked over RPC; a node
+/// that does not answer within 2 s is shown offline), the control plane and healing.
+pub async fn status(state: &AppState) -> Value {
+    let store = &state.store;
+    let me = state.node_name.clone();
+    let cluster = state.cluster.as_ref().map(|c| c.status());
+    let members = cluster.as_ref().map(|c| c.members.clone()).unwrap_or_default();
+    let layout = store.layout();
+    let asked = members.iter().filter(|m| m.name != me).map(|m| {
+        let client = state.client.clone();
+        let (name, addr) = (m.name.clone(), m.rpc_addr.clone());
+        async move {
+            let got = tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                client.call::<_, Vec<DriveWire>>(&addr, "/node/drives", &()),
+            )
+            .await;
+            (name, got.ok().and_then(|r| r.ok()))
+        }
+    });
+    let mut answers: std::collections::HashMap<String, Option<Vec<DriveWire>>> =
+        futures::future::join_all(asked).await.into_iter().collect();
+    answers.insert(me.clone(), Some(local_drives(store).await));
+    let mut names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+    if !names.contains(&me) {
+        names.push(me.clone());
+    }
+    for n in &layout.nodes {
+        if !names.contains(&n.name) {
+            names.push(n.name.clone());
+        }
+    }
+    let mut nodes = Vec::new();
+    let mut all_drives = Vec::new();
+    for name in &names {
+        let member = members.iter().find(|m| &m.name == name);
+        let in_layout = layout.nodes.iter().find(|n| &n.name == name);
+        let answer = answers.remove(name).flatten();
+        let online = answer.is_some();
+        let drives: Vec<Value> = match &answer {
+            Some(ds) => ds
+                .iter()
+                .map(|d| {
+                    json!({
+                        "id": d.id, "node": name, "path": d.path,
+                        "state": if d.online { "online" } else { "offline" },
+                        "bytes_used": d.bytes_used, "bytes_available": d.bytes_available,
+                    })
+                })
+                .collect(),
+            None => in_layout
+                .map(|n| {
+                    n.drives
+                        .iter()
+                        .map(|d| json!({"id": d.id, "node": name, "state": "offline"}))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        all_drives.extend(drives.iter().cloned());
+        nodes.push(json!({
+            "name": name,
+            "zone": member.map(|m| m.zone.clone()).or(in_layout.map(|n| n.zone.clone())),
+            "rpc_address": member.map(|m| m.rpc_addr.clone()),
+            "state": if online { "online" } else { "offline" },
+            "in_layout": in_layout.is_some(),
+            "drives": drives.len(),
+        }));
+    }
+    let online = all_drives.iter().filter(|d| d["state"] == "online").count();
+    let used: u64 = all_drives.iter().filter_map(|d| d["bytes_used"].as_u64()).sum();
+    let available: u64 = all_drives
+        .iter()
+        .filter_map(|d| d["bytes_available"].as_u64())
+        .sum();
     json!({
-        "node": node,
+        "node": me,
         "version": env!("CARGO_PKG_VERSION"),
         "redundancy": store.redundancy().to_string(),
         "layout_version": store.layout_version(),
-        "drives": drives,
+        "nodes": nodes,
+        "drives": all_drives,
         "capacity": {
-            "drives_total": drives.len(),
+            "drives_total": all_drives.len(),
             "drives_online": online,
             "bytes_used": used,
             "bytes_available": available,
         },
+        "cluster": cluster,
         "healing": store.heal_stats(),
     })
+}
+
+fn layout_doc(state: &AppState) -> Value {
+    let layout = state.store.layout();
+    json!({
+        "version": layout.version,
+        "redundancy": layout.redundancy.to_string(),
+        "nodes": layout.nodes,
+        "partitions": ringstore_ring::PARTITIONS,
+    })
+}
+
+/// What `POST /layout` accepts: the nodes to place data on (default: every registered
+/// member) and the redundancy (default: unchanged).
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LayoutRequest {
+    #[serde(default)]
+    nodes: Option<Vec<String>>,
+    #[serde(default)]
+    redundancy: Option<String>,
+}
+
+async fn apply_layout(state: &AppState, req: Request) -> Response {
+    let Some(cluster) = &state.cluster else {
+        return error(
+            StatusCode::CONFLICT,
+            "NoCluster",
+            "this node runs without a control plane",
+        );
+    };
+    let body = match http_body_util::BodyExt::collect(http_body_util::Limited::new(req.into_body(), 1 << 20))
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, "InvalidRequest", &e.to_string()),
+    };
+    let request: LayoutRequest = if body.is_empty() {
+        LayoutRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidRequest",
+                    &format!("invalid layout request: {e}"),
+                );
+            }
+        }
+    };
+    let current = state.store.layout();
+    let redundancy = match request
+        .redundancy
+        .as_deref()
+        .map(str::parse::<ringstore_ring::Redundancy>)
+    {
+        None => current.redundancy,
+        Some(Ok(r)) => r,
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, "InvalidRedundancy", &e.to_string()),
+    };
+    let members = cluster.status().members;
+    let wanted: Vec<String> = request
+        .nodes
+        .unwrap_or_else(|| members.iter().map(|m| m.name.clone()).collect());
+    let mut nodes = Vec::new();
+    for name in &wanted {
+        let Some(m) = members.iter().find(|m| &m.name == name) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "UnknownNode",
+                &format!("node {name} is not a member of the cluster"),
+            );
+        };
+        nodes.push(ringstore_ring::NodeSpec {
+            name: m.name.clone(),
+            zone: m.zone.clone(),
+            drives: m.drives.clone(),
+        });
+    }
+    let layout = ringstore_ring::Layout {
+        version: current.version + 1,
+        redundancy,
+        nodes,
+    };
+    if layout.nodes == current.nodes && layout.redundancy == current.redundancy {
+        return Json(layout_doc(state)).into_response();
+    }
+    if let Err(e) = layout.placement() {
+        return error(StatusCode::BAD_REQUEST, "InvalidLayout", &e.to_string());
+    }
+    match cluster.propose_layout(layout.clone()).await {
+        Ok(()) => Json(json!({
+            "version": layout.version,
+            "redundancy": layout.redundancy.to_string(),
+            "nodes": layout.nodes,
+            "partitions": ringstore_ring::PARTITIONS,
+        }))
+        .into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "LayoutNotApplied",
+            &e.to_string(),
+        ),
+    }
 }

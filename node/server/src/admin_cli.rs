@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-use crate::config::{AdminArgs, AdminCommand, AdminStatusArgs};
+use crate::config::{AdminArgs, AdminCommand, AdminStatusArgs, LayoutApplyArgs, LayoutArgs, LayoutCommand};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -20,6 +20,12 @@ pub fn run(args: AdminArgs) -> ExitCode {
         rt.block_on(async {
             match args.command {
                 AdminCommand::Status(a) => status(a).await,
+                AdminCommand::Layout(LayoutArgs {
+                    command: LayoutCommand::Show(a),
+                }) => layout_show(a).await,
+                AdminCommand::Layout(LayoutArgs {
+                    command: LayoutCommand::Apply(a),
+                }) => layout_apply(a).await,
             }
         })
     });
@@ -47,8 +53,58 @@ async fn status(args: AdminStatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn layout_show(args: AdminStatusArgs) -> anyhow::Result<()> {
+    let doc = get_json(
+        &args.endpoint,
+        args.token.as_deref(),
+        "/_ringstore/admin/v1/layout",
+    )
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", layout_table(&doc));
+    }
+    Ok(())
+}
+
+async fn layout_apply(args: LayoutApplyArgs) -> anyhow::Result<()> {
+    let mut body = serde_json::Map::new();
+    if !args.nodes.is_empty() {
+        body.insert("nodes".into(), Value::from(args.nodes.clone()));
+    }
+    if let Some(r) = &args.redundancy {
+        body.insert("redundancy".into(), Value::from(r.clone()));
+    }
+    let doc = request_json(
+        &args.common.endpoint,
+        args.common.token.as_deref(),
+        http::Method::POST,
+        "/_ringstore/admin/v1/layout",
+        Value::Object(body).to_string(),
+    )
+    .await?;
+    if args.common.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", layout_table(&doc));
+    }
+    Ok(())
+}
+
 /// GETs an admin path and parses the JSON answer, with errors that name the endpoint.
 async fn get_json(endpoint: &str, token: Option<&str>, path: &str) -> anyhow::Result<Value> {
+    request_json(endpoint, token, http::Method::GET, path, String::new()).await
+}
+
+/// Sends an admin request and parses the JSON answer, with errors that name the endpoint.
+async fn request_json(
+    endpoint: &str,
+    token: Option<&str>,
+    method: http::Method,
+    path: &str,
+    body: String,
+) -> anyhow::Result<Value> {
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         bail!("no admin token: pass --token or set RINGSTORE_SECRET_KEY (the node's S3 secret key)");
     };
@@ -59,11 +115,14 @@ async fn get_json(endpoint: &str, token: Option<&str>, path: &str) -> anyhow::Re
     let uri: http::Uri = format!("{base}{path}")
         .parse()
         .with_context(|| format!("invalid endpoint {endpoint}"))?;
-    let req = http::Request::get(uri)
+    let req = http::Request::builder()
+        .method(method)
+        .uri(uri)
         .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Empty::<Bytes>::new())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
         .context("cannot build the request")?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let exchange = async {
         let resp = client.request(req).await?;
         let status = resp.status();
@@ -82,7 +141,11 @@ async fn get_json(endpoint: &str, token: Option<&str>, path: &str) -> anyhow::Re
     }
     if !status.is_success() {
         let text = String::from_utf8_lossy(&body);
-        bail!("ringstore at {endpoint} answered {status}: {}", text.trim());
+        let message = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| text.trim().to_string());
+        bail!("ringstore at {endpoint} answered {status}: {message}");
     }
     serde_json::from_slice(&body).with_context(|| {
         format!("ringstore at {endpoint} did not answer with JSON (is it a ringstore node?)")
@@ -132,6 +195,36 @@ fn status_table(doc: &Value) -> String {
     );
     let _ = writeln!(out, "redundancy:      {}", s(&doc["redundancy"]));
     let _ = writeln!(out, "layout version:  {}", s(&doc["layout_version"]));
+    let c = &doc["cluster"];
+    if c.is_object() {
+        let _ = writeln!(
+            out,
+            "raft:            {} (leader {}, term {}, applied {}), voters {}, learners {}",
+            s(&c["role"]),
+            s(&c["leader"]),
+            s(&c["current_term"]),
+            s(&c["last_applied"]),
+            c["voters"].as_array().map(Vec::len).unwrap_or(0),
+            c["learners"].as_array().map(Vec::len).unwrap_or(0),
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<24} {:<12} {:<8} {:>6}  RPC",
+        "NODE", "ZONE", "STATE", "DRIVES"
+    );
+    for n in doc["nodes"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<24} {:<12} {:<8} {:>6}  {}",
+            s(&n["name"]),
+            s(&n["zone"]),
+            s(&n["state"]),
+            s(&n["drives"]),
+            s(&n["rpc_address"])
+        );
+    }
     let cap = &doc["capacity"];
     let _ = writeln!(
         out,
@@ -142,14 +235,15 @@ fn status_table(doc: &Value) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<34} {:<8} {:>10} {:>10}  PATH",
-        "DRIVE", "STATE", "USED", "AVAILABLE"
+        "{:<34} {:<16} {:<8} {:>10} {:>10}  PATH",
+        "DRIVE", "NODE", "STATE", "USED", "AVAILABLE"
     );
     for d in doc["drives"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
-            "{:<34} {:<8} {:>10} {:>10}  {}",
+            "{:<34} {:<16} {:<8} {:>10} {:>10}  {}",
             s(&d["id"]),
+            s(&d["node"]),
             s(&d["state"]),
             human_bytes(d["bytes_used"].as_u64()),
             human_bytes(d["bytes_available"].as_u64()),
@@ -167,6 +261,31 @@ fn status_table(doc: &Value) -> String {
         s(&h["orphans_removed"]),
         s(&h["heal_errors"])
     );
+    out
+}
+
+/// The readable form of a layout document.
+fn layout_table(doc: &Value) -> String {
+    use std::fmt::Write;
+    let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    let mut out = String::new();
+    let _ = writeln!(out, "layout version:  {}", s(&doc["version"]));
+    let _ = writeln!(out, "redundancy:      {}", s(&doc["redundancy"]));
+    let _ = writeln!(out, "partitions:      {}", s(&doc["partitions"]));
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{:<24} {:<12} {:<34} WEIGHT", "NODE", "ZONE", "DRIVE");
+    for n in doc["nodes"].as_array().into_iter().flatten() {
+        for d in n["drives"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "{:<24} {:<12} {:<34} {}",
+                s(&n["name"]),
+                s(&n["zone"]),
+                s(&d["id"]),
+                s(&d["weight"])
+            );
+        }
+    }
     out
 }
 

@@ -34,8 +34,39 @@ pub struct AdminArgs {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum AdminCommand {
-    /// Show the node, its drives, capacity and healing progress.
+    /// Show the cluster: nodes, drives, Raft, capacity and healing progress.
     Status(AdminStatusArgs),
+    /// Show or change the cluster layout.
+    Layout(LayoutArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LayoutArgs {
+    #[command(subcommand)]
+    pub command: LayoutCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum LayoutCommand {
+    /// Show the current layout: version, redundancy, nodes, zones and drives.
+    Show(AdminStatusArgs),
+    /// Commit a new layout version made of the registered nodes (or those named).
+    /// Note: data placed by the previous layout is not moved yet.
+    Apply(LayoutApplyArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LayoutApplyArgs {
+    #[command(flatten)]
+    pub common: AdminStatusArgs,
+
+    /// Nodes to place data on, comma separated (default: every registered node).
+    #[arg(long, value_delimiter = ',')]
+    pub nodes: Vec<String>,
+
+    /// New redundancy as DATA+PARITY (default: unchanged).
+    #[arg(long)]
+    pub redundancy: Option<String>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -92,9 +123,36 @@ pub struct ServerArgs {
     #[arg(long, env = "RINGSTORE_REDUNDANCY", value_parser = parse_redundancy)]
     pub redundancy: Option<Redundancy>,
 
-    /// This node's name in logs and status.
+    /// This node's name: its identity in the cluster (stable across restarts; on
+    /// Kubernetes the pod name).
     #[arg(long, env = "RINGSTORE_NODE_NAME", default_value = "ringstore-0")]
     pub node_name: String,
+
+    /// Address to serve the internal node-to-node RPC on (Raft, shards). Required in a
+    /// cluster; a single node without it runs on its own.
+    #[arg(long, env = "RINGSTORE_RPC_ADDRESS")]
+    pub rpc_address: Option<SocketAddr>,
+
+    /// HOST:PORT other nodes use to reach this node's RPC (default: --rpc-address). On
+    /// Kubernetes, the pod's stable DNS name and the RPC port.
+    #[arg(long, env = "RINGSTORE_RPC_ADVERTISE")]
+    pub rpc_advertise: Option<String>,
+
+    /// RPC addresses (HOST:PORT) of the cluster's initial nodes, comma separated; the same
+    /// list on every node (it may include this node). The first layout is formed from them
+    /// once they have all answered.
+    #[arg(long, env = "RINGSTORE_SEEDS", value_delimiter = ',')]
+    pub seeds: Vec<String>,
+
+    /// Failure domain of this node (for example the Kubernetes zone); shards of an object
+    /// are spread over zones when there are several.
+    #[arg(long, env = "RINGSTORE_ZONE", default_value = "default")]
+    pub zone: String,
+
+    /// Shared secret that authenticates nodes to each other; the same on every node.
+    /// Required with --seeds.
+    #[arg(long, env = "RINGSTORE_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
 
     /// Seconds between background scrubs that verify every shard and repair damage
     /// (0 disables the periodic scrub; damage found by reads is still repaired).
@@ -123,7 +181,8 @@ fn parse_redundancy(s: &str) -> Result<Redundancy, String> {
 /// requests are logged by our own middleware instead.
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,s3s=off"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,s3s=off,openraft=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -24,9 +24,8 @@ fn random_string(alphabet: &[u8], len: usize) -> String {
         .collect()
 }
 
-/// Reads `RINGSTORE_ACCESS_KEY` / `RINGSTORE_SECRET_KEY`; when both are unset, loads the
-/// keys stored under `drive`, generating and printing them once on first start.
-pub fn load(drive: &Path) -> anyhow::Result<Credentials> {
+/// The keys from `RINGSTORE_ACCESS_KEY` / `RINGSTORE_SECRET_KEY`, `None` when both are unset.
+pub fn from_env() -> anyhow::Result<Option<Credentials>> {
     let env = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
     match (env("RINGSTORE_ACCESS_KEY"), env("RINGSTORE_SECRET_KEY")) {
         (Some(access_key), Some(secret_key)) => {
@@ -36,10 +35,10 @@ pub fn load(drive: &Path) -> anyhow::Result<Credentials> {
             if secret_key.len() < 8 {
                 bail!("RINGSTORE_SECRET_KEY must be at least 8 characters");
             }
-            return Ok(Credentials {
+            Ok(Some(Credentials {
                 access_key,
                 secret_key,
-            });
+            }))
         }
         (Some(_), None) => {
             bail!("RINGSTORE_ACCESS_KEY is set but RINGSTORE_SECRET_KEY is not; set both or neither")
@@ -47,7 +46,15 @@ pub fn load(drive: &Path) -> anyhow::Result<Credentials> {
         (None, Some(_)) => {
             bail!("RINGSTORE_SECRET_KEY is set but RINGSTORE_ACCESS_KEY is not; set both or neither")
         }
-        (None, None) => {}
+        (None, None) => Ok(None),
+    }
+}
+
+/// Reads `RINGSTORE_ACCESS_KEY` / `RINGSTORE_SECRET_KEY`; when both are unset, loads the
+/// keys stored under `drive`, generating and printing them once on first start.
+pub fn load(drive: &Path) -> anyhow::Result<Credentials> {
+    if let Some(c) = from_env()? {
+        return Ok(c);
     }
     let path = drive.join(".ringstore").join("credentials.json");
     if let Ok(bytes) = fs::read(&path) {

@@ -35,6 +35,10 @@ pub struct AppState {
     pub ready: Readiness,
     pub metrics: Arc<Metrics>,
     pub store: ObjectStore,
+    /// The control plane (for status and layout changes).
+    pub cluster: Option<ringstore_cluster::Cluster>,
+    /// Client for peers (status fan-out).
+    pub client: ringstore_rpc::Client,
     pub node_name: String,
     /// Bearer token of the admin API (the S3 secret key for now).
     pub admin_token: Arc<str>,
@@ -73,6 +77,76 @@ pub fn router(s3: S3Service, state: AppState) -> Router {
         .with_state(state)
 }
 
+/// What answers while the node starts (the cluster forming): health endpoints, and a
+/// retryable S3 error for everything else.
+pub fn starting_router(ready: Readiness) -> Router {
+    Router::new()
+        .route("/health/live", get(|| async { "ok" }))
+        .route(
+            "/health/ready",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    if ready.0.load(Ordering::SeqCst) {
+                        "ready".into_response()
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: waiting for the cluster",
+                        )
+                            .into_response()
+                    }
+                }
+            }),
+        )
+        .fallback(|| async {
+            let id = new_request_id();
+            let xml = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>ServiceUnavailable</Code>\
+                 <Message>The node is starting and waiting for its cluster; retry shortly.</Message>\
+                 <RequestId>{id}</RequestId></Error>"
+            );
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [
+                    (http::header::CONTENT_TYPE, "application/xml"),
+                    (http::header::RETRY_AFTER, "1"),
+                ],
+                xml,
+            )
+                .into_response()
+        })
+}
+
+/// Serves with the full router once start-up has built it, with `starting` until then.
+#[derive(Clone)]
+pub struct Switch {
+    app: Arc<std::sync::OnceLock<Router>>,
+    starting: Router,
+}
+
+impl Switch {
+    pub fn new(app: Arc<std::sync::OnceLock<Router>>, starting: Router) -> Self {
+        Self { app, starting }
+    }
+}
+
+impl tower::Service<http::Request<hyper::body::Incoming>> for Switch {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        use tower::ServiceExt;
+        let router = self.app.get().cloned().unwrap_or_else(|| self.starting.clone());
+        Box::pin(async move { router.oneshot(req.map(Body::new)).await })
+    }
+}
+
 async fn health_ready(State(state): State<AppState>) -> Response {
     if state.ready.0.load(Ordering::SeqCst) {
         "ready".into_response()
@@ -82,7 +156,7 @@ async fn health_ready(State(state): State<AppState>) -> Response {
 }
 
 async fn serve_metrics(State(state): State<AppState>) -> Response {
-    let text = state.metrics.render(&state.store).await;
+    let text = state.metrics.render(&state.store, state.cluster.as_ref()).await;
     ([(http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 

@@ -2,6 +2,7 @@
 
 mod admin;
 mod admin_cli;
+mod cluster;
 mod config;
 mod credentials;
 mod http;

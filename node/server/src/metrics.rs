@@ -83,6 +83,8 @@ pub struct Metrics {
     drive_available: Family<DriveLabels, Gauge>,
     drive_online: Family<DriveLabels, Gauge>,
     heal: [Counter; 5],
+    /// Control plane: [term, this node leads, last applied index, members, layout version].
+    raft: [Gauge; 5],
     /// Serialises scrapes: healing counters are advanced by the difference since the last one.
     scrape: tokio::sync::Mutex<()>,
 }
@@ -147,6 +149,23 @@ impl Metrics {
         for ((name, help), c) in heal_help.into_iter().zip(&heal) {
             registry.register(name, help, c.clone());
         }
+        let raft: [Gauge; 5] = Default::default();
+        let raft_help = [
+            ("ringstore_raft_term", "Current Raft term seen by this node"),
+            ("ringstore_raft_leader", "1 when this node is the Raft leader"),
+            (
+                "ringstore_raft_last_applied",
+                "Index of the last control-plane entry applied here",
+            ),
+            ("ringstore_cluster_members", "Nodes registered in the cluster"),
+            (
+                "ringstore_layout_version",
+                "Version of the layout this node places data with",
+            ),
+        ];
+        for ((name, help), g) in raft_help.into_iter().zip(&raft) {
+            registry.register(name, help, g.clone());
+        }
         Self {
             registry,
             requests,
@@ -157,6 +176,7 @@ impl Metrics {
             drive_available,
             drive_online,
             heal,
+            raft,
             scrape: tokio::sync::Mutex::new(()),
         }
     }
@@ -179,7 +199,7 @@ impl Metrics {
     }
 
     /// Samples drives and healing totals, then encodes every metric.
-    pub async fn render(&self, store: &ObjectStore) -> String {
+    pub async fn render(&self, store: &ObjectStore, cluster: Option<&ringstore_cluster::Cluster>) -> String {
         let _guard = self.scrape.lock().await;
         for d in crate::admin::drive_states(store).await {
             let labels = DriveLabels { drive: d.id.clone() };
@@ -195,6 +215,7 @@ impl Metrics {
             records_healed,
             orphans_removed,
             heal_errors,
+            ..
         } = store.heal_stats();
         let totals = [
             objects_checked,
@@ -207,6 +228,19 @@ impl Metrics {
             let seen = c.get();
             if total > seen {
                 c.inc_by(total - seen);
+            }
+        }
+        if let Some(c) = cluster {
+            let st = c.status();
+            let values = [
+                st.current_term,
+                u64::from(st.role == ringstore_cluster::Role::Leader),
+                st.last_applied.unwrap_or(0),
+                st.members.len() as u64,
+                store.layout_version(),
+            ];
+            for (g, v) in self.raft.iter().zip(values) {
+                g.set(clamp(v));
             }
         }
         let mut out = String::new();

@@ -43,54 +43,150 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         }
         drives.push(drive);
     }
-    let redundancy = args
-        .redundancy
-        .unwrap_or_else(|| ringstore_ring::Redundancy::default_for(drives.len()));
-    if redundancy.width() > drives.len() {
+    let clustered = !args.seeds.is_empty();
+    if clustered && args.rpc_address.is_none() {
+        bail!("--seeds needs --rpc-address: the address this node serves cluster traffic on");
+    }
+    let secret = match (&args.cluster_secret, clustered || args.rpc_address.is_some()) {
+        (Some(s), _) if s.len() < 16 => bail!("RINGSTORE_CLUSTER_SECRET must be at least 16 characters"),
+        (Some(s), _) => s.clone(),
+        (None, true) => {
+            bail!("a cluster needs a shared secret: set RINGSTORE_CLUSTER_SECRET (the same on every node)")
+        }
+        (None, false) => hex::encode(rand::random::<[u8; 16]>()),
+    };
+    if !clustered
+        && let Some(r) = args.redundancy
+        && r.width() > drives.len()
+    {
         bail!(
-            "redundancy {redundancy} needs {} drives but {} --data folders were given",
-            redundancy.width(),
+            "redundancy {r} needs {} drives but {} --data folders were given",
+            r.width(),
             drives.len()
         );
     }
-    let creds = crate::credentials::load(&args.data[0])?;
-    let store = ObjectStore::new(drives, Some(redundancy), &args.node_name)?;
+    let creds = if clustered {
+        crate::credentials::from_env()?.context(
+            "in a cluster every node needs the same S3 keys: set RINGSTORE_ACCESS_KEY and RINGSTORE_SECRET_KEY",
+        )?
+    } else {
+        crate::credentials::load(&args.data[0])?
+    };
 
-    let mut builder = S3ServiceBuilder::new(RingstoreS3::new(store.clone(), args.region.clone()));
-    builder.set_auth(ringstore_s3::KeyAuth::single(
-        creds.access_key.as_str(),
-        creds.secret_key.as_str(),
-    ));
-    builder.set_access(crate::metrics::OperationProbe);
-    if !args.domains.is_empty() {
-        let hosts = ringstore_s3::VirtualHosts::new(&args.domains).map_err(anyhow::Error::msg);
-        builder.set_host(hosts.context("invalid --domain")?);
-    }
+    // the HTTP listener comes up first so that liveness probes pass while the cluster forms
     let ready = Readiness::default();
-    let app = router(
-        builder.build(),
-        AppState {
-            ready: ready.clone(),
-            metrics: Arc::new(Metrics::new()),
-            store: store.clone(),
-            node_name: args.node_name.clone(),
-            admin_token: creds.secret_key.as_str().into(),
-        },
-    );
-
+    let metrics = Arc::new(Metrics::new());
+    let app: Arc<std::sync::OnceLock<axum::Router>> = Default::default();
+    let starting = crate::http::starting_router(ready.clone());
     let listener = TcpListener::bind(args.address)
         .await
         .with_context(|| format!("cannot listen on {}", args.address))?;
-    tracing::info!(
-        address = %args.address,
-        drives = args.data.len(),
-        %redundancy,
-        node = %args.node_name,
-        "ringstore is serving S3"
-    );
 
-    spawn_background(&store, &args, started);
-    ready.set(true);
+    let client = ringstore_rpc::Client::new(ringstore_rpc::ClusterAuth::new(&secret));
+    let drive_service = ringstore_rpc::DriveService::new([]);
+    let advertise = args
+        .rpc_advertise
+        .clone()
+        .or(args.rpc_address.map(|a| a.to_string()))
+        .unwrap_or_else(|| "local".to_string());
+    let cluster = ringstore_cluster::Cluster::start(
+        ringstore_cluster::ClusterConfig {
+            node_name: args.node_name.clone(),
+            rpc_addr: advertise.clone(),
+            zone: args.zone.clone(),
+            drives: drives
+                .iter()
+                .map(|d| ringstore_ring::DriveSpec {
+                    id: d.id().to_string(),
+                    weight: capacity_weight(d),
+                })
+                .collect(),
+            seeds: args.seeds.clone(),
+            redundancy: args.redundancy,
+            data_dir: args.data[0].join(".ringstore"),
+        },
+        client.clone(),
+    )
+    .await
+    .context("cannot start the control plane")?;
+    let heal_target: Arc<std::sync::OnceLock<(ObjectStore, u32)>> = Default::default();
+    if let Some(rpc) = args.rpc_address {
+        let router = ringstore_rpc::drive_router(drive_service.clone())
+            .merge(cluster.router())
+            .merge(crate::cluster::node_router(heal_target.clone()));
+        let router = client.auth().clone().layer(router);
+        let rpc_listener = TcpListener::bind(rpc)
+            .await
+            .with_context(|| format!("cannot listen on --rpc-address {rpc}"))?;
+        tokio::spawn(async move {
+            let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            if let Err(e) = axum::serve(rpc_listener, service).await {
+                tracing::error!(error = %e, "the RPC listener stopped");
+            }
+        });
+        tracing::info!(rpc = %rpc, advertise = %advertise, seeds = ?args.seeds, "serving cluster RPC");
+    }
+
+    let startup = {
+        let (args, ready, metrics, app, cluster, client) = (
+            args.clone(),
+            ready.clone(),
+            metrics.clone(),
+            app.clone(),
+            cluster.clone(),
+            client.clone(),
+        );
+        tokio::spawn(async move {
+            let built = join_cluster(&args, drives, &cluster, &client, &drive_service).await;
+            let store = match built {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "cannot start the object service");
+                    std::process::exit(1);
+                }
+            };
+            let _ = heal_target.set((store.clone(), args.scrub_rate));
+            let mut builder = S3ServiceBuilder::new(RingstoreS3::new(store.clone(), args.region.clone()));
+            builder.set_auth(ringstore_s3::KeyAuth::single(
+                creds.access_key.as_str(),
+                creds.secret_key.as_str(),
+            ));
+            builder.set_access(crate::metrics::OperationProbe);
+            if !args.domains.is_empty()
+                && let Ok(hosts) = ringstore_s3::VirtualHosts::new(&args.domains)
+            {
+                builder.set_host(hosts);
+            }
+            let _ = app.set(router(
+                builder.build(),
+                AppState {
+                    ready: ready.clone(),
+                    metrics,
+                    store: store.clone(),
+                    cluster: Some(cluster.clone()),
+                    client: client.clone(),
+                    node_name: args.node_name.clone(),
+                    admin_token: creds.secret_key.as_str().into(),
+                },
+            ));
+            spawn_background(&store, &args, started);
+            ready.set(true);
+            tracing::info!(
+                address = %args.address,
+                drives = args.data.len(),
+                redundancy = %store.redundancy(),
+                layout_version = store.layout_version(),
+                node = %args.node_name,
+                "ringstore is serving S3"
+            );
+        })
+    };
+    if !args.domains.is_empty() {
+        ringstore_s3::VirtualHosts::new(&args.domains)
+            .map_err(anyhow::Error::msg)
+            .context("invalid --domain")?;
+    }
+    let app = crate::http::Switch::new(app, starting);
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
@@ -121,6 +217,7 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         }
     }
     ready.set(false);
+    startup.abort();
     drop(listener);
     tracing::info!(
         grace_seconds = args.shutdown_grace,
@@ -132,7 +229,74 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             tracing::warn!("grace period over; exiting with requests still in flight");
         }
     }
+    cluster.shutdown().await;
     Ok(())
+}
+
+/// A drive's weight in the layout: its file system's size in GiB (at least 1).
+fn capacity_weight(d: &Drive) -> u64 {
+    d.usage()
+        .map(|(used, free)| (used + free) >> 30)
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// Waits for the cluster to have a leader and a layout, takes over the identity of drives
+/// this one replaces, and builds the object service on the committed layout.
+async fn join_cluster(
+    args: &ServerArgs,
+    drives: Vec<Drive>,
+    cluster: &ringstore_cluster::Cluster,
+    client: &ringstore_rpc::Client,
+    drive_service: &ringstore_rpc::DriveService,
+) -> anyhow::Result<ObjectStore> {
+    loop {
+        match cluster.wait_ready(crate::cluster::FORMING_REPORT).await {
+            Ok(()) => break,
+            Err(e) => tracing::info!(reason = %e, seeds = ?args.seeds, "waiting for the cluster to form"),
+        }
+    }
+    let mut layout_rx = cluster.layout();
+    let layout = layout_rx
+        .borrow_and_update()
+        .clone()
+        .context("the cluster is ready but has no layout")?;
+    let (drives, adopted) = crate::cluster::adopt_replacements(&layout, &args.node_name, drives)?;
+    let local: Vec<Arc<Drive>> = drives.into_iter().map(Arc::new).collect();
+    drive_service.set(local.iter().cloned());
+    if !adopted.is_empty() {
+        cluster
+            .register_drives(
+                local
+                    .iter()
+                    .map(|d| ringstore_ring::DriveSpec {
+                        id: d.id().to_string(),
+                        weight: capacity_weight(d),
+                    })
+                    .collect(),
+            )
+            .await
+            .context("cannot register the replacement drives")?;
+    }
+    let members = cluster.status().members;
+    let handles = crate::cluster::handles(&layout, &args.node_name, &local, &members, client);
+    if handles.iter().all(|h| h.local().is_none()) {
+        tracing::warn!("this node holds no drive of the current layout; it serves requests for the others");
+    }
+    let catalog = Arc::new(crate::cluster::RaftCatalog(cluster.clone()));
+    let store = ObjectStore::with_layout(local.clone(), catalog, layout, handles)?;
+    crate::cluster::import_legacy_buckets(&store, &local).await;
+    crate::cluster::follow_layout(
+        store.clone(),
+        cluster.clone(),
+        args.node_name.clone(),
+        client.clone(),
+    );
+    if !adopted.is_empty() {
+        let (cluster, client) = (cluster.clone(), client.clone());
+        tokio::spawn(async move { crate::cluster::request_heal_everywhere(&cluster, &client).await });
+    }
+    Ok(store)
 }
 
 /// Orphan sweep at start, then the periodic scrubber.

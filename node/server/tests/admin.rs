@@ -172,7 +172,12 @@ fn cli_status_prints_json_and_a_table_and_fails_clearly() {
     assert!(table.contains("redundancy:      2+2"), "{table}");
     assert!(table.contains("layout version:  1"), "{table}");
     assert!(table.contains("4 of 4 online"), "{table}");
-    assert_eq!(table.matches(" online ").count(), 4, "{table}");
+    // one row for the node and one per drive
+    assert_eq!(table.matches(" online ").count(), 5, "{table}");
+    assert!(
+        table.contains("raft:            leader (leader ringstore-0"),
+        "{table}"
+    );
     assert!(table.contains("shards healed"), "{table}");
 
     let out = cli(&["--endpoint", &endpoint], Some("not-the-secret"));

@@ -727,7 +727,7 @@ async fn scrubber_repairs_without_reads() {
 // ---- 5. a lost drive ------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn lost_drive_objects_stay_readable() {
+async fn lost_drive_is_replaced_and_rebuilt() {
     let mut server = Server::start_with(4, &["--scrub-interval", "1"], &[]);
     let c = server.client();
     c.create_bucket().bucket("lost").send().await.unwrap();
@@ -749,7 +749,10 @@ async fn lost_drive_objects_stay_readable() {
     std::fs::remove_dir_all(&server.drives[2]).unwrap();
     server.restart();
     let new_id = std::fs::read_to_string(&drive_json).unwrap();
-    assert_ne!(old_id, new_id, "the replaced drive is formatted with a new id");
+    assert_eq!(
+        old_id, new_id,
+        "the empty drive takes over the lost drive's identity"
+    );
 
     let c = server.client();
     let listed = list_all(&c, "lost").await;
@@ -757,12 +760,22 @@ async fn lost_drive_objects_stay_readable() {
     let failures = verify_all(&c, "lost", &keys).await;
     assert!(failures.is_empty(), "reads after losing a drive: {failures:?}");
 
-    // observe (do not force) whether the old objects get re-protected on the new drive
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // the scrubber re-protects every object onto the replacement drive
+    eventually(
+        Duration::from_secs(20),
+        "the replacement drive is rebuilt",
+        || {
+            let n = server.shard_files(2).len();
+            (n == large)
+                .then_some(())
+                .ok_or(format!("{n} of {large} shard files"))
+        },
+    )
+    .await;
     let on_new = server.shard_files(2).len();
     println!(
-        "lost drive: {large} large objects; shard files on the replacement drive after reads and \
-         scrubs: {on_new}; on the others: {:?}",
+        "lost drive: {large} large objects; shard files on the replacement drive after scrubs: \
+         {on_new}; on the others: {:?}",
         [0, 1, 3].map(|d| server.shard_files(d).len())
     );
     for d in [0, 1, 3] {

@@ -132,6 +132,45 @@ impl Drive {
         &self.info.drive_id
     }
 
+    /// Whether the drive holds no data at all (no records, no shard files).
+    pub fn is_empty(&self) -> Result<bool> {
+        for t in Table::ALL {
+            if !self.scan(t, b"", None, 1)?.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(self
+            .shards_older_than(SystemTime::now() + std::time::Duration::from_secs(3600))?
+            .is_empty())
+    }
+
+    /// Gives an empty drive the identity of a drive it replaces (a dead disk swapped for a
+    /// new one), so that the data placed on the old drive is rebuilt onto it. Refused when
+    /// the drive holds anything: an identity is never taken from live data.
+    pub fn adopt_identity(self, drive_id: &str) -> Result<Drive> {
+        if !self.is_empty()? {
+            return Err(Error::Unusable {
+                path: self.root.display().to_string(),
+                reason: format!("cannot take over drive id {drive_id}: the drive is not empty"),
+            });
+        }
+        let root = self.root.clone();
+        let info = DriveInfo {
+            format: FORMAT,
+            drive_id: drive_id.to_string(),
+        };
+        drop(self);
+        write_atomic(
+            &root.join(".ringstore").join("drive.json"),
+            &serde_json::to_vec_pretty(&info).expect("serialisable"),
+        )
+        .map_err(|source| Error::Io {
+            path: root.display().to_string(),
+            source,
+        })?;
+        Drive::open(root)
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

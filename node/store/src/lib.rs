@@ -35,6 +35,8 @@ pub enum Error {
     Unusable { path: String, reason: String },
     #[error("drive {0} is shutting down")]
     Closed(String),
+    #[error("drive {drive} on another node: {reason}")]
+    Remote { drive: String, reason: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The tables every drive's index holds. Keys are byte strings ordered lexicographically.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Table {
     /// `bucket \0 key` -> versioned object record (newest version wins).
     Objects,
@@ -62,27 +62,37 @@ impl Version {
     }
 }
 
-/// One write to a drive's index; a batch of them commits atomically.
-#[derive(Debug, Clone)]
+/// One write to a drive's index; a batch of them commits atomically. Serialisable so that a
+/// node can send it to a drive on another node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Op {
     /// Store `value` under `key` unless the stored value carries a newer [`Version`]
     /// (values of versioned tables begin with their version's 24 bytes).
     PutIfNewer {
         table: Table,
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Store unconditionally.
     Put {
         table: Table,
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Remove the key.
-    Delete { table: Table, key: Vec<u8> },
+    Delete {
+        table: Table,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
     /// Remove the key only if its stored version is exactly `version`.
     DeleteIfVersion {
         table: Table,
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         version: Version,
     },

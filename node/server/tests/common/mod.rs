@@ -25,7 +25,12 @@ pub struct Server {
 }
 
 fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    free_addr_on("127.0.0.1")
+}
+
+/// An unused port on a loopback address (any of 127.0.0.0/8 works on Linux).
+pub fn free_addr_on(ip: &str) -> SocketAddr {
+    let l = TcpListener::bind((ip, 0)).expect("bind an ephemeral port");
     l.local_addr().unwrap()
 }
 
@@ -36,23 +41,34 @@ impl Server {
     }
 
     pub fn start_with(drives: usize, args: &[&str], env: &[(&str, &str)]) -> Server {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let drives = (1..=drives)
-            .map(|i| dir.path().join(format!("drive{i}")))
-            .collect();
-        let mut s = Server {
-            child: None,
-            dir,
-            drives,
-            addr: free_addr(),
-            extra_args: args.iter().map(|s| s.to_string()).collect(),
-            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        };
+        let mut s = Self::configure(drives, free_addr(), args, env);
         s.spawn();
         s
     }
 
+    /// A server that is not started yet (see [`Server::launch`]).
+    pub fn configure(drives: usize, addr: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let drives = (1..=drives)
+            .map(|i| dir.path().join(format!("drive{i}")))
+            .collect();
+        Server {
+            child: None,
+            dir,
+            drives,
+            addr,
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
     fn spawn(&mut self) {
+        self.launch();
+        self.wait_ready();
+    }
+
+    /// Starts the process without waiting for it to become ready.
+    pub fn launch(&mut self) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringstore"));
         cmd.arg("server").arg("--address").arg(self.addr.to_string());
         for d in &self.drives {
@@ -63,7 +79,7 @@ impl Server {
             .env("RINGSTORE_SECRET_KEY", SECRET_KEY)
             .env(
                 "RUST_LOG",
-                std::env::var("RINGSTORE_TEST_LOG").unwrap_or_else(|_| "warn,s3s=off".into()),
+                std::env::var("RINGSTORE_TEST_LOG").unwrap_or_else(|_| "warn,s3s=off,openraft=off".into()),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null());
@@ -71,12 +87,18 @@ impl Server {
             cmd.env(k, v);
         }
         self.child = Some(cmd.spawn().expect("start ringstore"));
-        self.wait_ready();
+    }
+
+    /// Whether the process is running (it may have exited on its own).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// Waits until `/health/ready` answers 200.
     pub fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("ringstore exited during start-up: {status}");
@@ -116,6 +138,18 @@ impl Server {
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
+    }
+
+    /// GET an admin API path with the test token; the parsed JSON body.
+    pub fn admin_get(&self, path: &str) -> Option<serde_json::Value> {
+        let req = format!(
+            "GET /_ringstore/admin/v1/{path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SECRET_KEY}\r\nConnection: close\r\n\r\n"
+        );
+        let resp = raw_exchange(self.addr, req.as_bytes())?;
+        if resp.status != 200 {
+            return None;
+        }
+        serde_json::from_str(&resp.text()).ok()
     }
 
     /// Peak resident memory of the server process in KiB (VmHWM).
@@ -291,5 +325,63 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
         }
         out.extend_from_slice(data.get(..size)?);
         data = data.get(size + 2..)?;
+    }
+}
+
+pub const CLUSTER_SECRET: &str = "ringstore-test-cluster-secret";
+
+/// Several server processes forming one cluster, each on its own loopback address.
+pub struct TestCluster {
+    pub nodes: Vec<Server>,
+}
+
+impl TestCluster {
+    /// Configures `n` nodes with `drives` drives each; none is started.
+    pub fn configure(n: usize, drives: usize, extra: &[&str]) -> TestCluster {
+        let ips: Vec<String> = (0..n).map(|i| format!("127.0.0.{}", 11 + i)).collect();
+        let rpcs: Vec<SocketAddr> = ips.iter().map(|ip| free_addr_on(ip)).collect();
+        let seeds = rpcs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+        let nodes = (0..n)
+            .map(|i| {
+                let name = format!("node-{i}");
+                let rpc = rpcs[i].to_string();
+                let mut args = vec!["--node-name", &name, "--rpc-address", &rpc, "--seeds", &seeds];
+                if !extra.contains(&"--scrub-interval") {
+                    args.extend_from_slice(&["--scrub-interval", "0"]);
+                }
+                args.extend_from_slice(extra);
+                Server::configure(
+                    drives,
+                    free_addr_on(&ips[i]),
+                    &args,
+                    &[("RINGSTORE_CLUSTER_SECRET", CLUSTER_SECRET)],
+                )
+            })
+            .collect();
+        TestCluster { nodes }
+    }
+
+    /// Starts every node at once and waits until all are ready.
+    pub fn start(n: usize, drives: usize, extra: &[&str]) -> TestCluster {
+        let mut c = Self::configure(n, drives, extra);
+        for node in &mut c.nodes {
+            node.launch();
+        }
+        for node in &mut c.nodes {
+            node.wait_ready();
+        }
+        c
+    }
+
+    /// The admin status of node `i`.
+    pub fn status(&self, i: usize) -> serde_json::Value {
+        self.nodes[i].admin_get("status").expect("admin status answers")
+    }
+
+    /// Index of the node that is the Raft leader, as node `asking` sees it.
+    pub fn leader(&self, asking: usize) -> Option<usize> {
+        let s = self.status(asking);
+        let name = s["cluster"]["leader"].as_str()?.to_string();
+        name.strip_prefix("node-")?.parse().ok()
     }
 }

@@ -1,0 +1,378 @@
+//! Cluster membership and the Raft control plane: openraft over the internal RPC, bootstrap
+//! from a seed list, and the bucket/layout operations the server uses.
+//!
+//! Every node runs one openraft instance whose state machine (from `ringstore-meta`) holds
+//! buckets, layouts, access keys and the member registry. Writes and linearizable reads are
+//! served by the leader; any node forwards them there (`/rpc/v1/cluster/write`,
+//! `/rpc/v1/cluster/read-barrier`) and retries across leader changes for about 10 s.
+//!
+//! Node ids are a stable hash of the node name, so a node that restarts, or is replaced under
+//! the same name with empty disks, keeps its id. Voters grow to 3 then 5 as members join;
+//! replacing a voter that is gone for good is not automated (an operator removes it).
+
+mod api;
+mod bootstrap;
+mod error;
+mod network;
+mod node;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use openraft::{Config, ServerState, SnapshotPolicy};
+use ringstore_meta::{BucketInfo, Command, NodeId};
+use ringstore_ring::{DriveSpec, Layout, Redundancy};
+use serde::Serialize;
+use tokio::sync::watch;
+
+pub use error::Error;
+
+use crate::network::Network;
+use crate::node::Inner;
+
+/// What a node needs to take part in the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Stable identity (the pod name).
+    pub node_name: String,
+    /// `HOST:PORT` other nodes use to reach this node's RPC listener.
+    pub rpc_addr: String,
+    pub zone: String,
+    /// This node's drives (id, weight = capacity in GiB, at least 1).
+    pub drives: Vec<DriveSpec>,
+    /// RPC addresses of the initial members (may include our own; empty means single node).
+    pub seeds: Vec<String>,
+    /// Redundancy of the initial layout; by default `Redundancy::default_for` the number of
+    /// seed nodes when there are several, else of the local drive count.
+    pub redundancy: Option<Redundancy>,
+    /// Folder for `raft.redb` (must exist).
+    pub data_dir: PathBuf,
+}
+
+/// A node's view of the cluster, for status pages.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    pub node_name: String,
+    pub node_id: NodeId,
+    pub role: Role,
+    pub leader: Option<String>,
+    pub current_term: u64,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    pub voters: Vec<String>,
+    pub learners: Vec<String>,
+    pub members: Vec<MemberInfo>,
+    pub layout_version: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Shutdown,
+}
+
+/// A registered member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemberInfo {
+    pub name: String,
+    pub rpc_addr: String,
+    pub zone: String,
+    pub drives: Vec<DriveSpec>,
+}
+
+/// The node id of a node name: stable across restarts, releases and platforms.
+pub fn node_id(name: &str) -> NodeId {
+    ringstore_ring::hash64(name.as_bytes())
+}
+
+/// A running cluster node. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+/// How long to keep trying to open `raft.redb`: a node restarted in the same process may find
+/// it still held by the previous instance's last tasks for a moment.
+const OPEN_RETRY: Duration = Duration::from_secs(3);
+
+impl Cluster {
+    /// Opens the Raft store, starts Raft and returns; bootstrap continues in the background.
+    pub async fn start(cfg: ClusterConfig, client: ringstore_rpc::Client) -> Result<Cluster, Error> {
+        let id = node_id(&cfg.node_name);
+        let path = cfg.data_dir.join("raft.redb");
+        let deadline = tokio::time::Instant::now() + OPEN_RETRY;
+        let (log_store, sm) = loop {
+            let p = path.clone();
+            // The error becomes a string right away: openraft's StorageError is large.
+            let opened =
+                tokio::task::spawn_blocking(move || ringstore_meta::open(p).map_err(|e| e.to_string()))
+                    .await
+                    .map_err(|e| Error::Storage(e.to_string()))?;
+            match opened {
+                Ok(stores) => break stores,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(Error::Storage(e));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        let state = sm.state();
+        let config = Config {
+            cluster_name: "ringstore".into(),
+            heartbeat_interval: 250,
+            election_timeout_min: 1000,
+            election_timeout_max: 2000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
+            max_in_snapshot_log_to_keep: 500,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| Error::Raft(e.to_string()))?;
+        let network = Network {
+            client: client.clone(),
+            id,
+        };
+        let raft = openraft::Raft::new(id, Arc::new(config), network, log_store, sm)
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        let (layout_tx, _) = watch::channel(None);
+        let inner = Arc::new(Inner {
+            cfg,
+            id,
+            raft,
+            state,
+            client,
+            layout_tx,
+            shut: AtomicBool::new(false),
+            membership_lock: tokio::sync::Mutex::new(()),
+            tasks: std::sync::Mutex::new(Vec::new()),
+        });
+        tracing::info!(node = %inner.cfg.node_name, id, addr = %inner.cfg.rpc_addr, "cluster node started");
+        let watcher = tokio::spawn(watch_metrics(inner.clone()));
+        let boot = tokio::spawn(bootstrap::run(inner.clone()));
+        inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend([watcher, boot]);
+        Ok(Cluster { inner })
+    }
+
+    /// The internal endpoints (full paths under `/rpc/v1`); the caller adds authentication.
+    pub fn router(&self) -> axum::Router {
+        api::router(self.inner.clone())
+    }
+
+    /// The current committed layout.
+    pub fn layout(&self) -> watch::Receiver<Option<Layout>> {
+        self.inner.layout_tx.subscribe()
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// Waits until a leader is known and a layout is committed.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), Error> {
+        let mut layout = self.layout();
+        let mut metrics = self.inner.raft.metrics();
+        let ready = async {
+            loop {
+                let has_leader = metrics.borrow_and_update().current_leader.is_some();
+                if has_leader && layout.borrow_and_update().is_some() {
+                    return Ok(());
+                }
+                tokio::select! {
+                    r = metrics.changed() => r.map_err(|_| Error::ShuttingDown)?,
+                    r = layout.changed() => r.map_err(|_| Error::ShuttingDown)?,
+                }
+            }
+        };
+        tokio::time::timeout(timeout, ready).await.unwrap_or_else(|_| {
+            Err(Error::Unavailable(format!(
+                "no leader and layout within {timeout:?}"
+            )))
+        })
+    }
+
+    /// Creates a bucket; `Error::Rejected(Rejection::BucketExists)` when it exists.
+    pub async fn create_bucket(&self, name: &str, created_nanos: u64) -> Result<(), Error> {
+        let cmd = Command::PutBucket {
+            name: name.to_owned(),
+            created_nanos,
+        };
+        Ok(self.inner.write(cmd).await?.into_result()?)
+    }
+
+    /// Deletes a bucket; `Error::Rejected(Rejection::NoSuchBucket)` when it does not exist.
+    pub async fn delete_bucket(&self, name: &str) -> Result<(), Error> {
+        let cmd = Command::DeleteBucket {
+            name: name.to_owned(),
+        };
+        Ok(self.inner.write(cmd).await?.into_result()?)
+    }
+
+    /// A bucket's settings. Served locally when present; otherwise after a read barrier, so a
+    /// bucket whose creation was acknowledged anywhere is found.
+    pub async fn bucket(&self, name: &str) -> Result<Option<BucketInfo>, Error> {
+        let local = || self.inner.state.read(|s| s.buckets.get(name).cloned());
+        if let Some(b) = local() {
+            return Ok(Some(b));
+        }
+        self.inner.read_barrier().await?;
+        Ok(local())
+    }
+
+    /// Every bucket, linearizable.
+    pub async fn list_buckets(&self) -> Result<Vec<(String, BucketInfo)>, Error> {
+        self.inner.read_barrier().await?;
+        Ok(self
+            .inner
+            .state
+            .read(|s| s.buckets.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
+    }
+
+    /// Commits a new layout after checking that it can place data. Rejected with
+    /// `Rejection::StaleLayout` unless its version is newer than the current one.
+    pub async fn propose_layout(&self, layout: Layout) -> Result<(), Error> {
+        layout.placement()?;
+        let layout_json = serde_json::to_string(&layout).map_err(|e| Error::Decode(e.to_string()))?;
+        let cmd = Command::SetLayout {
+            version: layout.version,
+            layout_json,
+        };
+        Ok(self.inner.write(cmd).await?.into_result()?)
+    }
+
+    /// Registers this node again with a new set of drives (after an empty drive took over
+    /// the identity of the drive it replaces), through the leader.
+    pub async fn register_drives(&self, drives: Vec<DriveSpec>) -> Result<(), Error> {
+        let mut me = self.inner.me();
+        me.drives = drives;
+        self.inner.admit(&me).await
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> ClusterStatus {
+        let n = &self.inner;
+        let m = n.metrics();
+        let membership = m.membership_config.membership();
+        let name_of = |id: NodeId| {
+            membership
+                .get_node(&id)
+                .map(|node| node.name.clone())
+                .unwrap_or_else(|| id.to_string())
+        };
+        let (members, layout_version) = n.state.read(|s| {
+            let members = s
+                .nodes
+                .iter()
+                .map(|(name, info)| MemberInfo {
+                    name: name.clone(),
+                    rpc_addr: info.rpc_addr.clone(),
+                    zone: info.zone.clone(),
+                    drives: info
+                        .drives
+                        .iter()
+                        .map(|(id, weight)| DriveSpec {
+                            id: id.clone(),
+                            weight: *weight,
+                        })
+                        .collect(),
+                })
+                .collect();
+            (members, s.current_layout().map(|(v, _)| v))
+        });
+        ClusterStatus {
+            node_name: n.cfg.node_name.clone(),
+            node_id: n.id,
+            role: role(m.state),
+            leader: m.current_leader.map(name_of),
+            current_term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            voters: membership.voter_ids().map(name_of).collect(),
+            learners: membership.learner_ids().map(name_of).collect(),
+            members,
+            layout_version,
+        }
+    }
+
+    /// Stops Raft and the background tasks; the endpoints answer 503 from now on.
+    pub async fn shutdown(&self) {
+        if self.inner.shut.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let tasks = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
+            t.abort();
+        }
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft did not shut down cleanly");
+        }
+        tracing::info!(node = %self.inner.cfg.node_name, "cluster node stopped");
+    }
+}
+
+fn role(s: ServerState) -> Role {
+    match s {
+        ServerState::Leader => Role::Leader,
+        ServerState::Follower => Role::Follower,
+        ServerState::Candidate => Role::Candidate,
+        ServerState::Learner => Role::Learner,
+        ServerState::Shutdown => Role::Shutdown,
+    }
+}
+
+/// Follows Raft's metrics: publishes the layout when an applied entry changed it, and logs
+/// leadership changes.
+async fn watch_metrics(n: Arc<Inner>) {
+    let mut rx = n.raft.metrics();
+    let mut layout_version = n.publish_layout(None);
+    let mut seen: Option<(Option<NodeId>, u64)> = None;
+    loop {
+        let (leader, term, state) = {
+            let m = rx.borrow_and_update();
+            let leader = m.current_leader.map(|id| {
+                (
+                    id,
+                    m.membership_config
+                        .membership()
+                        .get_node(&id)
+                        .map(|n| n.name.clone()),
+                )
+            });
+            (leader, m.current_term, m.state)
+        };
+        let key = (leader.as_ref().map(|(id, _)| *id), term);
+        if seen != Some(key) && leader.is_some() {
+            let leader_name = leader.and_then(|(_, name)| name);
+            tracing::info!(node = %n.cfg.node_name, leader = ?leader_name, term, role = ?role(state), "leader known");
+            seen = Some(key);
+        }
+        layout_version = n.publish_layout(layout_version);
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_id;
+
+    #[test]
+    fn node_ids_are_stable_and_distinct() {
+        // Pinned: a changed id would make a restarted node a stranger to its own cluster.
+        assert_eq!(node_id("node-0"), 4_167_361_437_390_687_787);
+        assert_eq!(node_id("node-0"), node_id("node-0"));
+        assert_ne!(node_id("node-0"), node_id("node-1"));
+    }
+}

@@ -1,0 +1,363 @@
+//! One node's Raft instance and the operations on it: writes and read barriers served by the
+//! leader (forwarded there from any node), and admission of members.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Raft, RaftMetrics};
+use ringstore_meta::{Command, MetaNode, NodeId, NodeInfo, Response, SharedState, TypeConfig};
+use ringstore_ring::Layout;
+use ringstore_rpc::{Client, RpcError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::api::{Hello, Member, PATH_JOIN, PATH_READ_BARRIER, PATH_WRITE, ReadIndex, WireError, WireResult};
+use crate::{ClusterConfig, Error};
+
+/// How long a write, read barrier or join may keep retrying across leader changes.
+pub(crate) const BUDGET: Duration = Duration::from_secs(10);
+/// Bound on one forwarded call, so one dead leader does not eat the whole budget.
+const HOP_TIMEOUT: Duration = Duration::from_secs(4);
+
+pub(crate) struct Inner {
+    pub cfg: ClusterConfig,
+    pub id: NodeId,
+    pub raft: Raft<TypeConfig>,
+    pub state: SharedState,
+    pub client: Client,
+    pub layout_tx: watch::Sender<Option<Layout>>,
+    pub shut: AtomicBool,
+    /// Serializes membership changes on the leader: openraft refuses a change while another
+    /// is in progress, and concurrent joins are the normal case at bootstrap.
+    pub membership_lock: tokio::sync::Mutex<()>,
+    pub tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// One attempt's outcome: worth retrying (nothing was applied), or final.
+enum Attempt<T> {
+    Done(T),
+    Retry(String),
+    Fail(Error),
+}
+
+/// Voters wanted for a cluster of `members` nodes: odd, at most 5.
+pub(crate) fn target_voters(members: usize) -> usize {
+    match members {
+        0..=2 => 1,
+        3..=4 => 3,
+        _ => 5,
+    }
+}
+
+impl Inner {
+    pub fn is_shut(&self) -> bool {
+        self.shut.load(Ordering::Acquire)
+    }
+
+    pub fn metrics(&self) -> RaftMetrics<NodeId, MetaNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// The current leader and its node record, as this node believes.
+    pub fn leader(&self) -> Option<(NodeId, MetaNode)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+
+    /// Whether this node has a membership config (belongs to a cluster).
+    pub fn has_membership(&self) -> bool {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .next()
+            .is_some()
+    }
+
+    pub fn me(&self) -> Member {
+        Member {
+            name: self.cfg.node_name.clone(),
+            node_id: self.id,
+            rpc_addr: self.cfg.rpc_addr.clone(),
+            zone: self.cfg.zone.clone(),
+            drives: self.cfg.drives.clone(),
+        }
+    }
+
+    pub fn hello(&self) -> Hello {
+        let me = self.me();
+        Hello {
+            name: me.name,
+            node_id: me.node_id,
+            rpc_addr: me.rpc_addr,
+            zone: me.zone,
+            drives: me.drives,
+            initialized: self.has_membership(),
+            leader: self.leader().map(|(_, n)| n.rpc_addr),
+        }
+    }
+
+    /// Retries `attempt` with short backoff until it is done, fails, or the budget runs out.
+    async fn with_retries<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, Error>
+    where
+        F: FnMut(Duration) -> Fut,
+        Fut: std::future::Future<Output = Attempt<T>>,
+    {
+        let deadline = Instant::now() + BUDGET;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if self.is_shut() {
+                return Err(Error::ShuttingDown);
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match attempt(remaining).await {
+                Attempt::Done(v) => return Ok(v),
+                Attempt::Fail(e) => return Err(e),
+                Attempt::Retry(reason) => {
+                    if Instant::now() + backoff >= deadline {
+                        return Err(Error::Unavailable(format!("{what}: {reason}")));
+                    }
+                    tracing::debug!(%reason, "{what}: retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(400));
+                }
+            }
+        }
+    }
+
+    /// Sends `req` to the leader's `path` (or runs `local` when we are the leader).
+    async fn on_leader<Req, T, L, LF>(&self, what: &str, path: &str, req: &Req, local: L) -> Result<T, Error>
+    where
+        Req: Serialize + Clone,
+        T: DeserializeOwned,
+        L: Fn(Req) -> LF,
+        LF: std::future::Future<Output = WireResult<T>>,
+    {
+        let local = &local;
+        self.with_retries(what, |remaining| async move {
+            let hop = remaining.min(HOP_TIMEOUT);
+            let reply = match self.leader() {
+                None => return Attempt::Retry("no leader is known yet".into()),
+                Some((id, _)) if id == self.id => match tokio::time::timeout(hop, local(req.clone())).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Attempt::Fail(Error::Unavailable(format!(
+                            "{what}: no quorum answered within {hop:?}"
+                        )));
+                    }
+                },
+                Some((_, node)) => match self.forward::<Req, T>(&node.rpc_addr, path, req, hop).await {
+                    Ok(r) => r,
+                    Err(e) => return e,
+                },
+            };
+            match reply {
+                Ok(v) => Attempt::Done(v),
+                Err(e) => Attempt::Retry(e.to_string()),
+            }
+        })
+        .await
+    }
+
+    async fn forward<Req: Serialize, T: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<WireResult<T>, Attempt<T>> {
+        let body = ringstore_rpc::encode(req);
+        match self
+            .client
+            .call_raw_with(addr, axum::http::Method::POST, path, body, timeout)
+            .await
+        {
+            Ok(bytes) => ringstore_rpc::decode(&bytes).map_err(|e| Attempt::Fail(e.into())),
+            // The request never reached a live handler: nothing was applied, try again.
+            Err(e @ (RpcError::Unreachable { .. } | RpcError::Remote { status: 503, .. })) => {
+                Err(Attempt::Retry(e.to_string()))
+            }
+            // The leader may have applied it; retrying could apply it twice.
+            Err(e @ RpcError::Timeout { .. }) => Err(Attempt::Fail(Error::Unavailable(format!(
+                "{e}; the request may or may not have been applied"
+            )))),
+            Err(e) => Err(Attempt::Fail(e.into())),
+        }
+    }
+
+    /// Commits a command through the leader and returns the state machine's response.
+    pub async fn write(&self, cmd: Command) -> Result<Response, Error> {
+        self.on_leader("write", PATH_WRITE, &cmd, |c| self.write_local(c))
+            .await
+    }
+
+    /// Proposes on this node, which must be the leader.
+    pub async fn write_local(&self, cmd: Command) -> WireResult<Response> {
+        match self.raft.client_write(cmd).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(WireError::NotLeader {
+                leader: f.leader_node.map(|n| n.rpc_addr),
+            }),
+            Err(e) => Err(WireError::Failed(e.to_string())),
+        }
+    }
+
+    /// Waits until this node's state includes everything committed before the call.
+    pub async fn read_barrier(&self) -> Result<(), Error> {
+        let read_index: ReadIndex = self
+            .on_leader("read barrier", PATH_READ_BARRIER, &(), |()| {
+                self.read_barrier_local()
+            })
+            .await?;
+        let Some(log_id) = read_index else { return Ok(()) };
+        self.raft
+            .wait(Some(BUDGET))
+            .applied_index_at_least(Some(log_id.index), "read barrier")
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Unavailable(format!("catching up to the read index: {e}")))
+    }
+
+    pub async fn read_barrier_local(&self) -> WireResult<ReadIndex> {
+        match self.raft.ensure_linearizable().await {
+            Ok(id) => Ok(id),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(WireError::NotLeader {
+                leader: f.leader_node.map(|n| n.rpc_addr),
+            }),
+            Err(e) => Err(WireError::Failed(e.to_string())),
+        }
+    }
+
+    /// Makes `m` a member: registers it, adds it to Raft as a learner (or updates its address)
+    /// and promotes learners while there are fewer voters than wanted. Runs on the leader;
+    /// from any other node it is forwarded there.
+    pub async fn admit(&self, m: &Member) -> Result<(), Error> {
+        self.on_leader("join", PATH_JOIN, m, |m| async move {
+            let _guard = self.membership_lock.lock().await;
+            self.admit_local(&m).await
+        })
+        .await
+    }
+
+    /// Sends a join for `m` to the node at `addr`, which forwards it to its leader.
+    pub async fn join_via(&self, addr: &str, m: &Member) -> Result<(), Error> {
+        match self.forward::<Member, ()>(addr, PATH_JOIN, m, BUDGET).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::Unavailable(e.to_string())),
+            Err(Attempt::Fail(e)) => Err(e),
+            Err(Attempt::Retry(reason)) => Err(Error::Unavailable(reason)),
+            Err(Attempt::Done(())) => Ok(()),
+        }
+    }
+
+    async fn admit_local(&self, m: &Member) -> WireResult<()> {
+        let info = NodeInfo {
+            rpc_addr: m.rpc_addr.clone(),
+            zone: m.zone.clone(),
+            drives: m.drives.iter().map(|d| (d.id.clone(), d.weight)).collect(),
+        };
+        if self.state.read(|s| s.nodes.get(&m.name) != Some(&info)) {
+            self.write_local(Command::PutNode {
+                name: m.name.clone(),
+                rpc_addr: info.rpc_addr,
+                zone: info.zone,
+                drives: info.drives,
+            })
+            .await?;
+        }
+        let node = MetaNode {
+            name: m.name.clone(),
+            rpc_addr: m.rpc_addr.clone(),
+        };
+        let existing = self
+            .metrics()
+            .membership_config
+            .membership()
+            .get_node(&m.node_id)
+            .cloned();
+        let change = match existing {
+            None => {
+                tracing::info!(node = %m.name, id = m.node_id, addr = %m.rpc_addr, "adding a learner");
+                Some(ChangeMembers::AddNodes(BTreeMap::from([(m.node_id, node)])))
+            }
+            Some(old) if old != node => {
+                tracing::info!(node = %m.name, old = %old.rpc_addr, new = %m.rpc_addr,
+                    "member re-registered with a new address");
+                Some(ChangeMembers::SetNodes(BTreeMap::from([(m.node_id, node)])))
+            }
+            Some(_) => None,
+        };
+        if let Some(change) = change {
+            self.raft
+                .change_membership(change, true)
+                .await
+                .map_err(|e| WireError::Failed(e.to_string()))?;
+        }
+        self.promote().await
+    }
+
+    /// Promotes learners (smallest names first) until the voter count reaches its target.
+    /// Only grows the voter set: replacing a voter that died for good is an operator action.
+    async fn promote(&self) -> WireResult<()> {
+        let metrics = self.metrics();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let mut learners: Vec<(String, NodeId)> = membership
+            .learner_ids()
+            .filter_map(|id| membership.get_node(&id).map(|n| (n.name.clone(), id)))
+            .collect();
+        let target = target_voters(voters.len() + learners.len());
+        if voters.len() >= target || learners.is_empty() {
+            return Ok(());
+        }
+        learners.sort();
+        let promoted: Vec<(String, NodeId)> = learners.into_iter().take(target - voters.len()).collect();
+        tracing::info!(promoted = ?promoted.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            voters = voters.len(), target, "promoting learners to voters");
+        let ids: BTreeSet<NodeId> = promoted.into_iter().map(|(_, id)| id).collect();
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(ids), true)
+            .await
+            .map(|_| ())
+            .map_err(|e| WireError::Failed(e.to_string()))
+    }
+
+    /// Publishes the committed layout if it changed since `last`, returning the version now seen.
+    pub fn publish_layout(&self, last: Option<u64>) -> Option<u64> {
+        let current = self
+            .state
+            .read(|s| s.current_layout().map(|(v, json)| (v, json.to_owned())));
+        let (version, json) = current?;
+        if Some(version) == last {
+            return last;
+        }
+        match serde_json::from_str::<Layout>(&json) {
+            Ok(layout) => {
+                tracing::info!(version, nodes = layout.nodes.len(), "layout committed");
+                self.layout_tx.send_replace(Some(layout));
+            }
+            Err(e) => tracing::error!(version, error = %e, "committed layout does not decode"),
+        }
+        Some(version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::target_voters;
+
+    #[test]
+    fn voter_targets_are_odd_and_capped() {
+        let got: Vec<usize> = (1..=8).map(target_voters).collect();
+        assert_eq!(got, vec![1, 1, 3, 3, 5, 5, 5, 5]);
+    }
+}

@@ -1,0 +1,421 @@
+//! A drive as the object service sees it: local (this node's folder) or remote (a drive of
+//! another node, reached over RPC). Metadata calls are async; shard I/O is synchronous and
+//! meant for blocking threads (`spawn_blocking`), where the remote variant drives its HTTP/2
+//! calls with the runtime handle it captured, so the erasure-coding loops stay the same for
+//! both.
+
+use std::fs::File;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use ringstore_store::{Drive, Error, Op, Result, ShardWriter, Table};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::{Client, RpcError};
+
+/// How long a remote shard write may wait for the peer to take the next frame, and for its
+/// final fsync answer.
+const SHARD_STALL: Duration = Duration::from_secs(20);
+
+#[derive(Clone, Debug)]
+pub enum DriveHandle {
+    Local(Arc<Drive>),
+    Remote(Arc<RemoteDrive>),
+}
+
+/// A drive of another node.
+#[derive(Debug)]
+pub struct RemoteDrive {
+    pub id: String,
+    /// The owning node's name and RPC address.
+    pub node: String,
+    pub addr: String,
+    client: Client,
+}
+
+impl RemoteDrive {
+    pub fn new(id: String, node: String, addr: String, client: Client) -> Self {
+        Self {
+            id,
+            node,
+            addr,
+            client,
+        }
+    }
+
+    fn err(&self, e: RpcError) -> Error {
+        Error::Remote {
+            drive: format!("{} (node {})", self.id, self.node),
+            reason: e.to_string(),
+        }
+    }
+
+    async fn call<Req: Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        req: &Req,
+    ) -> Result<Resp> {
+        self.client
+            .call(&self.addr, path, req)
+            .await
+            .map_err(|e| self.err(e))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct CommitReq {
+    pub drive: String,
+    pub ops: Vec<Op>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct GetReq {
+    pub drive: String,
+    pub table: Table,
+    pub key: ByteBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct ScanReq {
+    pub drive: String,
+    pub table: Table,
+    pub prefix: ByteBuf,
+    pub after: Option<ByteBuf>,
+    pub limit: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct ShardReq {
+    pub drive: String,
+    pub data_id: String,
+    /// For patches: where the frame goes and the frame itself.
+    pub offset: u64,
+    pub frame: ByteBuf,
+}
+
+impl DriveHandle {
+    pub fn id(&self) -> &str {
+        match self {
+            DriveHandle::Local(d) => d.id(),
+            DriveHandle::Remote(r) => &r.id,
+        }
+    }
+
+    pub fn local(&self) -> Option<&Arc<Drive>> {
+        match self {
+            DriveHandle::Local(d) => Some(d),
+            DriveHandle::Remote(_) => None,
+        }
+    }
+
+    /// Commits `ops` atomically on the drive (durable when this returns).
+    pub async fn commit(&self, ops: Vec<Op>) -> Result<()> {
+        match self {
+            DriveHandle::Local(d) => d.commit(ops).await,
+            DriveHandle::Remote(r) => {
+                r.call(
+                    "/drive/commit",
+                    &CommitReq {
+                        drive: r.id.clone(),
+                        ops,
+                    },
+                )
+                .await
+            }
+        }
+    }
+
+    pub async fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self {
+            DriveHandle::Local(d) => d.get(table, key),
+            DriveHandle::Remote(r) => {
+                let v: Option<ByteBuf> = r
+                    .call(
+                        "/drive/get",
+                        &GetReq {
+                            drive: r.id.clone(),
+                            table,
+                            key: ByteBuf::from(key.to_vec()),
+                        },
+                    )
+                    .await?;
+                Ok(v.map(ByteBuf::into_vec))
+            }
+        }
+    }
+
+    /// Up to `limit` entries with keys starting with `prefix`, strictly after `after`.
+    pub async fn scan(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        match self {
+            DriveHandle::Local(d) => d.scan(table, prefix, after, limit),
+            DriveHandle::Remote(r) => {
+                let v: Vec<(ByteBuf, ByteBuf)> = r
+                    .call(
+                        "/drive/scan",
+                        &ScanReq {
+                            drive: r.id.clone(),
+                            table,
+                            prefix: ByteBuf::from(prefix.to_vec()),
+                            after: after.map(|a| ByteBuf::from(a.to_vec())),
+                            limit: limit as u64,
+                        },
+                    )
+                    .await?;
+                Ok(v.into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())).collect())
+            }
+        }
+    }
+
+    /// Starts a new shard file (`replace`: atomically replacing an existing one). Blocking.
+    pub fn create_shard(&self, data_id: &str, replace: bool) -> Result<ShardSink> {
+        match self {
+            DriveHandle::Local(d) => {
+                let w = if replace {
+                    d.replace_shard(data_id)?
+                } else {
+                    d.create_shard(data_id)?
+                };
+                Ok(ShardSink::Local(w))
+            }
+            DriveHandle::Remote(r) => {
+                let handle = tokio::runtime::Handle::current();
+                // `Some(bytes)` is data and `None` the end of the shard; a sender dropped before
+                // the end (the PUT failed) turns into a body error, so the peer discards the
+                // partial file instead of keeping it
+                let (tx, rx) = tokio::sync::mpsc::channel::<Option<Bytes>>(4);
+                type BoxError = Box<dyn std::error::Error + Send + Sync>;
+                let frames = futures::stream::unfold(Some(rx), |rx| async move {
+                    let mut rx = rx?;
+                    match rx.recv().await {
+                        Some(Some(b)) => Some((Ok::<_, BoxError>(hyper::body::Frame::data(b)), Some(rx))),
+                        Some(None) => None,
+                        None => Some((Err(BoxError::from("shard write abandoned")), None)),
+                    }
+                });
+                let body = http_body_util::StreamBody::new(frames).boxed();
+                let path = format!("/shard/{}/{}?replace={}", r.id, data_id, replace as u8);
+                let remote = r.clone();
+                let response = handle.spawn(async move {
+                    remote
+                        .client
+                        .send(
+                            &remote.addr,
+                            http::Method::PUT,
+                            &path,
+                            body,
+                            Duration::from_secs(3600),
+                        )
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| remote.err(e))
+                });
+                Ok(ShardSink::Remote {
+                    tx: Some(tx),
+                    response,
+                    handle,
+                    drive: r.clone(),
+                })
+            }
+        }
+    }
+
+    /// Opens a shard for reading; `None` when it does not exist. Blocking.
+    pub fn open_shard(&self, data_id: &str) -> Result<Option<ShardSource>> {
+        match self {
+            DriveHandle::Local(d) => Ok(d.open_shard(data_id)?.map(ShardSource::Local)),
+            // opened lazily: a missing remote shard shows up as missing frames
+            DriveHandle::Remote(r) => Ok(Some(ShardSource::Remote {
+                drive: r.clone(),
+                data_id: data_id.to_string(),
+                handle: tokio::runtime::Handle::current(),
+            })),
+        }
+    }
+
+    /// Overwrites one frame of an existing shard durably. Blocking.
+    pub fn patch_shard(&self, data_id: &str, offset: u64, frame: &[u8]) -> Result<()> {
+        match self {
+            DriveHandle::Local(d) => d.patch_shard(data_id, offset, frame),
+            DriveHandle::Remote(r) => {
+                let req = ShardReq {
+                    drive: r.id.clone(),
+                    data_id: data_id.to_string(),
+                    offset,
+                    frame: ByteBuf::from(frame.to_vec()),
+                };
+                tokio::runtime::Handle::current().block_on(r.call::<_, ()>("/shard/patch", &req))
+            }
+        }
+    }
+
+    /// Removes a shard file (missing is fine). Async.
+    pub async fn delete_shard(&self, data_id: &str) -> Result<()> {
+        match self {
+            DriveHandle::Local(d) => {
+                let (d, id) = (d.clone(), data_id.to_string());
+                tokio::task::spawn_blocking(move || d.delete_shard(&id))
+                    .await
+                    .map_err(|e| Error::Closed(e.to_string()))?
+            }
+            DriveHandle::Remote(r) => {
+                let req = ShardReq {
+                    drive: r.id.clone(),
+                    data_id: data_id.to_string(),
+                    offset: 0,
+                    frame: ByteBuf::new(),
+                };
+                r.call("/shard/delete", &req).await
+            }
+        }
+    }
+}
+
+/// A shard being written.
+pub enum ShardSink {
+    Local(ShardWriter),
+    Remote {
+        tx: Option<tokio::sync::mpsc::Sender<Option<Bytes>>>,
+        response: tokio::task::JoinHandle<Result<()>>,
+        handle: tokio::runtime::Handle,
+        drive: Arc<RemoteDrive>,
+    },
+}
+
+impl ShardSink {
+    pub fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            ShardSink::Local(w) => w.write(data),
+            ShardSink::Remote {
+                tx, handle, drive, ..
+            } => {
+                let sender = tx
+                    .as_ref()
+                    .ok_or_else(|| std::io::Error::other("shard already finished"))?;
+                let bytes = Bytes::copy_from_slice(data);
+                // the timer is created inside `block_on`: callers may be plain threads
+                match handle
+                    .block_on(async { tokio::time::timeout(SHARD_STALL, sender.send(Some(bytes))).await })
+                {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(std::io::Error::other(format!(
+                        "node {} stopped taking the shard",
+                        drive.node
+                    ))),
+                    Err(_) => Err(std::io::Error::other(format!(
+                        "node {} took no data for {} s",
+                        drive.node,
+                        SHARD_STALL.as_secs()
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Makes the shard durable; for a remote drive, waits until the peer fsynced it.
+    pub fn finish(self) -> std::io::Result<()> {
+        match self {
+            ShardSink::Local(w) => w.finish(),
+            ShardSink::Remote {
+                tx,
+                response,
+                handle,
+                drive,
+            } => {
+                let ended = handle.block_on(async move {
+                    match tx {
+                        Some(tx) => tokio::time::timeout(SHARD_STALL, tx.send(None))
+                            .await
+                            .is_ok_and(|r| r.is_ok()),
+                        None => false,
+                    }
+                });
+                if !ended {
+                    response.abort();
+                    return Err(std::io::Error::other(format!(
+                        "node {} stopped taking the shard",
+                        drive.node
+                    )));
+                }
+                match handle.block_on(async { tokio::time::timeout(SHARD_STALL, response).await }) {
+                    Ok(Ok(Ok(()))) => Ok(()),
+                    Ok(Ok(Err(e))) => Err(std::io::Error::other(e.to_string())),
+                    Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
+                    Err(_) => Err(std::io::Error::other(format!(
+                        "node {} did not confirm the shard within {} s",
+                        drive.node,
+                        SHARD_STALL.as_secs()
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+/// A shard open for reading.
+pub enum ShardSource {
+    Local(File),
+    Remote {
+        drive: Arc<RemoteDrive>,
+        data_id: String,
+        handle: tokio::runtime::Handle,
+    },
+}
+
+impl ShardSource {
+    /// Whether the shard lives on another node (a failed read then means "out of reach").
+    pub fn is_remote(&self) -> bool {
+        matches!(self, ShardSource::Remote { .. })
+    }
+
+    /// `len` bytes at `offset`; `None` when the shard is missing or too short.
+    pub fn read_frame(&self, offset: u64, len: usize) -> std::io::Result<Option<Vec<u8>>> {
+        match self {
+            ShardSource::Local(f) => Drive::read_frame(f, offset, len),
+            ShardSource::Remote {
+                drive,
+                data_id,
+                handle,
+            } => {
+                let path = format!("/shard/{}/{}?offset={offset}&len={len}", drive.id, data_id);
+                let got = handle.block_on(drive.client.call_raw_with(
+                    &drive.addr,
+                    http::Method::GET,
+                    &path,
+                    Vec::new(),
+                    drive.client.timeout,
+                ));
+                match got {
+                    Ok(b) if b.len() == len => Ok(Some(b.to_vec())),
+                    Ok(_) => Ok(None),
+                    Err(RpcError::Remote {
+                        status: 404 | 416, ..
+                    }) => Ok(None),
+                    Err(e) => Err(std::io::Error::other(e.to_string())),
+                }
+            }
+        }
+    }
+
+    /// Fills `buf` from `offset`; `false` when the shard is missing or too short.
+    pub fn read_frame_into(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<bool> {
+        match self {
+            ShardSource::Local(f) => Drive::read_frame_into(f, offset, buf),
+            ShardSource::Remote { .. } => match self.read_frame(offset, buf.len())? {
+                Some(b) => {
+                    buf.copy_from_slice(&b);
+                    Ok(true)
+                }
+                None => Ok(false),
+            },
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The server side of the drive RPCs: this node's drives, served to its peers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{post, put};
+use bytes::Bytes;
+use futures::StreamExt;
+use http::StatusCode;
+use ringstore_store::Drive;
+use serde_bytes::ByteBuf;
+
+use crate::drive::{CommitReq, GetReq, ScanReq, ShardReq};
+
+/// This node's drives by id. Replaceable, because a replacement drive takes over the
+/// identity of the one it replaces once the node learns the layout.
+#[derive(Clone)]
+pub struct DriveService {
+    drives: Arc<RwLock<HashMap<String, Arc<Drive>>>>,
+}
+
+impl DriveService {
+    pub fn new(drives: impl IntoIterator<Item = Arc<Drive>>) -> Self {
+        let s = Self {
+            drives: Default::default(),
+        };
+        s.set(drives);
+        s
+    }
+
+    pub fn set(&self, drives: impl IntoIterator<Item = Arc<Drive>>) {
+        *self.drives.write().expect("not poisoned") =
+            drives.into_iter().map(|d| (d.id().to_string(), d)).collect();
+    }
+
+    #[expect(clippy::result_large_err, reason = "the error is the ready-made HTTP answer")]
+    fn drive(&self, id: &str) -> Result<Arc<Drive>, Response> {
+        self.drives
+            .read()
+            .expect("not poisoned")
+            .get(id)
+            .cloned()
+            .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no drive {id} on this node")).into_response())
+    }
+}
+
+/// The drive endpoints, with their full paths (`/rpc/v1/...`). Authentication is applied by
+/// the caller around the whole RPC router.
+pub fn router(service: DriveService) -> Router {
+    let p = crate::PREFIX;
+    Router::new()
+        .route(&format!("{p}/drive/commit"), post(commit))
+        .route(&format!("{p}/drive/get"), post(get))
+        .route(&format!("{p}/drive/scan"), post(scan))
+        .route(&format!("{p}/shard/patch"), post(patch))
+        .route(&format!("{p}/shard/delete"), post(delete))
+        .route(
+            &format!("{p}/shard/{{drive}}/{{data_id}}"),
+            put(write_shard).get(read_shard),
+        )
+        .layer(DefaultBodyLimit::disable())
+        .with_state(service)
+}
+
+fn storage_error(e: impl std::fmt::Display) -> Response {
+    (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+}
+
+fn bad_request(e: impl std::fmt::Display) -> Response {
+    (StatusCode::BAD_REQUEST, e.to_string()).into_response()
+}
+
+fn reply<T: serde::Serialize>(v: &T) -> Response {
+    crate::encode(v).into_response()
+}
+
+async fn commit(State(s): State<DriveService>, body: Bytes) -> Response {
+    let req: CommitReq = match crate::decode(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    let drive = match s.drive(&req.drive) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    match drive.commit(req.ops).await {
+        Ok(()) => reply(&()),
+        Err(e) => storage_error(e),
+    }
+}
+
+async fn get(State(s): State<DriveService>, body: Bytes) -> Response {
+    let req: GetReq = match crate::decode(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    let drive = match s.drive(&req.drive) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    match drive.get(req.table, &req.key) {
+        Ok(v) => reply(&v.map(ByteBuf::from)),
+        Err(e) => storage_error(e),
+    }
+}
+
+async fn scan(State(s): State<DriveService>, body: Bytes) -> Response {
+    let req: ScanReq = match crate::decode(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    let drive = match s.drive(&req.drive) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
+    match drive.scan(
+        req.table,
+        &req.prefix,
+        req.after.as_deref().map(|a| &a[..]),
+        limit,
+    ) {
+        Ok(v) => reply(
+            &v.into_iter()
+                .map(|(k, v)| (ByteBuf::from(k), ByteBuf::from(v)))
+                .collect::<Vec<_>>(),
+        ),
+        Err(e) => storage_error(e),
+    }
+}
+
+async fn patch(State(s): State<DriveService>, body: Bytes) -> Response {
+    let req: ShardReq = match crate::decode(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    let drive = match s.drive(&req.drive) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let done =
+        tokio::task::spawn_blocking(move || drive.patch_shard(&req.data_id, req.offset, &req.frame)).await;
+    match done {
+        Ok(Ok(())) => reply(&()),
+        Ok(Err(e)) => storage_error(e),
+        Err(e) => storage_error(e),
+    }
+}
+
+async fn delete(State(s): State<DriveService>, body: Bytes) -> Response {
+    let req: ShardReq = match crate::decode(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    let drive = match s.drive(&req.drive) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    match tokio::task::spawn_blocking(move || drive.delete_shard(&req.data_id)).await {
+        Ok(Ok(())) => reply(&()),
+        Ok(Err(e)) => storage_error(e),
+        Err(e) => storage_error(e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct WriteQuery {
+    #[serde(default)]
+    replace: u8,
+}
+
+/// Streams the request body into a new shard file and answers once it is fsynced. A body
+/// that ends with an error (the writer went away) leaves nothing behind.
+async fn write_shard(
+    State(s): State<DriveService>,
+    Path((drive, data_id)): Path<(String, String)>,
+    Query(q): Query<WriteQuery>,
+    body: Body,
+) -> Response {
+    let drive = match s.drive(&drive) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    // `Some(bytes)` carries data, `None` says the body ended whole; a closed channel without
+    // it means the body was cut off, and the unfinished writer removes its file when dropped
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Bytes>>(4);
+    let writer = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let mut w = if q.replace != 0 {
+            drive.replace_shard(&data_id)
+        } else {
+            drive.create_shard(&data_id)
+        }
+        .map_err(|e| e.to_string())?;
+        loop {
+            match rx.blocking_recv() {
+                Some(Some(b)) => w.write(&b).map_err(|e| e.to_string())?,
+                Some(None) => return w.finish().map_err(|e| e.to_string()),
+                None => return Err("shard body cut off".into()),
+            }
+        }
+    });
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(b) => {
+                if tx.send(Some(b)).await.is_err() {
+                    break; // the writer failed; its error says why
+                }
+            }
+            Err(e) => {
+                drop(tx);
+                let _ = writer.await;
+                return bad_request(format!("shard body cut off: {e}"));
+            }
+        }
+    }
+    let _ = tx.send(None).await;
+    drop(tx);
+    match writer.await {
+        Ok(Ok(())) => StatusCode::OK.into_response(),
+        Ok(Err(e)) => storage_error(e),
+        Err(e) => storage_error(e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ReadQuery {
+    offset: u64,
+    len: usize,
+}
+
+async fn read_shard(
+    State(s): State<DriveService>,
+    Path((drive, data_id)): Path<(String, String)>,
+    Query(q): Query<ReadQuery>,
+) -> Response {
+    let drive = match s.drive(&drive) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let read = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, String> {
+        let Some(f) = drive.open_shard(&data_id).map_err(|e| e.to_string())? else {
+            return Err("missing".into());
+        };
+        Drive::read_frame(&f, q.offset, q.len).map_err(|e| e.to_string())
+    })
+    .await;
+    match read {
+        Ok(Ok(Some(b))) => b.into_response(),
+        Ok(Ok(None)) => (StatusCode::RANGE_NOT_SATISFIABLE, "shard is shorter").into_response(),
+        Ok(Err(e)) if e == "missing" => (StatusCode::NOT_FOUND, "no such shard").into_response(),
+        Ok(Err(e)) => storage_error(e),
+        Err(e) => storage_error(e),
+    }
+}

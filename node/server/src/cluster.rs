@@ -1,0 +1,235 @@
+//! The server's glue between the control plane and the object service: buckets in Raft,
+//! drive handles for the committed layout, replacement drives, and the RPC listener.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringstore_cluster::{Cluster, Error as ClusterError, MemberInfo};
+use ringstore_meta::Rejection;
+use ringstore_object::{BucketRecord, Catalog, Error, ObjectStore, Result};
+use ringstore_ring::Layout;
+use ringstore_rpc::{Client, DriveHandle, RemoteDrive};
+use ringstore_store::Drive;
+
+/// Buckets kept in the Raft control plane.
+pub struct RaftCatalog(pub Cluster);
+
+fn map_err(e: ClusterError) -> Error {
+    match e {
+        ClusterError::Rejected(Rejection::BucketExists(_)) => Error::BucketExists,
+        ClusterError::Rejected(Rejection::NoSuchBucket(_)) => Error::NoSuchBucket,
+        e => Error::Quorum(format!("control plane: {e}")),
+    }
+}
+
+#[async_trait::async_trait]
+impl Catalog for RaftCatalog {
+    async fn get(&self, name: &str) -> Result<Option<BucketRecord>> {
+        let b = self.0.bucket(name).await.map_err(map_err)?;
+        Ok(b.map(|b| BucketRecord {
+            name: name.to_string(),
+            created_nanos: b.created_nanos,
+        }))
+    }
+
+    async fn list(&self) -> Result<Vec<BucketRecord>> {
+        let all = self.0.list_buckets().await.map_err(map_err)?;
+        Ok(all
+            .into_iter()
+            .map(|(name, b)| BucketRecord {
+                name,
+                created_nanos: b.created_nanos,
+            })
+            .collect())
+    }
+
+    async fn create(&self, rec: &BucketRecord) -> Result<()> {
+        self.0
+            .create_bucket(&rec.name, rec.created_nanos)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn delete(&self, name: &str) -> Result<()> {
+        self.0.delete_bucket(name).await.map_err(map_err)
+    }
+}
+
+/// One handle per drive of `layout`, in layout order: this node's drives locally, the
+/// others through their node's RPC address.
+pub fn handles(
+    layout: &Layout,
+    me: &str,
+    local: &[Arc<Drive>],
+    members: &[MemberInfo],
+    client: &Client,
+) -> Vec<DriveHandle> {
+    let mut out = Vec::new();
+    for node in &layout.nodes {
+        let addr = members
+            .iter()
+            .find(|m| m.name == node.name)
+            .map(|m| m.rpc_addr.clone())
+            .unwrap_or_default();
+        for d in &node.drives {
+            let here = (node.name == me)
+                .then(|| local.iter().find(|l| l.id() == d.id))
+                .flatten();
+            out.push(match here {
+                Some(l) => DriveHandle::Local(l.clone()),
+                None => DriveHandle::Remote(Arc::new(RemoteDrive::new(
+                    d.id.clone(),
+                    node.name.clone(),
+                    addr.clone(),
+                    client.clone(),
+                ))),
+            });
+        }
+    }
+    out
+}
+
+/// Gives empty local drives the identities of this node's drives that the layout names but
+/// that are not here (disks replaced after a failure). Returns the drives and the adopted ids.
+pub fn adopt_replacements(
+    layout: &Layout,
+    me: &str,
+    drives: Vec<Drive>,
+) -> anyhow::Result<(Vec<Drive>, Vec<String>)> {
+    let Some(node) = layout.nodes.iter().find(|n| n.name == me) else {
+        return Ok((drives, vec![]));
+    };
+    let mut missing: Vec<&str> = node
+        .drives
+        .iter()
+        .map(|d| d.id.as_str())
+        .filter(|id| !drives.iter().any(|l| l.id() == *id))
+        .collect();
+    let mut adopted = Vec::new();
+    let mut out = Vec::with_capacity(drives.len());
+    for drive in drives {
+        let known = node.drives.iter().any(|d| d.id == drive.id());
+        if missing.is_empty() || known || !drive.is_empty()? {
+            out.push(drive);
+            continue;
+        }
+        let id = missing.remove(0).to_string();
+        let path = drive.root().display().to_string();
+        out.push(drive.adopt_identity(&id)?);
+        tracing::warn!(drive = %path, id = %id,
+            "empty drive replaces a drive of this node that the layout names; its data will be rebuilt");
+        adopted.push(id);
+    }
+    Ok((out, adopted))
+}
+
+/// Keeps the object service on the newest committed layout.
+pub fn follow_layout(store: ObjectStore, cluster: Cluster, me: String, client: Client) {
+    let mut rx = cluster.layout();
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let Some(layout) = rx.borrow_and_update().clone() else {
+                continue;
+            };
+            if layout.version <= store.layout_version() {
+                continue;
+            }
+            let members = cluster.status().members;
+            let handles = handles(&layout, &me, store.local_drives(), &members, &client);
+            let version = layout.version;
+            match store.set_layout(layout, handles) {
+                Ok(()) => tracing::info!(version, "now placing data with a new layout"),
+                Err(e) => tracing::error!(version, error = %e, "cannot use the committed layout"),
+            }
+        }
+    });
+}
+
+/// Asks every member to walk its objects now, so that shards of drives that came back
+/// empty are rebuilt without waiting for the periodic scrub.
+pub async fn request_heal_everywhere(cluster: &Cluster, client: &Client) {
+    for m in cluster.status().members {
+        let r: std::result::Result<(), _> = client.call(&m.rpc_addr, "/heal/scrub", &()).await;
+        if let Err(e) = r {
+            tracing::warn!(node = %m.name, error = %e, "could not ask a node to heal");
+        }
+    }
+}
+
+/// How long start-up waits between reports while the cluster forms.
+pub const FORMING_REPORT: Duration = Duration::from_secs(10);
+
+/// This node's own RPC endpoints beside the drives and Raft:
+/// - `POST /rpc/v1/heal/scrub`: a peer asks this node to walk its objects now (a drive came
+///   back empty); answers at once, the walk runs in the background, one at a time;
+/// - `POST /rpc/v1/node/drives`: this node's drives and their state, for `admin status`.
+pub fn node_router(target: Arc<std::sync::OnceLock<(ObjectStore, u32)>>) -> axum::Router {
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let drives_target = target.clone();
+    axum::Router::new()
+        .route(
+            &format!("{}/heal/scrub", ringstore_rpc::PREFIX),
+            axum::routing::post(move || {
+                let (target, running) = (target.clone(), running.clone());
+                async move {
+                    if let Some((store, rate)) = target.get().cloned()
+                        && !running.swap(true, std::sync::atomic::Ordering::SeqCst)
+                    {
+                        tokio::spawn(async move {
+                            tracing::info!("healing pass requested by a peer");
+                            match store.scrub(rate).await {
+                                Ok(n) => tracing::info!(objects = n, stats = ?store.heal_stats(), "healing pass finished"),
+                                Err(e) => tracing::warn!(error = %e, "healing pass failed"),
+                            }
+                            running.store(false, std::sync::atomic::Ordering::SeqCst);
+                        });
+                    }
+                    ringstore_rpc::encode(&())
+                }
+            }),
+        )
+        .route(
+            &format!("{}/node/drives", ringstore_rpc::PREFIX),
+            axum::routing::post(move || {
+                let target = drives_target.clone();
+                async move {
+                    let drives = match target.get() {
+                        Some((store, _)) => crate::admin::local_drives(store).await,
+                        None => vec![],
+                    };
+                    ringstore_rpc::encode(&drives)
+                }
+            }),
+        )
+}
+
+/// Buckets that a single node kept in its drives' tables before the control plane held
+/// them are copied into it once, so upgrading a single-node store keeps its buckets.
+pub async fn import_legacy_buckets(store: &ObjectStore, local: &[Arc<Drive>]) {
+    let mut legacy = std::collections::BTreeMap::new();
+    for d in local {
+        if let Ok(entries) = d.scan(ringstore_store::Table::Buckets, b"", None, usize::MAX) {
+            for (k, _) in entries {
+                legacy.insert(String::from_utf8_lossy(&k).into_owned(), k);
+            }
+        }
+    }
+    for (name, key) in legacy {
+        match store.create_bucket(&name).await {
+            Ok(_) | Err(Error::BucketExists) => {
+                tracing::info!(bucket = %name, "bucket moved into the control plane");
+                for d in local {
+                    let _ = d
+                        .commit(vec![ringstore_store::Op::Delete {
+                            table: ringstore_store::Table::Buckets,
+                            key: key.clone(),
+                        }])
+                        .await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(bucket = %name, error = %e, "could not move a bucket into the control plane")
+            }
+        }
+    }
+}

@@ -1,0 +1,514 @@
+//! A real cluster: 3 and 6 `ringstore server` processes on distinct loopback addresses,
+//! started all at once with the same seed list, driven by the AWS SDK. Nodes are killed with
+//! SIGKILL under load, restarted with emptied drives, their shards corrupted, the Raft leader
+//! killed, and a node with the wrong cluster secret kept out.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use common::{CLUSTER_SECRET, Server, TestCluster, pattern};
+
+const KIB: usize = 1024;
+
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The content of a test object is fully determined by its key, which ends in `-SIZE`.
+fn content_for(key: &str) -> Vec<u8> {
+    let size: usize = key
+        .rsplit('-')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("key ends in -SIZE");
+    pattern(size, fnv1a(key))
+}
+
+/// The client without retries or with few, and short timeouts, so a dead node fails fast.
+fn impatient(c: &Client) -> Client {
+    Client::from_conf(
+        c.config()
+            .to_builder()
+            .retry_config(RetryConfig::standard().with_max_attempts(2))
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(Duration::from_secs(20))
+                    .build(),
+            )
+            .build(),
+    )
+}
+
+async fn put(c: &Client, bucket: &str, key: &str) -> Result<(), String> {
+    c.put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(ByteStream::from(content_for(key)))
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("{e:?}"))
+}
+
+async fn get(c: &Client, bucket: &str, key: &str) -> Result<Vec<u8>, String> {
+    let out = c
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| format!("GET {key}: {}", common::code(&e)))?;
+    let body = out
+        .body
+        .collect()
+        .await
+        .map_err(|e| format!("GET {key} body: {e}"))?;
+    Ok(body.into_bytes().to_vec())
+}
+
+/// Keys whose bytes do not read back exactly, through `c`.
+async fn check_all(c: &Client, bucket: &str, keys: &[String]) -> Vec<String> {
+    let mut bad = Vec::new();
+    for k in keys {
+        match get(c, bucket, k).await {
+            Ok(b) if b == content_for(k) => {}
+            Ok(b) => bad.push(format!("{k}: {} bytes differ", b.len())),
+            Err(e) => bad.push(e),
+        }
+    }
+    bad
+}
+
+async fn list_keys(c: &Client, bucket: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut token = None;
+    loop {
+        let out = c
+            .list_objects_v2()
+            .bucket(bucket)
+            .set_continuation_token(token)
+            .send()
+            .await
+            .expect("list");
+        keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+        match out.next_continuation_token() {
+            Some(t) => token = Some(t.to_string()),
+            None => return keys,
+        }
+    }
+}
+
+async fn eventually(timeout: Duration, what: &str, mut check: impl AsyncFnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+fn shard_files(drive: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for d in std::fs::read_dir(drive.join(".ringstore").join("data"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+            out.push(f.path());
+        }
+    }
+    out
+}
+
+/// Background PUT/GET load through several nodes; records every acknowledged write.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<String>>>,
+    gets_ok: Arc<AtomicU64>,
+    gets_failed: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(clients: Vec<Client>, bucket: &'static str, workers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let gets_ok = Arc::new(AtomicU64::new(0));
+        let gets_failed = Arc::new(AtomicU64::new(0));
+        let seq = Arc::new(AtomicU64::new(0));
+        let tasks = (0..workers)
+            .map(|w| {
+                let c = clients[w % clients.len()].clone();
+                let (stop, acked, ok, failed, seq) = (
+                    stop.clone(),
+                    acked.clone(),
+                    gets_ok.clone(),
+                    gets_failed.clone(),
+                    seq.clone(),
+                );
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let n = seq.fetch_add(1, Ordering::Relaxed);
+                        // mostly small (inline) objects, some with shard files
+                        let size = [3 * KIB, 40 * KIB, 300 * KIB, 1100 * KIB][n as usize % 4];
+                        let key = format!("load/{w}/{n}-{size}");
+                        if put(&c, bucket, &key).await.is_ok() {
+                            acked.lock().unwrap().push(key.clone());
+                            match get(&c, bucket, &key).await {
+                                Ok(b) if b == content_for(&key) => ok.fetch_add(1, Ordering::Relaxed),
+                                _ => failed.fetch_add(1, Ordering::Relaxed),
+                            };
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            acked,
+            gets_ok,
+            gets_failed,
+            tasks,
+        }
+    }
+
+    async fn finish(self) -> (Vec<String>, u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        (
+            acked,
+            self.gets_ok.load(Ordering::Relaxed),
+            self.gets_failed.load(Ordering::Relaxed),
+        )
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_start_together_and_serve_from_any_node() {
+    let started = Instant::now();
+    let cluster = TestCluster::start(3, 1, &[]);
+    eprintln!("3 nodes ready in {:?}", started.elapsed());
+    // one cluster: every node names the same leader and sees all three members
+    let leaders: Vec<Option<usize>> = (0..3).map(|i| cluster.leader(i)).collect();
+    assert!(leaders[0].is_some(), "a leader is elected: {leaders:?}");
+    assert!(
+        leaders.iter().all(|l| *l == leaders[0]),
+        "nodes agree on the leader: {leaders:?}"
+    );
+    let status = cluster.status(1);
+    assert_eq!(status["layout_version"], 1, "{status}");
+    assert_eq!(status["redundancy"], "2+1", "{status}");
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3, "{status}");
+    assert_eq!(status["capacity"]["drives_online"], 3, "{status}");
+    assert_eq!(
+        status["cluster"]["voters"].as_array().unwrap().len(),
+        3,
+        "{status}"
+    );
+
+    let c: Vec<Client> = cluster.nodes.iter().map(|n| n.client()).collect();
+    c[0].create_bucket()
+        .bucket("bkt")
+        .send()
+        .await
+        .expect("create bucket");
+    // bucket creation through another node sees the first one at once
+    let again = c[2].create_bucket().bucket("bkt").send().await.unwrap_err();
+    assert_eq!(common::code(&again), "BucketAlreadyOwnedByYou");
+    let mut keys = Vec::new();
+    for (i, size) in [0, 1, 5 * KIB, 200 * KIB, 3 * 1024 * KIB].into_iter().enumerate() {
+        let key = format!("obj{i}-{size}");
+        put(&c[i % 3], "bkt", &key).await.expect("put");
+        keys.push(key);
+    }
+    // read-after-write through every other node, and listings agree
+    for (n, client) in c.iter().enumerate() {
+        assert_eq!(
+            check_all(client, "bkt", &keys).await,
+            Vec::<String>::new(),
+            "via node {n}"
+        );
+        let mut listed = list_keys(client, "bkt").await;
+        listed.sort();
+        let mut want = keys.clone();
+        want.sort();
+        assert_eq!(listed, want, "listing via node {n}");
+    }
+    // shards really are spread: every node holds shard files
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        assert!(!shard_files(&node.drives[0]).is_empty(), "node {i} holds shards");
+    }
+    // a deletion is seen everywhere too
+    c[1].delete_object()
+        .bucket("bkt")
+        .key(&keys[0])
+        .send()
+        .await
+        .expect("delete");
+    let e = c[2]
+        .head_object()
+        .bucket("bkt")
+        .key(&keys[0])
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(common::status(&e), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn six_nodes_survive_two_killed_under_load_without_losing_writes() {
+    let mut cluster = TestCluster::start(6, 1, &["--redundancy", "4+2"]);
+    let status = cluster.status(0);
+    assert_eq!(status["redundancy"], "4+2");
+    let voters = status["cluster"]["voters"].as_array().unwrap().len();
+    let learners = status["cluster"]["learners"].as_array().unwrap().len();
+    assert_eq!((voters, learners), (5, 1), "{status}");
+
+    let clients: Vec<Client> = cluster.nodes.iter().map(|n| impatient(&n.client())).collect();
+    clients[0]
+        .create_bucket()
+        .bucket("load")
+        .send()
+        .await
+        .expect("bucket");
+    // load goes through nodes 0..3; nodes 4 and 5 are the victims
+    let load = Load::start(clients[..4].to_vec(), "load", 8);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = load.acked();
+    // never kill the leader's majority: kill two non-leader nodes among 4 and 5
+    cluster.nodes[4].kill9();
+    cluster.nodes[5].kill9();
+    let killed_at = load.acked();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let during = load.acked() - killed_at;
+    let (acked, gets_ok, gets_failed) = load.finish().await;
+    eprintln!(
+        "acknowledged writes: {before} before the kill, {during} with two nodes down, {} total; \
+         read-back GETs ok {gets_ok}, failed {gets_failed}",
+        acked.len()
+    );
+    assert!(
+        during > 20,
+        "writes continue with two of six nodes down ({during})"
+    );
+    assert_eq!(gets_failed, 0, "GETs keep succeeding");
+    // every acknowledged write reads back with the nodes still down...
+    let bad = check_all(&clients[1], "load", &acked).await;
+    assert!(bad.is_empty(), "lost or damaged with 2 nodes down: {bad:?}");
+    // ...and after they return
+    cluster.nodes[4].restart();
+    cluster.nodes[5].restart();
+    let c5 = cluster.nodes[5].client();
+    let bad = check_all(&c5, "load", &acked).await;
+    assert!(bad.is_empty(), "lost or damaged after the restart: {bad:?}");
+    let mut listed = list_keys(&c5, "load").await;
+    listed.sort();
+    let mut want = acked.clone();
+    want.sort();
+    assert_eq!(listed, want, "the listing holds exactly the acknowledged writes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn emptied_drive_is_recognised_and_rebuilt() {
+    let mut cluster = TestCluster::start(3, 1, &[]);
+    let c = cluster.nodes[0].client();
+    c.create_bucket().bucket("bkt").send().await.unwrap();
+    let mut keys = Vec::new();
+    for i in 0..24 {
+        let size = [2 * KIB, 150 * KIB, 700 * KIB][i % 3];
+        let key = format!("k{i}-{size}");
+        put(&c, "bkt", &key).await.unwrap();
+        keys.push(key);
+    }
+    let victim = 2;
+    let drive = cluster.nodes[victim].drives[0].clone();
+    let id_before = std::fs::read_to_string(drive.join(".ringstore/drive.json")).unwrap();
+    let shards_before = shard_files(&drive).len();
+    assert!(shards_before > 0);
+    cluster.nodes[victim].kill9();
+    std::fs::remove_dir_all(&drive).unwrap();
+    std::fs::create_dir_all(&drive).unwrap();
+    cluster.nodes[victim].restart();
+    let id_after = std::fs::read_to_string(drive.join(".ringstore/drive.json")).unwrap();
+    assert_eq!(
+        id_before, id_after,
+        "the empty drive took over the lost drive's identity"
+    );
+    // the other nodes walk their objects at once; status shows the pass until it is done
+    let mut seen_running = false;
+    eventually(Duration::from_secs(60), "the healing passes finish", async || {
+        for i in (0..3).filter(|i| *i != victim) {
+            let h = cluster.status(i)["healing"].clone();
+            seen_running |= h["scrub_running"] == true;
+            if h["scrub_passes"].as_u64() < Some(1) || h["scrub_running"] == true {
+                return Err(format!("node {i}: {h}"));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    let healed: u64 = [0, 1]
+        .iter()
+        .map(|i| cluster.status(*i)["healing"]["shards_healed"].as_u64().unwrap())
+        .sum();
+    let records: u64 = [0, 1]
+        .iter()
+        .map(|i| cluster.status(*i)["healing"]["records_healed"].as_u64().unwrap())
+        .sum();
+    let n = shard_files(&drive).len();
+    eprintln!(
+        "rebuilt: {healed} shards and {records} records healed by the peers, {n} of {shards_before} \
+         shard files back (pass seen running: {seen_running})"
+    );
+    assert_eq!(n, shards_before, "every lost shard file is rebuilt");
+    // with another node down the data must come from the rebuilt drive
+    cluster.nodes[1].kill9();
+    let c2 = cluster.nodes[victim].client();
+    let bad = check_all(&c2, "bkt", &keys).await;
+    assert!(bad.is_empty(), "objects unreadable after the rebuild: {bad:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupt_shards_are_read_correctly_and_repaired_by_the_scrubber() {
+    let cluster = TestCluster::start(3, 1, &["--scrub-interval", "2"]);
+    let c = cluster.nodes[0].client();
+    c.create_bucket().bucket("bkt").send().await.unwrap();
+    let keys: Vec<String> = (0..6).map(|i| format!("big{i}-{}", 600 * KIB)).collect();
+    for k in &keys {
+        put(&c, "bkt", k).await.unwrap();
+    }
+    // flip bytes in the middle of every shard file on node 1
+    let files = shard_files(&cluster.nodes[1].drives[0]);
+    assert!(!files.is_empty());
+    let mut originals = BTreeMap::new();
+    for f in &files {
+        let mut bytes = std::fs::read(f).unwrap();
+        originals.insert(f.clone(), bytes.clone());
+        let mid = bytes.len() / 2;
+        for b in &mut bytes[mid..mid + 64] {
+            *b ^= 0xA5;
+        }
+        std::fs::write(f, &bytes).unwrap();
+    }
+    assert!(
+        check_all(&cluster.nodes[2].client(), "bkt", &keys)
+            .await
+            .is_empty()
+    );
+    eventually(
+        Duration::from_secs(60),
+        "the scrubber repairs every shard",
+        async || {
+            let bad = originals
+                .iter()
+                .filter(|(f, orig)| std::fs::read(f).ok().as_ref() != Some(*orig))
+                .count();
+            (bad == 0)
+                .then_some(())
+                .ok_or(format!("{bad} shard files still differ"))
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_leader_takes_over_and_buckets_can_still_be_created() {
+    let mut cluster = TestCluster::start(3, 1, &[]);
+    let old = cluster.leader(0).expect("a leader");
+    let term_before = cluster.status(0)["cluster"]["current_term"].as_u64().unwrap();
+    cluster.nodes[old].kill9();
+    let survivor = (old + 1) % 3;
+    let started = Instant::now();
+    let mut new = None;
+    while started.elapsed() < Duration::from_secs(20) {
+        if let Some(l) = cluster.leader(survivor)
+            && l != old
+        {
+            new = Some(l);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let new = new.expect("a new leader within 20 s");
+    let term_after = cluster.status(survivor)["cluster"]["current_term"]
+        .as_u64()
+        .unwrap();
+    eprintln!(
+        "node-{new} leads after {:?}, term {term_before} -> {term_after}",
+        started.elapsed()
+    );
+    assert!(term_after > term_before);
+    let c = cluster.nodes[survivor].client();
+    c.create_bucket()
+        .bucket("after-failover")
+        .send()
+        .await
+        .expect("create bucket");
+    put(&c, "after-failover", "x-10")
+        .await
+        .expect("put with one node down");
+    assert_eq!(
+        get(&cluster.nodes[new].client(), "after-failover", "x-10")
+            .await
+            .unwrap(),
+        content_for("x-10")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_with_the_wrong_secret_cannot_join() {
+    let cluster = TestCluster::start(3, 1, &[]);
+    let seeds = cluster.nodes[0].admin_get("status").unwrap()["cluster"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["rpc_addr"].as_str().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let rpc = common::free_addr_on("127.0.0.30").to_string();
+    let mut intruder = Server::configure(
+        1,
+        common::free_addr_on("127.0.0.30"),
+        &[
+            "--node-name",
+            "intruder",
+            "--rpc-address",
+            &rpc,
+            "--seeds",
+            &seeds,
+        ],
+        &[("RINGSTORE_CLUSTER_SECRET", "not-the-cluster-secret-at-all")],
+    );
+    assert_ne!(CLUSTER_SECRET, "not-the-cluster-secret-at-all");
+    intruder.launch();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let ready = common::http_get(intruder.addr, "/health/ready").map(|r| r.0);
+    assert_ne!(ready, Some(200), "the intruder never becomes ready");
+    for i in 0..3 {
+        let members = cluster.status(i)["cluster"]["members"].to_string();
+        assert!(
+            !members.contains("intruder"),
+            "node {i} lists the intruder: {members}"
+        );
+    }
+}
