@@ -6,7 +6,7 @@ DATA ?= ./data
 ADDRESS ?= 127.0.0.1:9000
 PYTHON_ENV := .venv
 
-.PHONY: help build run test test-rust test-clients bench lint fix clean
+.PHONY: help build run test test-rust test-clients bench bench-cluster lint fix clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ $(PYTHON_ENV)/.ready: e2e/s3-clients/requirements.txt
 
 bench: ## Benchmark a fresh local 4-drive server: 4 KiB, 1 MiB, 64 MiB PUT/GET
 	scripts/bench.sh
+
+bench-cluster: ## Benchmark a 4-node EC 2+2 cluster against a single node, and with a node down
+	scripts/bench-cluster.sh
 
 lint: ## Check formatting and clippy (warnings are errors); changes nothing
 	$(CARGO) fmt --all -- --check

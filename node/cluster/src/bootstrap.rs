@@ -45,6 +45,12 @@ pub(crate) async fn run(n: Arc<Inner>) {
     } else {
         discover(&n, &seeds).await;
     }
+    // whoever leads while no layout exists proposes one: covers a founder that crashed
+    // between initializing Raft and committing the first layout, then lost the election
+    while !n.is_shut() && !n.state.read(|s| s.current_layout().is_some()) {
+        ensure_layout(&n).await;
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// Polls the seeds until this node belongs to a cluster, creating it if it is our turn.

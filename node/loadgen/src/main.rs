@@ -31,13 +31,15 @@ const MAX_PRINTED_ERRORS: usize = 5;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// S3 endpoint (http only)
+    /// S3 endpoint (http only); several, comma separated, spread the workers over the nodes
+    /// of a cluster (worker i uses endpoint i mod N)
     #[arg(
         long,
         env = "RINGSTORE_LOADGEN_ENDPOINT",
-        default_value = "http://127.0.0.1:9000"
+        default_value = "http://127.0.0.1:9000",
+        value_delimiter = ','
     )]
-    endpoint: String,
+    endpoint: Vec<String>,
     /// Access key (falls back to AWS_ACCESS_KEY_ID)
     #[arg(long, env = "RINGSTORE_ACCESS_KEY")]
     access_key: Option<String>,
@@ -159,18 +161,28 @@ async fn run(args: Args) -> anyhow::Result<u64> {
     ops.sort_unstable();
     ops.dedup();
 
-    let client = S3Client::new(
-        &args.endpoint,
-        Signer::new(access_key, secret_key, region),
-        &args.bucket,
-        args.concurrency,
-    )?;
-    let client = Arc::new(client);
-    client.ensure_bucket().await?;
+    if args.endpoint.is_empty() {
+        bail!("--endpoint needs at least one URL");
+    }
+    let per_endpoint = args.concurrency.div_ceil(args.endpoint.len());
+    let clients = args
+        .endpoint
+        .iter()
+        .map(|e| {
+            S3Client::new(
+                e,
+                Signer::new(access_key.clone(), secret_key.clone(), region.clone()),
+                &args.bucket,
+                per_endpoint,
+            )
+            .map(Arc::new)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    clients[0].ensure_bucket().await?;
     let payload = Payload::new(args.size);
 
     let phase = Phase {
-        client,
+        clients,
         payload,
         prefix: format!("{}/{}", args.prefix, format_size(args.size)),
         concurrency: args.concurrency,
@@ -211,7 +223,7 @@ async fn run(args: Args) -> anyhow::Result<u64> {
 
 /// Everything a phase needs, shared by its workers.
 struct Phase {
-    client: Arc<S3Client>,
+    clients: Vec<Arc<S3Client>>,
     payload: Payload,
     prefix: String,
     concurrency: usize,
@@ -245,9 +257,9 @@ impl Phase {
         let start = Instant::now();
         let deadline = self.duration.map(|d| start + d);
         let workers: Vec<_> = (0..self.concurrency)
-            .map(|_| {
+            .map(|i| {
                 let ctx = WorkerCtx {
-                    client: self.client.clone(),
+                    client: self.clients[i % self.clients.len()].clone(),
                     payload: self.payload.clone(),
                     prefix: self.prefix.clone(),
                     shared: shared.clone(),

@@ -304,7 +304,9 @@ impl Inner {
             let width = rec.k + rec.m;
             // pass 1: find damaged shards
             let mut damaged = HashSet::new();
+            reader.prepare(geometry.stripes());
             for s in 0..geometry.stripes() {
+                reader.ahead(s);
                 for (i, f) in reader.all_frames(s).iter().enumerate() {
                     if !f.as_deref().is_some_and(ringstore_erasure::frame_is_intact) {
                         damaged.insert(i);
@@ -337,7 +339,9 @@ impl Inner {
                 let d = slots[i].expect("filtered");
                 writers.push((i, inner.drives[d].create_shard(&part.data_id, true)?));
             }
+            reader.prepare(geometry.stripes());
             for s in 0..geometry.stripes() {
+                reader.ahead(s);
                 let frames = reader.all_frames(s);
                 let decoded = inner.codec.decode(geometry.stripe_len(s), frames.clone())?;
                 for (i, w) in writers.iter_mut() {

@@ -508,7 +508,15 @@ impl Inner {
 /// that is logged at debug level rather than once per request.
 pub(crate) fn drive_failure(what: &str, e: &dyn std::fmt::Display) {
     let text = e.to_string();
-    if text.contains(" is unreachable") || text.contains(" did not answer") {
+    const PEER_TROUBLE: [&str; 6] = [
+        " is unreachable",
+        "node is starting",
+        " did not answer",
+        "stopped taking the shard",
+        "took no data for",
+        "did not confirm the shard",
+    ];
+    if PEER_TROUBLE.iter().any(|p| text.contains(p)) {
         tracing::debug!(error = %text, "{what}");
     } else {
         tracing::warn!(error = %text, "{what}");

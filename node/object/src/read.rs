@@ -27,6 +27,8 @@ pub struct Found {
     pub(crate) inline: Vec<Option<Vec<u8>>>,
     /// Whether some drive of the partition lacks the newest record.
     pub(crate) stale: bool,
+    /// Drives of the set that did not answer the lookup.
+    pub(crate) unanswered: usize,
 }
 
 impl ObjectStore {
@@ -94,7 +96,10 @@ impl ObjectStore {
         Ok(Some(Found {
             bucket: bucket.to_string(),
             key: key.to_string(),
-            stale: holders < width,
+            // drives that did not answer are not stale: they are out of reach, and healing
+            // them now would only fail (they get the object when they are back)
+            stale: holders + unknown < width,
+            unanswered: unknown,
             record,
             inline,
         }))
@@ -112,7 +117,8 @@ impl ObjectStore {
             let mut bytes = Bytes::new();
             if part.size > 0 {
                 let decoded = codec.decode(part.size as usize, found.inline.clone())?;
-                if !decoded.repaired.is_empty() {
+                // frames missing because their drive did not answer need no heal
+                if decoded.repaired.len() > found.unanswered {
                     self.inner().request_heal(self, &found.bucket, &found.key);
                 }
                 bytes = Bytes::from(decoded.data).slice(start as usize..end as usize);
@@ -199,7 +205,15 @@ pub(crate) struct PartReader {
     pub damaged: bool,
     /// Shards whose drive failed to answer (as opposed to answering that data is missing).
     pub unreachable: std::collections::HashSet<usize>,
+    /// One past the last stripe the current read needs.
+    stripes_end: u64,
+    /// Whether stripes are being reconstructed (so parity is read ahead too).
+    degraded: bool,
 }
+
+/// Stripes a remote shard is read ahead by (one request per shard per window; with 256 KiB
+/// frames, 1 MiB per shard).
+const READ_AHEAD_STRIPES: u64 = 4;
 
 impl PartReader {
     pub(crate) fn open(inner: &Inner, rec: &ObjectRecord, part: &PartRef) -> Self {
@@ -217,6 +231,8 @@ impl PartReader {
             data_id: part.data_id.clone(),
             damaged: false,
             unreachable: Default::default(),
+            stripes_end: 0,
+            degraded: false,
         };
         // open the data shards up front so a concurrent overwrite cannot unlink them mid-read
         for i in 0..rec.k {
@@ -226,6 +242,11 @@ impl PartReader {
     }
 
     fn file(&mut self, shard: usize) -> Option<&ShardSource> {
+        // a drive that failed to answer once is not asked again for this read: a hung peer
+        // costs one timeout per GET, not one per stripe
+        if self.unreachable.contains(&shard) {
+            return None;
+        }
         if self.files[shard].is_none() {
             let f = self.drives[shard].as_ref().and_then(|d| {
                 d.open_shard(&self.data_id)
@@ -253,6 +274,37 @@ impl PartReader {
         }
     }
 
+    /// Starts fetching stripes `s..` (this window and the next, up to `end`) of the first
+    /// `shards` remote shards.
+    fn read_ahead(&mut self, s: u64, end: u64, shards: usize) {
+        for window in [s, s + READ_AHEAD_STRIPES] {
+            let last = (window + READ_AHEAD_STRIPES).min(end);
+            if window >= last {
+                continue;
+            }
+            let (start, _) = self.geometry.frame(window);
+            let (last_off, last_len) = self.geometry.frame(last - 1);
+            for i in 0..shards {
+                if let Some(f) = self.file(i) {
+                    f.prefetch(start, last_off + last_len as u64 - start);
+                }
+            }
+        }
+    }
+
+    /// For repair: every shard of stripes `0..stripes` will be read, in order.
+    pub(crate) fn prepare(&mut self, stripes: u64) {
+        self.stripes_end = stripes;
+        self.degraded = true;
+    }
+
+    /// For repair: reads every shard a window ahead when `s` starts one.
+    pub(crate) fn ahead(&mut self, s: u64) {
+        if s.is_multiple_of(READ_AHEAD_STRIPES) {
+            self.read_ahead(s, self.stripes_end, self.files.len());
+        }
+    }
+
     /// Every frame of a stripe, read from all shards (used by repair).
     pub(crate) fn all_frames(&mut self, stripe: u64) -> Vec<Option<Vec<u8>>> {
         (0..self.files.len()).map(|i| self.frame(i, stripe)).collect()
@@ -267,10 +319,23 @@ impl PartReader {
         if let Some(data) = self.stripe_fast(s) {
             return Ok(data);
         }
-        self.damaged = true;
+        if !self.degraded {
+            // from now on every shard is needed: fetch the parity ahead as well
+            self.degraded = true;
+            self.read_ahead(s, self.stripes_end, self.files.len());
+        }
         let len = self.geometry.stripe_len(s);
         let frames: Vec<Option<Vec<u8>>> = (0..self.files.len()).map(|i| self.frame(i, s)).collect();
-        Ok(self.codec.decode(len, frames)?.data)
+        let decoded = self.codec.decode(len, frames)?;
+        // only shards that answered with missing or corrupt data need healing
+        if decoded
+            .repaired
+            .iter()
+            .any(|(i, _)| !self.unreachable.contains(i))
+        {
+            self.damaged = true;
+        }
+        Ok(decoded.data)
     }
 
     /// The common case without a copy: each data frame is read straight into its place in
@@ -287,12 +352,17 @@ impl PartReader {
         for i in 0..k {
             let at = i * chunk;
             let file = self.file(i)?;
-            let read = file.read_frame_into(offset, &mut buf[at..at + chunk + CRC]);
-            if !read
-                .map_err(|e| crate::drive_failure("shard read failed", &e))
-                .ok()?
-            {
-                return None;
+            let remote = file.is_remote();
+            match file.read_frame_into(offset, &mut buf[at..at + chunk + CRC]) {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => {
+                    crate::drive_failure("shard read failed", &e);
+                    if remote {
+                        self.unreachable.insert(i);
+                    }
+                    return None;
+                }
             }
             let want = u32::from_le_bytes(buf[at + chunk..at + chunk + CRC].try_into().expect("4 bytes"));
             if crc_fast::crc32_iscsi(&buf[at..at + chunk]) != want {
@@ -307,7 +377,18 @@ impl PartReader {
     /// stops early when `emit` returns false (the reader went away).
     fn stream_range(&mut self, from: u64, to: u64, mut emit: impl FnMut(Bytes) -> bool) -> Result<()> {
         let block = self.geometry.block_size as u64;
-        for s in from / block..to.div_ceil(block) {
+        let (first, end) = (from / block, to.div_ceil(block));
+        self.stripes_end = end;
+        for s in first..end {
+            // remote shards are fetched a window ahead, every shard in parallel
+            if (s - first) % READ_AHEAD_STRIPES == 0 {
+                let shards = if self.degraded {
+                    self.files.len()
+                } else {
+                    self.codec.redundancy().k
+                };
+                self.read_ahead(s, end, shards);
+            }
             let data = Bytes::from(self.stripe(s)?);
             let s_start = s * block;
             let lo = (from.max(s_start) - s_start) as usize;

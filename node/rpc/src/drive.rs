@@ -220,6 +220,7 @@ impl DriveHandle {
                 });
                 Ok(ShardSink::Remote {
                     tx: Some(tx),
+                    buf: Vec::with_capacity(SEND_AT + 64),
                     response,
                     handle,
                     drive: r.clone(),
@@ -233,11 +234,12 @@ impl DriveHandle {
         match self {
             DriveHandle::Local(d) => Ok(d.open_shard(data_id)?.map(ShardSource::Local)),
             // opened lazily: a missing remote shard shows up as missing frames
-            DriveHandle::Remote(r) => Ok(Some(ShardSource::Remote {
+            DriveHandle::Remote(r) => Ok(Some(ShardSource::Remote(RemoteSource {
                 drive: r.clone(),
                 data_id: data_id.to_string(),
                 handle: tokio::runtime::Handle::current(),
-            })),
+                ahead: Default::default(),
+            }))),
         }
     }
 
@@ -284,10 +286,37 @@ pub enum ShardSink {
     Local(ShardWriter),
     Remote {
         tx: Option<tokio::sync::mpsc::Sender<Option<Bytes>>>,
+        /// Written bytes not sent yet: frames and their checksums leave in one message.
+        buf: Vec<u8>,
         response: tokio::task::JoinHandle<Result<()>>,
         handle: tokio::runtime::Handle,
         drive: Arc<RemoteDrive>,
     },
+}
+
+/// Bytes gathered before a remote shard write sends them (one frame).
+const SEND_AT: usize = 256 * 1024;
+
+/// Sends one message of a remote shard (`None` ends it), waiting at most `SHARD_STALL`.
+fn send_remote(
+    handle: &tokio::runtime::Handle,
+    tx: &tokio::sync::mpsc::Sender<Option<Bytes>>,
+    drive: &RemoteDrive,
+    msg: Option<Bytes>,
+) -> std::io::Result<()> {
+    // the timer is created inside `block_on`: callers may be plain threads
+    match handle.block_on(async { tokio::time::timeout(SHARD_STALL, tx.send(msg)).await }) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(std::io::Error::other(format!(
+            "node {} stopped taking the shard",
+            drive.node
+        ))),
+        Err(_) => Err(std::io::Error::other(format!(
+            "node {} took no data for {} s",
+            drive.node,
+            SHARD_STALL.as_secs()
+        ))),
+    }
 }
 
 impl ShardSink {
@@ -295,27 +324,21 @@ impl ShardSink {
         match self {
             ShardSink::Local(w) => w.write(data),
             ShardSink::Remote {
-                tx, handle, drive, ..
+                tx,
+                buf,
+                handle,
+                drive,
+                ..
             } => {
                 let sender = tx
                     .as_ref()
                     .ok_or_else(|| std::io::Error::other("shard already finished"))?;
-                let bytes = Bytes::copy_from_slice(data);
-                // the timer is created inside `block_on`: callers may be plain threads
-                match handle
-                    .block_on(async { tokio::time::timeout(SHARD_STALL, sender.send(Some(bytes))).await })
-                {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => Err(std::io::Error::other(format!(
-                        "node {} stopped taking the shard",
-                        drive.node
-                    ))),
-                    Err(_) => Err(std::io::Error::other(format!(
-                        "node {} took no data for {} s",
-                        drive.node,
-                        SHARD_STALL.as_secs()
-                    ))),
+                buf.extend_from_slice(data);
+                if buf.len() >= SEND_AT {
+                    let bytes = Bytes::from(std::mem::replace(buf, Vec::with_capacity(SEND_AT + 64)));
+                    send_remote(handle, sender, drive, Some(bytes))?;
                 }
+                Ok(())
             }
         }
     }
@@ -326,25 +349,25 @@ impl ShardSink {
             ShardSink::Local(w) => w.finish(),
             ShardSink::Remote {
                 tx,
+                buf,
                 response,
                 handle,
                 drive,
             } => {
-                let ended = handle.block_on(async move {
-                    match tx {
-                        Some(tx) => tokio::time::timeout(SHARD_STALL, tx.send(None))
-                            .await
-                            .is_ok_and(|r| r.is_ok()),
-                        None => false,
+                let sent = match &tx {
+                    Some(tx) => if buf.is_empty() {
+                        Ok(())
+                    } else {
+                        send_remote(&handle, tx, &drive, Some(Bytes::from(buf)))
                     }
-                });
-                if !ended {
+                    .and_then(|_| send_remote(&handle, tx, &drive, None)),
+                    None => Err(std::io::Error::other("shard already finished")),
+                };
+                if let Err(e) = sent {
                     response.abort();
-                    return Err(std::io::Error::other(format!(
-                        "node {} stopped taking the shard",
-                        drive.node
-                    )));
+                    return Err(e);
                 }
+                drop(tx);
                 match handle.block_on(async { tokio::time::timeout(SHARD_STALL, response).await }) {
                     Ok(Ok(Ok(()))) => Ok(()),
                     Ok(Ok(Err(e))) => Err(std::io::Error::other(e.to_string())),
@@ -363,45 +386,136 @@ impl ShardSink {
 /// A shard open for reading.
 pub enum ShardSource {
     Local(File),
-    Remote {
-        drive: Arc<RemoteDrive>,
-        data_id: String,
-        handle: tokio::runtime::Handle,
-    },
+    Remote(RemoteSource),
+}
+
+/// A remote shard: frames are fetched one range per request, and ranges announced with
+/// [`ShardSource::prefetch`] are fetched ahead in the background, so that a GET waits for the
+/// network once per window rather than once per frame, with every shard fetched in parallel.
+pub struct RemoteSource {
+    drive: Arc<RemoteDrive>,
+    data_id: String,
+    handle: tokio::runtime::Handle,
+    ahead: std::sync::Mutex<ReadAhead>,
+}
+
+type Fetch = tokio::task::JoinHandle<Result<Bytes, RpcError>>;
+
+#[derive(Default)]
+struct ReadAhead {
+    /// Bytes starting at an offset (a short answer means the shard ends there).
+    cached: Option<(u64, Bytes)>,
+    /// Ranges being fetched, in order: (start, end, fetch).
+    pending: std::collections::VecDeque<(u64, u64, Fetch)>,
+}
+
+impl RemoteSource {
+    fn fetch(&self, offset: u64, len: u64, partial: bool) -> Fetch {
+        let drive = self.drive.clone();
+        let path = format!(
+            "/shard/{}/{}?offset={offset}&len={len}&partial={}",
+            drive.id, self.data_id, partial as u8
+        );
+        self.handle.spawn(async move {
+            drive
+                .client
+                .call_raw_with(
+                    &drive.addr,
+                    http::Method::GET,
+                    &path,
+                    Vec::new(),
+                    drive.client.timeout,
+                )
+                .await
+        })
+    }
+
+    fn read(&self, offset: u64, len: usize) -> std::io::Result<Option<Vec<u8>>> {
+        let mut ahead = self.ahead.lock().expect("not poisoned");
+        if let Some(v) = slice_of(&ahead.cached, offset, len) {
+            return Ok(Some(v));
+        }
+        let end = offset + len as u64;
+        if let Some(i) = ahead
+            .pending
+            .iter()
+            .position(|(s, e, _)| *s <= offset && end <= *e)
+        {
+            let (start, _, fetch) = ahead.pending.remove(i).expect("found");
+            // fetches of ranges before this one will not be read any more
+            ahead.pending.retain(|(s, _, f)| {
+                let keep = *s > start;
+                if !keep {
+                    f.abort();
+                }
+                keep
+            });
+            return match self.handle.block_on(fetch) {
+                Ok(Ok(bytes)) => {
+                    ahead.cached = Some((start, bytes));
+                    // shorter than asked: the shard ends before this frame
+                    Ok(slice_of(&ahead.cached, offset, len))
+                }
+                Ok(Err(e)) => remote_result(Err(e), len),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+        }
+        drop(ahead);
+        let fetch = self.fetch(offset, len as u64, false);
+        let got = self
+            .handle
+            .block_on(fetch)
+            .unwrap_or_else(|e| Err(RpcError::Decode(e.to_string())));
+        remote_result(got, len)
+    }
+}
+
+/// The bytes `offset..offset + len` if the cached range holds all of them.
+fn slice_of(cached: &Option<(u64, Bytes)>, offset: u64, len: usize) -> Option<Vec<u8>> {
+    let (start, bytes) = cached.as_ref()?;
+    let at = usize::try_from(offset.checked_sub(*start)?).ok()?;
+    bytes.get(at..at + len).map(<[u8]>::to_vec)
+}
+
+fn remote_result(got: Result<Bytes, RpcError>, len: usize) -> std::io::Result<Option<Vec<u8>>> {
+    match got {
+        Ok(b) if b.len() == len => Ok(Some(b.to_vec())),
+        Ok(_) => Ok(None),
+        Err(RpcError::Remote {
+            status: 404 | 416, ..
+        }) => Ok(None),
+        Err(e) => Err(std::io::Error::other(e.to_string())),
+    }
 }
 
 impl ShardSource {
     /// Whether the shard lives on another node (a failed read then means "out of reach").
     pub fn is_remote(&self) -> bool {
-        matches!(self, ShardSource::Remote { .. })
+        matches!(self, ShardSource::Remote(_))
+    }
+
+    /// Announces that `offset..offset + len` will be read soon: a remote shard starts
+    /// fetching it now (unless it is already cached or on its way); a local one does nothing.
+    pub fn prefetch(&self, offset: u64, len: u64) {
+        let ShardSource::Remote(r) = self else { return };
+        let mut ahead = r.ahead.lock().expect("not poisoned");
+        let end = offset + len;
+        let cached = ahead
+            .cached
+            .as_ref()
+            .is_some_and(|(s, b)| *s <= offset && end <= s + b.len() as u64);
+        let coming = ahead.pending.iter().any(|(s, e, _)| *s <= offset && end <= *e);
+        if !cached && !coming {
+            let fetch = r.fetch(offset, len, true);
+            ahead.pending.push_back((offset, end, fetch));
+        }
     }
 
     /// `len` bytes at `offset`; `None` when the shard is missing or too short.
     pub fn read_frame(&self, offset: u64, len: usize) -> std::io::Result<Option<Vec<u8>>> {
         match self {
             ShardSource::Local(f) => Drive::read_frame(f, offset, len),
-            ShardSource::Remote {
-                drive,
-                data_id,
-                handle,
-            } => {
-                let path = format!("/shard/{}/{}?offset={offset}&len={len}", drive.id, data_id);
-                let got = handle.block_on(drive.client.call_raw_with(
-                    &drive.addr,
-                    http::Method::GET,
-                    &path,
-                    Vec::new(),
-                    drive.client.timeout,
-                ));
-                match got {
-                    Ok(b) if b.len() == len => Ok(Some(b.to_vec())),
-                    Ok(_) => Ok(None),
-                    Err(RpcError::Remote {
-                        status: 404 | 416, ..
-                    }) => Ok(None),
-                    Err(e) => Err(std::io::Error::other(e.to_string())),
-                }
-            }
+            ShardSource::Remote(r) => r.read(offset, len),
         }
     }
 
@@ -409,13 +523,24 @@ impl ShardSource {
     pub fn read_frame_into(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<bool> {
         match self {
             ShardSource::Local(f) => Drive::read_frame_into(f, offset, buf),
-            ShardSource::Remote { .. } => match self.read_frame(offset, buf.len())? {
+            ShardSource::Remote(_) => match self.read_frame(offset, buf.len())? {
                 Some(b) => {
                     buf.copy_from_slice(&b);
                     Ok(true)
                 }
                 None => Ok(false),
             },
+        }
+    }
+}
+
+impl Drop for RemoteSource {
+    fn drop(&mut self) {
+        // a reader that goes away early leaves no fetches running
+        if let Ok(mut ahead) = self.ahead.lock() {
+            for (_, _, f) in ahead.pending.drain(..) {
+                f.abort();
+            }
         }
     }
 }

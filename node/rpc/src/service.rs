@@ -39,9 +39,12 @@ impl DriveService {
 
     #[expect(clippy::result_large_err, reason = "the error is the ready-made HTTP answer")]
     fn drive(&self, id: &str) -> Result<Arc<Drive>, Response> {
-        self.drives
-            .read()
-            .expect("not poisoned")
+        let drives = self.drives.read().expect("not poisoned");
+        if drives.is_empty() {
+            // not "missing": the drives are served once the node has joined its cluster
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "node is starting").into_response());
+        }
+        drives
             .get(id)
             .cloned()
             .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no drive {id} on this node")).into_response())
@@ -231,6 +234,9 @@ async fn write_shard(
 struct ReadQuery {
     offset: u64,
     len: usize,
+    /// Answer with as many of the bytes as the shard holds (read-ahead) instead of 416.
+    #[serde(default)]
+    partial: u8,
 }
 
 async fn read_shard(
@@ -246,7 +252,13 @@ async fn read_shard(
         let Some(f) = drive.open_shard(&data_id).map_err(|e| e.to_string())? else {
             return Err("missing".into());
         };
-        Drive::read_frame(&f, q.offset, q.len).map_err(|e| e.to_string())
+        let len = if q.partial != 0 {
+            let size = f.metadata().map_err(|e| e.to_string())?.len();
+            q.len.min(size.saturating_sub(q.offset) as usize)
+        } else {
+            q.len
+        };
+        Drive::read_frame(&f, q.offset, len).map_err(|e| e.to_string())
     })
     .await;
     match read {

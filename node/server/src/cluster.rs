@@ -123,32 +123,66 @@ pub fn adopt_replacements(
     Ok((out, adopted))
 }
 
-/// Keeps the object service on the newest committed layout.
-pub fn follow_layout(store: ObjectStore, cluster: Cluster, me: String, client: Client) {
-    let mut rx = cluster.layout();
+/// Keeps the object service on the newest committed layout, and its drive handles on the
+/// members' current addresses (a node may come back under a new address). `rx` is the
+/// receiver the store's layout was read from, so no commit in between is missed.
+pub fn follow_layout(
+    store: ObjectStore,
+    cluster: Cluster,
+    me: String,
+    client: Client,
+    mut rx: tokio::sync::watch::Receiver<Option<Layout>>,
+) {
+    let addresses = |members: &[MemberInfo]| -> Vec<(String, String)> {
+        let mut a: Vec<_> = members
+            .iter()
+            .map(|m| (m.name.clone(), m.rpc_addr.clone()))
+            .collect();
+        a.sort();
+        a
+    };
     tokio::spawn(async move {
-        while rx.changed().await.is_ok() {
-            let Some(layout) = rx.borrow_and_update().clone() else {
-                continue;
+        let mut known = addresses(&cluster.status().members);
+        // a layout committed after the store was built but before this task subscribed
+        rx.mark_changed();
+        loop {
+            let changed = tokio::select! {
+                r = rx.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    true
+                }
+                _ = tokio::time::sleep(Duration::from_secs(5)) => false,
             };
-            if layout.version <= store.layout_version() {
+            let members = cluster.status().members;
+            let now = addresses(&members);
+            let layout = rx.borrow_and_update().clone();
+            let Some(layout) = layout else { continue };
+            let newer = layout.version > store.layout_version();
+            if !newer && now == known {
                 continue;
             }
-            let members = cluster.status().members;
+            if !changed && !newer {
+                tracing::info!("a member's address changed; reconnecting its drives");
+            }
+            known = now;
             let handles = handles(&layout, &me, store.local_drives(), &members, &client);
             let version = layout.version;
             match store.set_layout(layout, handles) {
-                Ok(()) => tracing::info!(version, "now placing data with a new layout"),
+                Ok(()) if newer => tracing::info!(version, "now placing data with a new layout"),
+                Ok(()) => {}
                 Err(e) => tracing::error!(version, error = %e, "cannot use the committed layout"),
             }
         }
     });
 }
 
-/// Asks every member to walk its objects now, so that shards of drives that came back
-/// empty are rebuilt without waiting for the periodic scrub.
+/// Asks every other member to walk its objects now, so that what this node missed (or lost
+/// with a replaced drive) is rebuilt without waiting for the periodic scrub.
 pub async fn request_heal_everywhere(cluster: &Cluster, client: &Client) {
-    for m in cluster.status().members {
+    let me = cluster.status().node_name;
+    for m in cluster.status().members.into_iter().filter(|m| m.name != me) {
         let r: std::result::Result<(), _> = client.call(&m.rpc_addr, "/heal/scrub", &()).await;
         if let Err(e) = r {
             tracing::warn!(node = %m.name, error = %e, "could not ask a node to heal");
@@ -231,5 +265,43 @@ pub async fn import_legacy_buckets(store: &ObjectStore, local: &[Arc<Drive>]) {
                 tracing::warn!(bucket = %name, error = %e, "could not move a bucket into the control plane")
             }
         }
+    }
+}
+
+/// Serves the internal RPC: HTTP/2 (prior knowledge) with flow-control windows large enough
+/// for many concurrent shard streams, and the peer address recorded for the auth log.
+pub async fn serve_rpc(listener: tokio::net::TcpListener, router: axum::Router) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(4 << 20)
+        .initial_connection_window_size(32 << 20)
+        .max_concurrent_streams(1024)
+        .keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let builder = Arc::new(builder);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "RPC accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (router, builder) = (router.clone(), builder.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                router.clone().oneshot(req.map(axum::body::Body::new))
+            });
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+                tracing::debug!(error = %e, %peer, "RPC connection ended with an error");
+            }
+        });
     }
 }

@@ -105,7 +105,8 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             redundancy: args.redundancy,
             data_dir: args.data[0].join(".ringstore"),
         },
-        client.clone(),
+        // Raft gets its own connections, so heartbeats never queue behind shard streams
+        ringstore_rpc::Client::new(client.auth().clone()),
     )
     .await
     .context("cannot start the control plane")?;
@@ -118,12 +119,7 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         let rpc_listener = TcpListener::bind(rpc)
             .await
             .with_context(|| format!("cannot listen on --rpc-address {rpc}"))?;
-        tokio::spawn(async move {
-            let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-            if let Err(e) = axum::serve(rpc_listener, service).await {
-                tracing::error!(error = %e, "the RPC listener stopped");
-            }
-        });
+        tokio::spawn(crate::cluster::serve_rpc(rpc_listener, router));
         tracing::info!(rpc = %rpc, advertise = %advertise, seeds = ?args.seeds, "serving cluster RPC");
     }
 
@@ -291,10 +287,18 @@ async fn join_cluster(
         cluster.clone(),
         args.node_name.clone(),
         client.clone(),
+        layout_rx,
     );
-    if !adopted.is_empty() {
+    // Writes this node missed while it was down (or everything, on a replaced drive) are
+    // rebuilt by its peers: each walks the objects it holds and repairs what this node lacks.
+    // On a cluster's first start the stores are empty and the walks end at once.
+    if !args.seeds.is_empty() {
         let (cluster, client) = (cluster.clone(), client.clone());
-        tokio::spawn(async move { crate::cluster::request_heal_everywhere(&cluster, &client).await });
+        tokio::spawn(async move {
+            // give the peers' drive handles a moment to see this node's address
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            crate::cluster::request_heal_everywhere(&cluster, &client).await
+        });
     }
     Ok(store)
 }

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Cluster benchmark, all in one run on this machine (release build):
+#   1. baseline: one node with 4 drive folders, EC 2+2;
+#   2. a 4-node cluster (one drive each, EC 2+2) on 127.0.0.21-24, the load generator's
+#      workers spread over the four nodes;
+#   3. the same cluster with one node killed (load on the three survivors).
+# Each phase PUTs then GETs (verified) 4 KiB and 1 MiB objects; the summary prints the
+# cluster's throughput as a share of the single node's and of the healthy cluster's.
+#
+# Environment: BENCH_DURATION (seconds per phase, default 10), BENCH_CONCURRENCY (default 32),
+# BENCH_TMPDIR (parent of the temporary data folder).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+DURATION="${BENCH_DURATION:-10}"
+CONC="${BENCH_CONCURRENCY:-32}"
+WORK="$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/ringstore-cluster-bench.XXXXXX")"
+PIDS=()
+
+cleanup() {
+    local rc=$?
+    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { echo "bench-cluster: $*" >&2; }
+random_hex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
+free_port() { python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "$1"; }
+
+wait_ready() { # HOST:PORT
+    for _ in $(seq 300); do
+        if python3 - "$1" <<'EOF' 2>/dev/null; then return 0; fi
+import sys, urllib.request
+urllib.request.urlopen(f"http://{sys.argv[1]}/health/ready", timeout=1)
+EOF
+        sleep 0.1
+    done
+    log "node $1 not ready after 30 s"; tail -n 30 "$WORK"/*.log >&2; return 1
+}
+
+cd "$ROOT"
+log "building server and loadgen (release)"
+cargo build --release -p ringstore-server -p ringstore-loadgen
+BIN="$TARGET_DIR/release/ringstore"
+LOADGEN="$TARGET_DIR/release/ringstore-loadgen"
+export RINGSTORE_ACCESS_KEY="RS$(random_hex 9 | tr 'a-f' 'A-F')"
+export RINGSTORE_SECRET_KEY="$(random_hex 20)"
+export RINGSTORE_CLUSTER_SECRET="$(random_hex 20)"
+RESULTS="$WORK/results.jsonl"
+: >"$RESULTS"
+
+run_load() { # LABEL ENDPOINTS
+    for size in 4KiB 1MiB; do
+        log "$1: $size, concurrency $CONC, ${DURATION}s per phase"
+        "$LOADGEN" --endpoint "$2" --size "$size" --concurrency "$CONC" --duration "$DURATION" \
+            --ops put,get --prefix "$1" --json | grep '^{' | sed "s/^{/{\"setup\":\"$1\",/" >>"$RESULTS"
+    done
+}
+
+# 1. single node, 4 drives
+port=$(free_port 127.0.0.1)
+mkdir -p "$WORK"/single/d{1,2,3,4}
+"$BIN" server --address "127.0.0.1:$port" --redundancy 2+2 \
+    --data "$WORK/single/d1" --data "$WORK/single/d2" --data "$WORK/single/d3" --data "$WORK/single/d4" \
+    >"$WORK/single.log" 2>&1 &
+PIDS+=($!)
+wait_ready "127.0.0.1:$port"
+run_load single "http://127.0.0.1:$port"
+kill "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true
+
+# 2. four nodes
+declare -a S3 RPC
+for i in 0 1 2 3; do
+    ip="127.0.0.$((21 + i))"
+    S3[i]="$ip:$(free_port "$ip")"
+    RPC[i]="$ip:$(free_port "$ip")"
+done
+seeds="$(IFS=,; echo "${RPC[*]}")"
+for i in 0 1 2 3; do
+    mkdir -p "$WORK/n$i"
+    "$BIN" server --node-name "node-$i" --address "${S3[i]}" --rpc-address "${RPC[i]}" \
+        --seeds "$seeds" --redundancy 2+2 --data "$WORK/n$i" >"$WORK/n$i.log" 2>&1 &
+    PIDS+=($!)
+done
+for i in 0 1 2 3; do wait_ready "${S3[i]}"; done
+all="http://${S3[0]},http://${S3[1]},http://${S3[2]},http://${S3[3]}"
+run_load cluster "$all"
+
+# 3. one node down
+kill -9 "${PIDS[4]}"
+run_load degraded "http://${S3[0]},http://${S3[1]},http://${S3[2]}"
+
+echo
+echo "ringstore cluster benchmark: ${DURATION}s per phase, concurrency $CONC, all processes on this machine"
+python3 - "$RESULTS" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+by = {(r["setup"], r["size_label"], r["op"]): r for r in rows}
+print(f"{'setup':<9} {'size':<6} {'op':<4} {'ops/s':>9} {'MiB/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'vs single':>9} {'vs cluster':>10}")
+for r in rows:
+    key = (r["size_label"], r["op"])
+    single = by.get(("single",) + key)
+    cluster = by.get(("cluster",) + key)
+    vs_s = r["ops_per_sec"] / single["ops_per_sec"] if single and single["ops_per_sec"] else 0
+    vs_c = r["ops_per_sec"] / cluster["ops_per_sec"] if cluster and cluster["ops_per_sec"] else 0
+    print(f"{r['setup']:<9} {r['size_label']:<6} {r['op']:<4} {r['ops_per_sec']:>9.1f} {r['mib_per_sec']:>8.1f} "
+          f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>6} {vs_s:>9.2f} {vs_c:>10.2f}")
+EOF
