@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use ringstore_meta::{MetaNode, NodeId, Rejection};
-use ringstore_ring::{DriveSpec, Layout, NodeSpec, Redundancy};
+use ringstore_ring::{Layout, NodeSpec, Redundancy};
 use tokio::time::Instant;
 
 use crate::api::{Hello, Member, PATH_HELLO};
@@ -278,14 +278,7 @@ async fn ensure_layout(n: &Arc<Inner>) {
                     s.nodes.get(name).map(|info| NodeSpec {
                         name: name.clone(),
                         zone: info.zone.clone(),
-                        drives: info
-                            .drives
-                            .iter()
-                            .map(|(id, weight)| DriveSpec {
-                                id: id.clone(),
-                                weight: *weight,
-                            })
-                            .collect(),
+                        drives: crate::drive_specs(info),
                     })
                 })
                 .collect()

@@ -86,6 +86,17 @@ pub struct MemberInfo {
     pub drives: Vec<DriveSpec>,
 }
 
+/// A registered member's drives as layout drive specs.
+pub(crate) fn drive_specs(info: &ringstore_meta::NodeInfo) -> Vec<DriveSpec> {
+    info.drives
+        .iter()
+        .map(|(id, weight)| DriveSpec {
+            id: id.clone(),
+            weight: *weight,
+        })
+        .collect()
+}
+
 /// The node id of a node name: stable across restarts, releases and platforms.
 pub fn node_id(name: &str) -> NodeId {
     ringstore_ring::hash64(name.as_bytes())
@@ -278,14 +289,7 @@ impl Cluster {
                     name: name.clone(),
                     rpc_addr: info.rpc_addr.clone(),
                     zone: info.zone.clone(),
-                    drives: info
-                        .drives
-                        .iter()
-                        .map(|(id, weight)| DriveSpec {
-                            id: id.clone(),
-                            weight: *weight,
-                        })
-                        .collect(),
+                    drives: drive_specs(info),
                 })
                 .collect();
             (members, s.current_layout().map(|(v, _)| v))

@@ -60,6 +60,8 @@ impl Client {
             .timer(hyper_util::rt::TokioTimer::new())
             .http2_initial_stream_window_size(4 << 20)
             .http2_initial_connection_window_size(16 << 20)
+            // shard data moves in 256 KiB-1 MiB bodies: big frames cut per-frame overhead
+            .http2_max_frame_size(1 << 20)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .http2_keep_alive_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(60))

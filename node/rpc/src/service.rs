@@ -81,92 +81,89 @@ fn reply<T: serde::Serialize>(v: &T) -> Response {
     crate::encode(v).into_response()
 }
 
-async fn commit(State(s): State<DriveService>, body: Bytes) -> Response {
-    let req: CommitReq = match crate::decode(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
-    let drive = match s.drive(&req.drive) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
-    match drive.commit(req.ops).await {
-        Ok(()) => reply(&()),
+/// A request naming one of this node's drives.
+trait DriveRequest: serde::de::DeserializeOwned {
+    fn drive(&self) -> &str;
+}
+
+macro_rules! drive_request {
+    ($($t:ty),*) => {$(
+        impl DriveRequest for $t {
+            fn drive(&self) -> &str {
+                &self.drive
+            }
+        }
+    )*};
+}
+drive_request!(CommitReq, GetReq, ScanReq, ShardReq);
+
+/// Decodes a request and finds its drive; the error is the ready answer.
+#[expect(clippy::result_large_err, reason = "the error is the ready-made HTTP answer")]
+fn open<T: DriveRequest>(s: &DriveService, body: &[u8]) -> Result<(T, Arc<Drive>), Response> {
+    let req: T = crate::decode(body).map_err(bad_request)?;
+    let drive = s.drive(req.drive())?;
+    Ok((req, drive))
+}
+
+/// The MessagePack answer of a storage call, or its error as a 500.
+fn answer<T: serde::Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Response {
+    match r {
+        Ok(v) => reply(&v),
         Err(e) => storage_error(e),
+    }
+}
+
+/// Runs a drive call that touches files on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ringstore_store::Result<T> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn commit(State(s): State<DriveService>, body: Bytes) -> Response {
+    match open::<CommitReq>(&s, &body) {
+        Ok((req, drive)) => answer(drive.commit(req.ops).await),
+        Err(r) => r,
     }
 }
 
 async fn get(State(s): State<DriveService>, body: Bytes) -> Response {
-    let req: GetReq = match crate::decode(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
-    let drive = match s.drive(&req.drive) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
-    match drive.get(req.table, &req.key) {
-        Ok(v) => reply(&v.map(ByteBuf::from)),
-        Err(e) => storage_error(e),
+    match open::<GetReq>(&s, &body) {
+        Ok((req, drive)) => answer(drive.get(req.table, &req.key).map(|v| v.map(ByteBuf::from))),
+        Err(r) => r,
     }
 }
 
 async fn scan(State(s): State<DriveService>, body: Bytes) -> Response {
-    let req: ScanReq = match crate::decode(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
-    let drive = match s.drive(&req.drive) {
-        Ok(d) => d,
+    let (req, drive) = match open::<ScanReq>(&s, &body) {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
-    match drive.scan(
-        req.table,
-        &req.prefix,
-        req.after.as_deref().map(|a| &a[..]),
-        limit,
-    ) {
-        Ok(v) => reply(
-            &v.into_iter()
-                .map(|(k, v)| (ByteBuf::from(k), ByteBuf::from(v)))
-                .collect::<Vec<_>>(),
-        ),
-        Err(e) => storage_error(e),
-    }
+    let after = req.after.as_deref().map(|a| &a[..]);
+    answer(drive.scan(req.table, &req.prefix, after, limit).map(|v| {
+        v.into_iter()
+            .map(|(k, v)| (ByteBuf::from(k), ByteBuf::from(v)))
+            .collect::<Vec<_>>()
+    }))
 }
 
 async fn patch(State(s): State<DriveService>, body: Bytes) -> Response {
-    let req: ShardReq = match crate::decode(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
-    let drive = match s.drive(&req.drive) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
-    let done =
-        tokio::task::spawn_blocking(move || drive.patch_shard(&req.data_id, req.offset, &req.frame)).await;
-    match done {
-        Ok(Ok(())) => reply(&()),
-        Ok(Err(e)) => storage_error(e),
-        Err(e) => storage_error(e),
+    match open::<ShardReq>(&s, &body) {
+        Ok((req, drive)) => {
+            answer(blocking(move || drive.patch_shard(&req.data_id, req.offset, &req.frame)).await)
+        }
+        Err(r) => r,
     }
 }
 
 async fn delete(State(s): State<DriveService>, body: Bytes) -> Response {
-    let req: ShardReq = match crate::decode(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
-    let drive = match s.drive(&req.drive) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
-    match tokio::task::spawn_blocking(move || drive.delete_shard(&req.data_id)).await {
-        Ok(Ok(())) => reply(&()),
-        Ok(Err(e)) => storage_error(e),
-        Err(e) => storage_error(e),
+    match open::<ShardReq>(&s, &body) {
+        Ok((req, drive)) => answer(blocking(move || drive.delete_shard(&req.data_id)).await),
+        Err(r) => r,
     }
 }
 

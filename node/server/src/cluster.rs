@@ -279,6 +279,7 @@ pub async fn serve_rpc(listener: tokio::net::TcpListener, router: axum::Router) 
         .timer(TokioTimer::new())
         .initial_stream_window_size(4 << 20)
         .initial_connection_window_size(32 << 20)
+        .max_frame_size(1 << 20)
         .max_concurrent_streams(1024)
         .keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10));

@@ -14,25 +14,9 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use common::{CLUSTER_SECRET, Server, TestCluster, pattern};
+use common::{CLUSTER_SECRET, Server, TestCluster, content_for};
 
 const KIB: usize = 1024;
-
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// The content of a test object is fully determined by its key, which ends in `-SIZE`.
-fn content_for(key: &str) -> Vec<u8> {
-    let size: usize = key
-        .rsplit('-')
-        .next()
-        .and_then(|s| s.parse().ok())
-        .expect("key ends in -SIZE");
-    pattern(size, fnv1a(key))
-}
 
 /// The client without retries or with few, and short timeouts, so a dead node fails fast.
 fn impatient(c: &Client) -> Client {

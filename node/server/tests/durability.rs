@@ -17,7 +17,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
-use common::{Server, md5_hex, pattern};
+use common::{Server, content_for, md5_hex, pattern};
 use md5::{Digest, Md5};
 
 /// Objects up to this size live inside the metadata records (no shard files).
@@ -25,22 +25,6 @@ const INLINE_MAX: usize = 128 * 1024;
 const MIB: usize = 1024 * 1024;
 
 // ---- helpers ------------------------------------------------------------------------------
-
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// The content of a test object is fully determined by its key, which ends in `-SIZE`.
-fn content_for(key: &str) -> Vec<u8> {
-    let size: usize = key
-        .rsplit('-')
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("key {key} does not end in -SIZE"));
-    pattern(size, fnv1a(key))
-}
 
 /// The same client without retries, so a dead server fails requests at once.
 fn no_retry(c: &Client) -> Client {

@@ -235,6 +235,22 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The content of a test object is fully determined by its key, which ends in `-SIZE`.
+pub fn content_for(key: &str) -> Vec<u8> {
+    let size: usize = key
+        .rsplit('-')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("key {key} does not end in -SIZE"));
+    pattern(size, fnv1a(key))
+}
+
 pub fn md5_hex(data: &[u8]) -> String {
     use md5::{Digest, Md5};
     hex::encode(Md5::digest(data))
