@@ -444,6 +444,30 @@ impl Inner {
         Ok(acked)
     }
 
+    /// [`Inner::commit_quorum`] with one operation per drive, answering the values those
+    /// operations replaced (from the drives that committed).
+    pub(crate) async fn commit_quorum_replacing(
+        &self,
+        what: &str,
+        need: usize,
+        writes: impl IntoIterator<Item = (usize, Vec<Op>)>,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        let commits = writes
+            .into_iter()
+            .map(|(d, ops)| self.drives[d].commit_replacing(ops));
+        let results = futures::future::join_all(commits).await;
+        let acked = results.iter().filter(|r| r.is_ok()).count();
+        if acked < need {
+            for e in results.into_iter().filter_map(|r| r.err()) {
+                crate::drive_failure(&format!("{what} write failed on a drive"), &e);
+            }
+            return Err(Error::Quorum(format!(
+                "{what} recorded on {acked} drives, {need} needed"
+            )));
+        }
+        Ok(results.into_iter().flatten().flatten().collect())
+    }
+
     /// A record for a new version stored on `drives` with this node's codec; the caller
     /// fills in what the version holds.
     pub(crate) fn new_record(&self, version: Version, drives: Vec<String>) -> ObjectRecord {

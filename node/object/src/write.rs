@@ -117,7 +117,6 @@ impl ObjectStore {
         ok: &[bool],
     ) -> Result<()> {
         let inner = &self.inner();
-        let previous = self.lookup(bucket, key).await.ok().flatten();
         let okey = object_key(bucket, key);
         let slots = inner.resolve(&record.drives);
         let writes = slots
@@ -137,25 +136,38 @@ impl ObjectStore {
                 )
             });
         let need = record.redundancy().write_quorum();
-        if let Err(e) = inner.commit_quorum("object record", need, writes).await {
-            // A failed PUT's shards are garbage; a failed Complete's parts still belong to
-            // the upload, which a retried Complete will use.
-            if record.parts.iter().all(|p| p.number == 0) {
-                for p in &record.parts {
-                    inner.delete_data(&record.drives, &p.data_id).await;
+        // each drive answers the record it held, so no read is needed before or after
+        let replaced = match inner.commit_quorum_replacing("object record", need, writes).await {
+            Ok(r) => r,
+            Err(e) => {
+                // A failed PUT's shards are garbage; a failed Complete's parts still belong to
+                // the upload, which a retried Complete will use.
+                if record.parts.iter().all(|p| p.number == 0) {
+                    for p in &record.parts {
+                        inner.delete_data(&record.drives, &p.data_id).await;
+                    }
                 }
+                return Err(e);
             }
-            return Err(e);
-        }
-        // The data of the version this one replaced is no longer reachable by new readers;
+        };
+        let mut olds: Vec<ObjectRecord> = replaced
+            .iter()
+            .flatten()
+            .filter_map(|b| ObjectRecord::decode(b).ok())
+            .collect();
+        olds.sort_by_key(|r| r.version);
+        olds.dedup_by_key(|r| r.version);
+        // The data of the versions this one replaced is no longer reachable by new readers;
         // GETs already streaming it keep going (see `retire_data`).
         // Versions can share data files (concurrent Completes of one multipart upload), so
         // only data the other version does not reference is removed.
-        if let Some(prev) = previous.filter(|p| p.record.version < record.version) {
-            inner.retire_data(&without_data_of(&prev.record, record));
+        for prev in olds.iter().filter(|p| p.version < record.version) {
+            inner.retire_data(&without_data_of(prev, record));
         }
-        // A concurrent writer with a newer version may have won; then ours is garbage.
-        if let Ok(Some(now)) = self.lookup(bucket, key).await
+        // A concurrent writer with a newer version reached some drive first: if it won
+        // overall, ours is garbage. (One that commits after us retires ours itself.)
+        if olds.iter().any(|r| r.version > record.version)
+            && let Ok(Some(now)) = self.lookup(bucket, key).await
             && now.record.version > record.version
         {
             for p in &without_data_of(record, &now.record).parts {

@@ -69,6 +69,9 @@ impl RemoteDrive {
 pub(crate) struct CommitReq {
     pub drive: String,
     pub ops: Vec<Op>,
+    /// Answer the values replaced (see [`DriveHandle::commit_replacing`]) instead of nothing.
+    #[serde(default)]
+    pub replaced: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -116,14 +119,34 @@ impl DriveHandle {
         match self {
             DriveHandle::Local(d) => d.commit(ops).await,
             DriveHandle::Remote(r) => {
-                r.call(
-                    "/drive/commit",
-                    &CommitReq {
-                        drive: r.id.clone(),
-                        ops,
-                    },
-                )
-                .await
+                let req = CommitReq {
+                    drive: r.id.clone(),
+                    ops,
+                    replaced: false,
+                };
+                r.call::<_, Option<Vec<Option<ByteBuf>>>>("/drive/commit", &req)
+                    .await
+                    .map(|_| ())
+            }
+        }
+    }
+
+    /// Commits `ops` and answers, per operation, the value a `PutIfNewer` found before it.
+    pub async fn commit_replacing(&self, ops: Vec<Op>) -> Result<ringstore_store::Replaced> {
+        match self {
+            DriveHandle::Local(d) => d.commit_replacing(ops).await,
+            DriveHandle::Remote(r) => {
+                let req = CommitReq {
+                    drive: r.id.clone(),
+                    ops,
+                    replaced: true,
+                };
+                let got: Option<Vec<Option<ByteBuf>>> = r.call("/drive/commit", &req).await?;
+                Ok(got
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|v| v.map(ByteBuf::into_vec))
+                    .collect())
             }
         }
     }

@@ -125,7 +125,13 @@ async fn blocking<T: Send + 'static>(
 
 async fn commit(State(s): State<DriveService>, body: Bytes) -> Response {
     match open::<CommitReq>(&s, &body) {
-        Ok((req, drive)) => answer(drive.commit(req.ops).await),
+        Ok((req, drive)) if req.replaced => answer(
+            drive
+                .commit_replacing(req.ops)
+                .await
+                .map(|r| Some(r.into_iter().map(|v| v.map(ByteBuf::from)).collect::<Vec<_>>())),
+        ),
+        Ok((req, drive)) => answer(drive.commit(req.ops).await.map(|_| None::<Vec<Option<ByteBuf>>>)),
         Err(r) => r,
     }
 }

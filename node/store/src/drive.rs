@@ -24,7 +24,10 @@ pub struct DriveInfo {
     pub drive_id: String,
 }
 
-type Reply = tokio_oneshot::Sender<Result<()>>;
+/// What a commit answers: per operation, the value a `PutIfNewer` found before it (`None`
+/// for other operations and for keys that were absent).
+pub type Replaced = Vec<Option<Vec<u8>>>;
+type Reply = tokio_oneshot::Sender<Result<Replaced>>;
 
 /// A formatted drive, open for reads and writes.
 pub struct Drive {
@@ -191,6 +194,13 @@ impl Drive {
 
     /// Commits `ops` atomically and durably. Concurrent callers share transactions.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<()> {
+        self.commit_replacing(ops).await.map(|_| ())
+    }
+
+    /// [`Drive::commit`], answering what each `PutIfNewer` found before it, so a writer
+    /// learns which version it replaced (or that a newer one was already there) without
+    /// reading first.
+    pub async fn commit_replacing(&self, ops: Vec<Op>) -> Result<Replaced> {
         let (tx, rx) = tokio_oneshot::channel();
         let closed = || Error::Closed(self.root.display().to_string());
         self.commits
@@ -517,19 +527,23 @@ fn group_commit(db: &Database, path: &str, rx: mpsc::Receiver<(Vec<Op>, Reply)>)
                 Err(_) => break,
             }
         }
-        let result = apply(db, batch.iter().flat_map(|(ops, _)| ops.iter()));
-        for (_, reply) in batch {
-            let r = result.as_ref().map(|_| ()).map_err(|e| Error::Unusable {
-                path: path.to_string(),
-                reason: format!("metadata commit failed: {e}"),
-            });
+        let mut result = apply(db, batch.iter().flat_map(|(ops, _)| ops.iter())).map(Vec::into_iter);
+        for (ops, reply) in batch {
+            let r = match &mut result {
+                Ok(replaced) => Ok(replaced.by_ref().take(ops.len()).collect()),
+                Err(e) => Err(Error::Unusable {
+                    path: path.to_string(),
+                    reason: format!("metadata commit failed: {e}"),
+                }),
+            };
             let _ = reply.send(r);
         }
     }
 }
 
-fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), redb::Error> {
+fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<Replaced, redb::Error> {
     let txn = db.begin_write()?;
+    let mut replaced = Vec::new();
     {
         let mut tables: Vec<redb::Table<&[u8], &[u8]>> = Table::ALL
             .iter()
@@ -540,13 +554,16 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), red
             match op {
                 Op::PutIfNewer { table, key, value } => {
                     let t = &mut tables[idx(table)];
-                    let newer = match t.get(key.as_slice())? {
-                        Some(old) => Version::from_bytes(old.value()) < Version::from_bytes(value),
+                    let old = t.get(key.as_slice())?.map(|v| v.value().to_vec());
+                    let newer = match &old {
+                        Some(old) => Version::from_bytes(old) < Version::from_bytes(value),
                         None => true,
                     };
                     if newer {
                         t.insert(key.as_slice(), value.as_slice())?;
                     }
+                    replaced.push(old);
+                    continue;
                 }
                 Op::Put { table, key, value } => {
                     tables[idx(table)].insert(key.as_slice(), value.as_slice())?;
@@ -564,10 +581,11 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), red
                     }
                 }
             }
+            replaced.push(None);
         }
     }
     txn.commit()?;
-    Ok(())
+    Ok(replaced)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
