@@ -430,18 +430,13 @@ impl Inner {
         need: usize,
         writes: impl IntoIterator<Item = (usize, Vec<Op>)>,
     ) -> Result<usize> {
-        let commits = writes.into_iter().map(|(d, ops)| self.drives[d].commit(ops));
-        let results = futures::future::join_all(commits).await;
-        let acked = results.iter().filter(|r| r.is_ok()).count();
-        if acked < need {
-            for e in results.into_iter().filter_map(|r| r.err()) {
-                crate::drive_failure(&format!("{what} write failed on a drive"), &e);
-            }
-            return Err(Error::Quorum(format!(
-                "{what} recorded on {acked} drives, {need} needed"
-            )));
-        }
-        Ok(acked)
+        // collected first: an iterator of closures held across the await trips rustc's
+        // `Send` inference for the S3 handlers' futures
+        let commits: Vec<_> = writes
+            .into_iter()
+            .map(|(d, ops)| self.drives[d].commit(ops))
+            .collect();
+        Ok(quorum(what, need, commits).await?.len())
     }
 
     /// [`Inner::commit_quorum`] with one operation per drive, answering the values those
@@ -452,20 +447,16 @@ impl Inner {
         need: usize,
         writes: impl IntoIterator<Item = (usize, Vec<Op>)>,
     ) -> Result<Vec<Option<Vec<u8>>>> {
-        let commits = writes
+        let commits: Vec<_> = writes
             .into_iter()
-            .map(|(d, ops)| self.drives[d].commit_replacing(ops));
-        let results = futures::future::join_all(commits).await;
-        let acked = results.iter().filter(|r| r.is_ok()).count();
-        if acked < need {
-            for e in results.into_iter().filter_map(|r| r.err()) {
-                crate::drive_failure(&format!("{what} write failed on a drive"), &e);
-            }
-            return Err(Error::Quorum(format!(
-                "{what} recorded on {acked} drives, {need} needed"
-            )));
-        }
-        Ok(results.into_iter().flatten().flatten().collect())
+            .map(|(d, ops)| self.drives[d].commit_replacing(ops))
+            .collect();
+        Ok(quorum(what, need, commits).await?.into_iter().flatten().collect())
+    }
+
+    /// Drive indexes of the ids a record names that this layout knows.
+    pub(crate) fn present(&self, ids: &[String]) -> Vec<usize> {
+        self.resolve(ids).into_iter().flatten().collect()
     }
 
     /// A record for a new version stored on `drives` with this node's codec; the caller
@@ -525,6 +516,26 @@ impl Inner {
     pub(crate) fn resolve(&self, ids: &[String]) -> Vec<Option<usize>> {
         ids.iter().map(|id| self.by_id.get(id).copied()).collect()
     }
+}
+
+/// Runs per-drive commits in parallel; the answers of those that succeeded, when at least
+/// `need` did.
+async fn quorum<T>(
+    what: &str,
+    need: usize,
+    commits: Vec<impl std::future::Future<Output = ringstore_store::Result<T>>>,
+) -> Result<Vec<T>> {
+    let results = futures::future::join_all(commits).await;
+    let acked = results.iter().filter(|r| r.is_ok()).count();
+    if acked < need {
+        for e in results.into_iter().filter_map(|r| r.err()) {
+            drive_failure(&format!("{what} write failed on a drive"), &e);
+        }
+        return Err(Error::Quorum(format!(
+            "{what} recorded on {acked} drives, {need} needed"
+        )));
+    }
+    Ok(results.into_iter().flatten().collect())
 }
 
 /// Logs a drive operation that failed. A peer that is down is expected while it is down

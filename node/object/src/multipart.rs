@@ -139,7 +139,7 @@ impl ObjectStore {
         }
         let upload = self.upload(bucket, key, upload_id).await?;
         let inner = &self.inner();
-        let slots: Vec<usize> = inner.resolve(&upload.drives).into_iter().flatten().collect();
+        let slots: Vec<usize> = inner.present(&upload.drives);
         if slots.len() != upload.drives.len() {
             return Err(Error::Quorum(
                 "a drive of this upload is no longer in the layout".into(),
@@ -274,12 +274,7 @@ impl ObjectStore {
 
     pub async fn list_parts(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Vec<PartInfo>> {
         let upload = self.upload(bucket, key, upload_id).await?;
-        let slots: Vec<usize> = self
-            .inner()
-            .resolve(&upload.drives)
-            .into_iter()
-            .flatten()
-            .collect();
+        let slots: Vec<usize> = self.inner().present(&upload.drives);
         Ok(self
             .all_parts(&slots, upload_id)
             .await
@@ -307,7 +302,7 @@ impl ObjectStore {
         let inner = &self.inner();
         let _lock = inner.upload_lock(upload_id).await;
         let upload = self.upload(bucket, key, upload_id).await?;
-        let slots: Vec<usize> = inner.resolve(&upload.drives).into_iter().flatten().collect();
+        let slots: Vec<usize> = inner.present(&upload.drives);
         if chosen.is_empty() {
             return Err(Error::InvalidArgument(
                 "you must specify at least one part".into(),
@@ -381,12 +376,7 @@ impl ObjectStore {
     pub async fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<()> {
         let _lock = self.shared.upload_lock(upload_id).await;
         let upload = self.upload(bucket, key, upload_id).await?;
-        let slots: Vec<usize> = self
-            .inner()
-            .resolve(&upload.drives)
-            .into_iter()
-            .flatten()
-            .collect();
+        let slots: Vec<usize> = self.inner().present(&upload.drives);
         for p in self.all_parts(&slots, upload_id).await.values() {
             self.inner().delete_data(&upload.drives, &p.data_id).await;
         }

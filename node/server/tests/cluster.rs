@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use common::{CLUSTER_SECRET, Server, TestCluster, content_for};
+use common::{CLUSTER_SECRET, Server, TestCluster, content_for, get_bytes};
 
 const KIB: usize = 1024;
 
@@ -44,27 +44,11 @@ async fn put(c: &Client, bucket: &str, key: &str) -> Result<(), String> {
         .map_err(|e| format!("{e:?}"))
 }
 
-async fn get(c: &Client, bucket: &str, key: &str) -> Result<Vec<u8>, String> {
-    let out = c
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| format!("GET {key}: {}", common::code(&e)))?;
-    let body = out
-        .body
-        .collect()
-        .await
-        .map_err(|e| format!("GET {key} body: {e}"))?;
-    Ok(body.into_bytes().to_vec())
-}
-
 /// Keys whose bytes do not read back exactly, through `c`.
 async fn check_all(c: &Client, bucket: &str, keys: &[String]) -> Vec<String> {
     let mut bad = Vec::new();
     for k in keys {
-        match get(c, bucket, k).await {
+        match get_bytes(c, bucket, k).await {
             Ok(b) if b == content_for(k) => {}
             Ok(b) => bad.push(format!("{k}: {} bytes differ", b.len())),
             Err(e) => bad.push(e),
@@ -151,7 +135,7 @@ impl Load {
                         let key = format!("load/{w}/{n}-{size}");
                         if put(&c, bucket, &key).await.is_ok() {
                             acked.lock().unwrap().push(key.clone());
-                            match get(&c, bucket, &key).await {
+                            match get_bytes(&c, bucket, &key).await {
                                 Ok(b) if b == content_for(&key) => ok.fetch_add(1, Ordering::Relaxed),
                                 _ => failed.fetch_add(1, Ordering::Relaxed),
                             };
@@ -493,7 +477,7 @@ async fn a_new_leader_takes_over_and_buckets_can_still_be_created() {
         .await
         .expect("put with one node down");
     assert_eq!(
-        get(&cluster.nodes[new].client(), "after-failover", "x-10")
+        get_bytes(&cluster.nodes[new].client(), "after-failover", "x-10")
             .await
             .unwrap(),
         content_for("x-10")

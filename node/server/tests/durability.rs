@@ -17,7 +17,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
-use common::{Server, content_for, md5_hex, pattern};
+use common::{Server, content_for, get_bytes, md5_hex, pattern};
 use md5::{Digest, Md5};
 
 /// Objects up to this size live inside the metadata records (no shard files).
@@ -34,22 +34,6 @@ fn no_retry(c: &Client) -> Client {
             .retry_config(RetryConfig::disabled())
             .build(),
     )
-}
-
-async fn get_bytes(c: &Client, bucket: &str, key: &str) -> Result<Vec<u8>, String> {
-    let out = c
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| format!("GET {key}: {}", common::code(&e)))?;
-    let body = out
-        .body
-        .collect()
-        .await
-        .map_err(|e| format!("GET {key} body: {e}"))?;
-    Ok(body.into_bytes().to_vec())
 }
 
 async fn put_bytes(c: &Client, bucket: &str, key: &str, data: Vec<u8>) {

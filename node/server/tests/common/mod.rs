@@ -251,6 +251,23 @@ pub fn content_for(key: &str) -> Vec<u8> {
     pattern(size, fnv1a(key))
 }
 
+/// GETs a whole object; the error names the key and the S3 error code.
+pub async fn get_bytes(c: &Client, bucket: &str, key: &str) -> Result<Vec<u8>, String> {
+    let out = c
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| format!("GET {key}: {}", code(&e)))?;
+    let body = out
+        .body
+        .collect()
+        .await
+        .map_err(|e| format!("GET {key} body: {e}"))?;
+    Ok(body.into_bytes().to_vec())
+}
+
 pub fn md5_hex(data: &[u8]) -> String {
     use md5::{Digest, Md5};
     hex::encode(Md5::digest(data))
