@@ -23,9 +23,10 @@ test-rust: ## Unit and integration tests of the workspace
 	$(CARGO) test --workspace
 
 test-clients: $(PYTHON_ENV)/.ready ## Smoke tests with boto3 and the AWS CLI against a real server
-	# builds target/debug/ringstore with the same features as `cargo test`, so no rebuild
+	# builds the debug ringstore with the same features as `cargo test`, so no rebuild
 	$(CARGO) test --workspace --no-run
-	PATH="$(CURDIR)/$(PYTHON_ENV)/bin:$$PATH" $(PYTHON_ENV)/bin/python e2e/s3-clients/smoke.py --binary target/debug/ringstore
+	PATH="$(CURDIR)/$(PYTHON_ENV)/bin:$$PATH" $(PYTHON_ENV)/bin/python e2e/s3-clients/smoke.py \
+		--binary "$${CARGO_TARGET_DIR:-target}/debug/ringstore"
 
 $(PYTHON_ENV)/.ready: e2e/s3-clients/requirements.txt
 	python3 -m venv $(PYTHON_ENV)
