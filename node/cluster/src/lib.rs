@@ -185,6 +185,23 @@ impl Cluster {
         self.inner.layout_tx.subscribe()
     }
 
+    /// Every committed layout, oldest first (the last one is the current layout).
+    pub fn layout_history(&self) -> Vec<Layout> {
+        let all: Vec<(u64, String)> = self
+            .inner
+            .state
+            .read(|s| s.layouts.iter().map(|(v, j)| (*v, j.clone())).collect());
+        all.into_iter()
+            .filter_map(|(version, json)| match serde_json::from_str::<Layout>(&json) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::error!(version, error = %e, "committed layout does not decode");
+                    None
+                }
+            })
+            .collect()
+    }
+
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.inner.id

@@ -159,6 +159,48 @@ impl Codec {
             .collect()
     }
 
+    /// Decodes a stripe of `len` data bytes for reading: like [`Codec::decode`], but rebuilds
+    /// only missing data chunks (never parity) and returns no repaired frames, so a reader
+    /// can pass exactly `k` frames. Also says how many of the given frames failed their
+    /// checksum.
+    pub fn decode_data(&self, len: usize, frames: Vec<Option<Vec<u8>>>) -> Result<DecodedData, Error> {
+        let Redundancy { k, m } = self.redundancy;
+        if frames.len() != k + m {
+            return Err(Error::Geometry(format!(
+                "{} frames for {}",
+                frames.len(),
+                self.redundancy
+            )));
+        }
+        let chunk = len.div_ceil(k);
+        let given = frames.iter().filter(|f| f.is_some()).count();
+        let mut chunks: Vec<Option<Vec<u8>>> = frames
+            .into_iter()
+            .map(|f| f.and_then(|f| open(f, chunk)))
+            .collect();
+        let intact = chunks.iter().filter(|c| c.is_some()).count();
+        if intact < k {
+            return Err(Error::TooFewShards {
+                have: intact,
+                need: k,
+            });
+        }
+        if chunks.iter().take(k).any(Option::is_none) {
+            let rs = self.rs.as_ref().expect("m == 0 has no damage it can survive");
+            rs.reconstruct_data(&mut chunks)
+                .map_err(|e| Error::Geometry(format!("{e:?}")))?;
+        }
+        let mut data = Vec::with_capacity(chunk * k);
+        for c in chunks.iter().take(k) {
+            data.extend_from_slice(c.as_deref().expect("data chunks rebuilt"));
+        }
+        data.truncate(len);
+        Ok(DecodedData {
+            data,
+            corrupt: given - intact,
+        })
+    }
+
     /// Decodes a stripe of `len` data bytes from whatever frames are available.
     ///
     /// `frames[i]` is shard `i`'s frame or `None` when it could not be read. Frames that
@@ -214,6 +256,14 @@ pub struct Decoded {
     pub repaired: Vec<(usize, Vec<u8>)>,
 }
 
+/// What [`Codec::decode_data`] returns.
+#[derive(Debug)]
+pub struct DecodedData {
+    pub data: Vec<u8>,
+    /// How many of the frames given failed their checksum.
+    pub corrupt: usize,
+}
+
 fn seal(chunk: &mut Vec<u8>) {
     let crc = crc_fast::crc32_iscsi(chunk);
     chunk.extend_from_slice(&crc.to_le_bytes());
@@ -263,6 +313,40 @@ mod tests {
                 assert_eq!(out.data, d);
                 assert!(out.repaired.is_empty());
             }
+        }
+    }
+
+    #[test]
+    fn decode_data_reads_any_k_frames_and_counts_corrupt_ones() {
+        for (k, m) in [(1, 1), (2, 1), (2, 2), (4, 2)] {
+            let c = codec(k, m);
+            let len = 70_001;
+            let d = data(len);
+            let frames = c.encode(&d);
+            // every choice of exactly k frames decodes
+            for start in 0..=m {
+                let given: Vec<Option<Vec<u8>>> = (0..k + m)
+                    .map(|i| (start..start + k).contains(&i).then(|| frames[i].clone()))
+                    .collect();
+                let out = c.decode_data(len, given).unwrap();
+                assert_eq!(out.data, d, "{k}+{m} from shards {start}..{}", start + k);
+                assert_eq!(out.corrupt, 0);
+            }
+            // a corrupt data frame is counted and rebuilt from the others
+            let mut all: Vec<Option<Vec<u8>>> = frames.iter().cloned().map(Some).collect();
+            all[0].as_mut().unwrap()[3] ^= 1;
+            let out = c.decode_data(len, all.clone()).unwrap();
+            assert_eq!((out.data == d, out.corrupt), (true, 1));
+            // k frames of which one is corrupt are not enough
+            let short: Vec<Option<Vec<u8>>> = all
+                .into_iter()
+                .enumerate()
+                .map(|(i, f)| f.filter(|_| i < k))
+                .collect();
+            assert_eq!(
+                c.decode_data(len, short).unwrap_err(),
+                Error::TooFewShards { have: k - 1, need: k }
+            );
         }
     }
 

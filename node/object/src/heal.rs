@@ -63,7 +63,7 @@ impl ObjectStore {
     pub async fn heal_object(&self, bucket: &str, key: &str) -> Result<bool> {
         let inner = &self.inner();
         inner.stats.objects_checked.fetch_add(1, Ordering::Relaxed);
-        let Some(found) = self.lookup(bucket, key).await? else {
+        let Some(found) = self.find(bucket, key, true).await? else {
             return Ok(false);
         };
         let rec = found.record;

@@ -114,6 +114,16 @@ pub(crate) struct Shared {
     pub(crate) local: Vec<Arc<Drive>>,
 }
 
+/// An older layout's placement, with each of its drives' index in the current view.
+pub(crate) struct OlderPlacement {
+    placement: Placement,
+    /// Index of each node's first drive in `index`.
+    offsets: Vec<usize>,
+    /// Flat drive number in the old layout to index in the current view (`None` when the
+    /// drive left the cluster).
+    index: Vec<Option<usize>>,
+}
+
 /// One layout's view of the cluster: every drive of the layout, local or remote, and the
 /// placement computed from it. Replaced whole when the layout changes; an operation keeps
 /// the view it started with.
@@ -124,6 +134,8 @@ pub(crate) struct Inner {
     pub(crate) placement: Placement,
     pub(crate) codec: Arc<Codec>,
     pub(crate) shared: Arc<Shared>,
+    /// Placements of older layouts (newest first) whose data may not have moved yet.
+    pub(crate) older: Vec<OlderPlacement>,
 }
 
 impl std::ops::Deref for Inner {
@@ -158,16 +170,19 @@ impl ObjectStore {
             drives: drives.clone(),
         });
         let handles = drives.iter().cloned().map(DriveHandle::Local).collect();
-        Self::with_layout(drives, catalog, layout, handles)
+        Self::with_layout(drives, catalog, layout, handles, &[])
     }
 
     /// A store placing data by `layout`, whose drives are `handles` (in the layout's
-    /// order: node by node, drive by drive); `local` are this node's own drives.
+    /// order: node by node, drive by drive); `local` are this node's own drives. Objects
+    /// not found where `layout` places them are looked for where the `older` layouts placed
+    /// them (any order; versions at or above `layout`'s are ignored).
     pub fn with_layout(
         local: Vec<Arc<Drive>>,
         catalog: Arc<dyn Catalog>,
         layout: Layout,
         handles: Vec<DriveHandle>,
+        older: &[Layout],
     ) -> Result<Self> {
         let shared = Arc::new(Shared {
             clock: AtomicU64::new(0),
@@ -177,16 +192,16 @@ impl ObjectStore {
             catalog,
             local,
         });
-        let inner = Inner::build(shared.clone(), layout, handles)?;
+        let inner = Inner::build(shared.clone(), layout, handles, older)?;
         Ok(Self {
             current: Arc::new(RwLock::new(Arc::new(inner))),
             shared,
         })
     }
 
-    /// Switches to a new layout (see [`ObjectStore::with_layout`] for `handles`).
-    pub fn set_layout(&self, layout: Layout, handles: Vec<DriveHandle>) -> Result<()> {
-        let inner = Inner::build(self.shared.clone(), layout, handles)?;
+    /// Switches to a new layout (see [`ObjectStore::with_layout`] for `handles` and `older`).
+    pub fn set_layout(&self, layout: Layout, handles: Vec<DriveHandle>, older: &[Layout]) -> Result<()> {
+        let inner = Inner::build(self.shared.clone(), layout, handles, older)?;
         *self.current.write().expect("not poisoned") = Arc::new(inner);
         Ok(())
     }
@@ -352,7 +367,12 @@ impl Shared {
 }
 
 impl Inner {
-    fn build(shared: Arc<Shared>, layout: Layout, drives: Vec<DriveHandle>) -> Result<Self> {
+    fn build(
+        shared: Arc<Shared>,
+        layout: Layout,
+        drives: Vec<DriveHandle>,
+        older: &[Layout],
+    ) -> Result<Self> {
         let placement = layout
             .placement()
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
@@ -365,10 +385,32 @@ impl Inner {
             return Err(Error::Internal("drive handles do not match the layout".into()));
         }
         let codec = Arc::new(Codec::new(layout.redundancy)?);
-        let by_id = drives
+        let by_id: HashMap<String, usize> = drives
             .iter()
             .enumerate()
             .map(|(i, d)| (d.id().to_string(), i))
+            .collect();
+        let mut older: Vec<&Layout> = older
+            .iter()
+            .filter(|o| o.version < layout.version && o.redundancy == layout.redundancy)
+            .collect();
+        older.sort_by_key(|o| std::cmp::Reverse(o.version));
+        let older = older
+            .into_iter()
+            .filter_map(|o| {
+                // a layout that cannot be placed (never committed as such) holds no data
+                let placement = o.placement().ok()?;
+                let index = o
+                    .nodes
+                    .iter()
+                    .flat_map(|n| n.drives.iter().map(|d| by_id.get(&d.id).copied()))
+                    .collect();
+                Some(OlderPlacement {
+                    placement,
+                    offsets: node_offsets(o),
+                    index,
+                })
+            })
             .collect();
         Ok(Inner {
             drives,
@@ -377,6 +419,7 @@ impl Inner {
             placement,
             codec,
             shared,
+            older,
         })
     }
 
@@ -490,7 +533,7 @@ impl Inner {
     /// The drives of `bucket/key`'s partition, in shard order.
     pub(crate) fn partition_drives(&self, bucket: &str, key: &str) -> Vec<usize> {
         let p = ringstore_ring::partition_of(bucket, key);
-        let offsets = self.node_offsets();
+        let offsets = node_offsets(&self.layout);
         self.placement
             .drives(p)
             .iter()
@@ -498,24 +541,47 @@ impl Inner {
             .collect()
     }
 
-    /// Index of each node's first drive in `drives`.
-    fn node_offsets(&self) -> Vec<usize> {
-        let mut at = 0;
-        self.layout
-            .nodes
-            .iter()
-            .map(|n| {
-                let o = at;
-                at += n.drives.len();
-                o
-            })
-            .collect()
+    /// Where older layouts placed `bucket/key`, newest first, for each one that placed it
+    /// elsewhere: the slots whose drives are still in the cluster.
+    pub(crate) fn older_partition_drives(&self, bucket: &str, key: &str) -> Vec<Vec<usize>> {
+        if self.older.is_empty() {
+            return vec![];
+        }
+        let p = ringstore_ring::partition_of(bucket, key);
+        let current = self.partition_drives(bucket, key);
+        let mut out: Vec<Vec<usize>> = Vec::new();
+        for old in &self.older {
+            let drives: Vec<usize> = old
+                .placement
+                .drives(p)
+                .iter()
+                .filter_map(|d| old.index[old.offsets[d.node] + d.drive])
+                .collect();
+            if drives != current && !out.contains(&drives) {
+                out.push(drives);
+            }
+        }
+        out
     }
 
     /// Drive indexes of the ids a record names; unknown ids map to `None`.
     pub(crate) fn resolve(&self, ids: &[String]) -> Vec<Option<usize>> {
         ids.iter().map(|id| self.by_id.get(id).copied()).collect()
     }
+}
+
+/// Index of each node's first drive in the flat list of `layout`'s drives.
+fn node_offsets(layout: &Layout) -> Vec<usize> {
+    let mut at = 0;
+    layout
+        .nodes
+        .iter()
+        .map(|n| {
+            let o = at;
+            at += n.drives.len();
+            o
+        })
+        .collect()
 }
 
 /// Runs per-drive commits in parallel; the answers of those that succeeded, when at least

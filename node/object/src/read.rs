@@ -46,63 +46,36 @@ impl ObjectStore {
 
     /// Reads the records of `bucket/key` from its partition's drives; the newest wins.
     /// Includes deletion markers.
+    ///
+    /// A read quorum of drives is asked first, this node's own drives before others: when
+    /// they all hold one and the same version, that version is the newest acknowledged one
+    /// (every acknowledged write is on a write quorum, and the two quorums overlap) and the
+    /// other drives are not asked. Otherwise (a drive failed or lacks the record, they
+    /// disagree, or an inline object needs more frames) every drive is asked.
     pub(crate) async fn lookup(&self, bucket: &str, key: &str) -> Result<Option<Found>> {
+        self.find(bucket, key, false).await
+    }
+
+    /// Like [`ObjectStore::lookup`], asking every drive when `everywhere` (the healer needs
+    /// every drive's frame).
+    ///
+    /// An object not found where the current layout places it is looked for where older
+    /// layouts placed it: layout changes do not move data yet, so what was written before a
+    /// change stays readable (and deletable) there.
+    pub(crate) async fn find(&self, bucket: &str, key: &str, everywhere: bool) -> Result<Option<Found>> {
         let inner = &self.inner();
-        let drives = inner.partition_drives(bucket, key);
         let okey = object_key(bucket, key);
-        let mut answered = 0;
-        let mut empty = 0;
-        let mut records: Vec<ObjectRecord> = Vec::with_capacity(drives.len());
-        let reads = drives.iter().map(|d| inner.drives[*d].get(Table::Objects, &okey));
-        for read in futures::future::join_all(reads).await {
-            match read {
-                Ok(Some(bytes)) => {
-                    answered += 1;
-                    match ObjectRecord::decode(&bytes) {
-                        Ok(r) => records.push(r),
-                        Err(e) => tracing::warn!(error = %e, "unreadable object record"),
-                    }
-                }
-                Ok(None) => {
-                    answered += 1;
-                    empty += 1;
-                }
-                Err(e) => crate::drive_failure("object record read failed", &e),
-            }
-        }
-        let need = inner.codec.redundancy().read_quorum();
-        if answered < need {
-            return Err(Error::Quorum(format!(
-                "{answered} drives answered, {need} needed"
-            )));
-        }
-        let unknown = drives.len() - records.len() - empty;
-        let Some(newest) = newest_readable(&records, unknown) else {
-            return Ok(None);
-        };
+        let drives = inner.partition_drives(bucket, key);
         let width = drives.len();
-        let mut inline = vec![None; width];
-        let mut holders = 0;
-        let mut record = None;
-        for r in records.into_iter().filter(|r| r.version == newest) {
-            holders += 1;
-            if r.shard < width {
-                inline[r.shard] = r.inline.clone();
-            }
-            record.get_or_insert(r);
+        if let Some(found) = find_on(inner, bucket, key, &okey, &drives, width, everywhere).await? {
+            return Ok(Some(found));
         }
-        let mut record = record.expect("newest exists");
-        record.inline = None;
-        Ok(Some(Found {
-            bucket: bucket.to_string(),
-            key: key.to_string(),
-            // drives that did not answer are not stale: they are out of reach, and healing
-            // them now would only fail (they get the object when they are back)
-            stale: holders + unknown < width,
-            unanswered: unknown,
-            record,
-            inline,
-        }))
+        for old in inner.older_partition_drives(bucket, key) {
+            if let Some(found) = find_on(inner, bucket, key, &okey, &old, width, true).await? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
     }
 
     /// Streams the bytes `range` (inclusive start, exclusive end) of a found object.
@@ -116,9 +89,10 @@ impl ObjectStore {
             let codec = &self.inner().codec;
             let mut bytes = Bytes::new();
             if part.size > 0 {
-                let decoded = codec.decode(part.size as usize, found.inline.clone())?;
-                // frames missing because their drive did not answer need no heal
-                if decoded.repaired.len() > found.unanswered {
+                let decoded = codec.decode_data(part.size as usize, found.inline.clone())?;
+                // frames missing because their drive was not asked or did not answer need no heal
+                let absent = found.inline.iter().filter(|f| f.is_none()).count();
+                if decoded.corrupt > 0 || absent > found.unanswered {
                     self.inner().request_heal(self, &found.bucket, &found.key);
                 }
                 bytes = Bytes::from(decoded.data).slice(start as usize..end as usize);
@@ -157,6 +131,138 @@ impl ObjectStore {
         });
         Ok(Box::pin(tokio_stream(rx)))
     }
+}
+
+/// Looks `bucket/key` up on `drives` (a partition's shard slots, `width` in all; slots
+/// whose drive left the cluster are left out): a read quorum first, the others when needed.
+async fn find_on(
+    inner: &Inner,
+    bucket: &str,
+    key: &str,
+    okey: &[u8],
+    drives: &[usize],
+    width: usize,
+    everywhere: bool,
+) -> Result<Option<Found>> {
+    let need = inner.codec.redundancy().read_quorum();
+    let (first, rest) = quorum_first(inner, drives, need, okey);
+    let reads = first
+        .iter()
+        .map(|d| inner.drives[drives[*d]].get(Table::Objects, okey));
+    let answers = futures::future::join_all(reads).await;
+    if !everywhere && let Some(found) = agreed(bucket, key, &answers, width) {
+        return Ok(Some(found));
+    }
+    let reads = rest
+        .iter()
+        .map(|d| inner.drives[drives[*d]].get(Table::Objects, okey));
+    let answers = answers.into_iter().chain(futures::future::join_all(reads).await);
+    let mut answered = 0;
+    let mut empty = 0;
+    let mut records: Vec<ObjectRecord> = Vec::with_capacity(width);
+    for read in answers {
+        match read {
+            Ok(Some(bytes)) => {
+                answered += 1;
+                match ObjectRecord::decode(&bytes) {
+                    Ok(r) => records.push(r),
+                    Err(e) => tracing::warn!(error = %e, "unreadable object record"),
+                }
+            }
+            Ok(None) => {
+                answered += 1;
+                empty += 1;
+            }
+            Err(e) => crate::drive_failure("object record read failed", &e),
+        }
+    }
+    // (an older layout's drives that left the cluster count as not answering)
+    if answered < need {
+        return Err(Error::Quorum(format!(
+            "{answered} drives answered, {need} needed"
+        )));
+    }
+    let unknown = width - records.len() - empty;
+    let Some(newest) = newest_readable(&records, unknown) else {
+        return Ok(None);
+    };
+    let mut inline = vec![None; width];
+    let mut holders = 0;
+    let mut record = None;
+    for r in records.into_iter().filter(|r| r.version == newest) {
+        holders += 1;
+        if r.shard < width {
+            inline[r.shard] = r.inline.clone();
+        }
+        record.get_or_insert(r);
+    }
+    let mut record = record.expect("newest exists");
+    record.inline = None;
+    Ok(Some(Found {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        // drives that did not answer are not stale: they are out of reach, and healing
+        // them now would only fail (they get the object when they are back)
+        stale: holders + unknown < width,
+        unanswered: unknown,
+        record,
+        inline,
+    }))
+}
+
+/// Splits a partition's shard slots into the read quorum asked first and the rest: local
+/// drives first, then the others starting at a place that depends on the key, so that
+/// lookups spread over the nodes.
+fn quorum_first(inner: &Inner, drives: &[usize], need: usize, okey: &[u8]) -> (Vec<usize>, Vec<usize>) {
+    let n = drives.len();
+    let spin = okey
+        .iter()
+        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(*b as usize));
+    let mut order: Vec<usize> = (0..n).map(|i| (i + spin) % n.max(1)).collect();
+    order.sort_by_key(|i| !inner.drives[drives[*i]].is_local());
+    let rest = order.split_off(need.min(n));
+    (order, rest)
+}
+
+/// The lookup's answer when the read quorum asked first all hold the same version, and
+/// (for an object kept inline in its records) together hold enough frames to decode it.
+fn agreed(
+    bucket: &str,
+    key: &str,
+    answers: &[ringstore_store::Result<Option<Vec<u8>>>],
+    width: usize,
+) -> Option<Found> {
+    let mut records = Vec::with_capacity(answers.len());
+    for answer in answers {
+        let bytes = answer.as_ref().ok()?.as_ref()?;
+        records.push(ObjectRecord::decode(bytes).ok()?);
+    }
+    let first = records.first()?;
+    if records.iter().any(|r| r.version != first.version) {
+        return None;
+    }
+    let mut inline = vec![None; width];
+    let mut frames = 0;
+    for r in &records {
+        if r.shard < width && r.inline.is_some() {
+            inline[r.shard] = r.inline.clone();
+            frames += 1;
+        }
+    }
+    if frames > 0 && frames < first.k {
+        return None;
+    }
+    let mut record = records.swap_remove(0);
+    record.inline = None;
+    Some(Found {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        record,
+        inline,
+        stale: false,
+        // the drives not asked count as unanswered: their frames are not missing
+        unanswered: width - answers.len(),
+    })
 }
 
 /// The newest version among `records` (one per drive of an object's set) whose data can be
@@ -205,6 +311,8 @@ pub(crate) struct PartReader {
     pub damaged: bool,
     /// Shards whose drive failed to answer (as opposed to answering that data is missing).
     pub unreachable: std::collections::HashSet<usize>,
+    /// Shards found missing or corrupt during this read: not asked again.
+    bad: std::collections::HashSet<usize>,
     /// One past the last stripe the current read needs.
     stripes_end: u64,
     /// Whether stripes are being reconstructed (so parity is read ahead too).
@@ -231,6 +339,7 @@ impl PartReader {
             data_id: part.data_id.clone(),
             damaged: false,
             unreachable: Default::default(),
+            bad: Default::default(),
             stripes_end: 0,
             degraded: false,
         };
@@ -274,9 +383,9 @@ impl PartReader {
         }
     }
 
-    /// Starts fetching stripes `s..` (this window and the next, up to `end`) of the first
-    /// `shards` remote shards.
-    fn read_ahead(&mut self, s: u64, end: u64, shards: usize) {
+    /// Starts fetching stripes `s..` (this window and the next, up to `end`) of the remote
+    /// shards among `shards`.
+    fn read_ahead(&mut self, s: u64, end: u64, shards: &[usize]) {
         for window in [s, s + READ_AHEAD_STRIPES] {
             let last = (window + READ_AHEAD_STRIPES).min(end);
             if window >= last {
@@ -284,7 +393,7 @@ impl PartReader {
             }
             let (start, _) = self.geometry.frame(window);
             let (last_off, last_len) = self.geometry.frame(last - 1);
-            for i in 0..shards {
+            for &i in shards {
                 if let Some(f) = self.file(i) {
                     f.prefetch(start, last_off + last_len as u64 - start);
                 }
@@ -301,7 +410,8 @@ impl PartReader {
     /// For repair: reads every shard a window ahead when `s` starts one.
     pub(crate) fn ahead(&mut self, s: u64) {
         if s.is_multiple_of(READ_AHEAD_STRIPES) {
-            self.read_ahead(s, self.stripes_end, self.files.len());
+            let all: Vec<usize> = (0..self.files.len()).collect();
+            self.read_ahead(s, self.stripes_end, &all);
         }
     }
 
@@ -314,28 +424,55 @@ impl PartReader {
         self.geometry
     }
 
+    /// The shards a read uses: the data shards while they are all readable; otherwise the
+    /// first `k` shards not known to be out of reach, missing or corrupt (data shards
+    /// first, so as little as possible is rebuilt and no more than `k` are fetched).
+    fn chosen(&self) -> Vec<usize> {
+        let k = self.codec.redundancy().k;
+        (0..self.files.len())
+            .filter(|i| !self.degraded || (!self.unreachable.contains(i) && !self.bad.contains(i)))
+            .take(k)
+            .collect()
+    }
+
     /// Decodes one stripe: data shards first, parity only when needed.
     pub(crate) fn stripe(&mut self, s: u64) -> Result<Vec<u8>> {
-        if let Some(data) = self.stripe_fast(s) {
-            return Ok(data);
-        }
         if !self.degraded {
-            // from now on every shard is needed: fetch the parity ahead as well
+            if let Some(data) = self.stripe_fast(s) {
+                return Ok(data);
+            }
+            // from now on parity is needed: fetch the chosen shards ahead
             self.degraded = true;
-            self.read_ahead(s, self.stripes_end, self.files.len());
+            let chosen = self.chosen();
+            self.read_ahead(s, self.stripes_end, &chosen);
         }
+        let k = self.codec.redundancy().k;
         let len = self.geometry.stripe_len(s);
-        let frames: Vec<Option<Vec<u8>>> = (0..self.files.len()).map(|i| self.frame(i, s)).collect();
-        let decoded = self.codec.decode(len, frames)?;
-        // only shards that answered with missing or corrupt data need healing
-        if decoded
-            .repaired
-            .iter()
-            .any(|(i, _)| !self.unreachable.contains(i))
-        {
-            self.damaged = true;
+        let frame_len = self.geometry.chunk_len(len) + ringstore_erasure::CHECKSUM_LEN;
+        let mut frames: Vec<Option<Vec<u8>>> = vec![None; self.files.len()];
+        let mut intact = 0;
+        // exactly k intact frames are enough; another shard is asked only when one fails
+        for (i, slot) in frames.iter_mut().enumerate() {
+            if intact == k {
+                break;
+            }
+            if self.bad.contains(&i) || self.unreachable.contains(&i) {
+                continue;
+            }
+            match self.frame(i, s) {
+                Some(f) if f.len() == frame_len && ringstore_erasure::frame_is_intact(&f) => {
+                    *slot = Some(f);
+                    intact += 1;
+                }
+                // a drive that answered without the frame, or with a corrupt one, needs healing
+                _ if !self.unreachable.contains(&i) => {
+                    self.bad.insert(i);
+                    self.damaged = true;
+                }
+                _ => {}
+            }
         }
-        Ok(decoded.data)
+        Ok(self.codec.decode_data(len, frames)?.data)
     }
 
     /// The common case without a copy: each data frame is read straight into its place in
@@ -348,6 +485,9 @@ impl PartReader {
         let chunk = self.geometry.chunk_len(len);
         let (offset, frame_len) = self.geometry.frame(s);
         debug_assert_eq!(frame_len, chunk + CRC);
+        if (0..k).any(|i| self.unreachable.contains(&i) || self.bad.contains(&i)) {
+            return None;
+        }
         let mut buf = vec![0u8; k * chunk + CRC];
         for i in 0..k {
             let at = i * chunk;
@@ -382,12 +522,8 @@ impl PartReader {
         for s in first..end {
             // remote shards are fetched a window ahead, every shard in parallel
             if (s - first) % READ_AHEAD_STRIPES == 0 {
-                let shards = if self.degraded {
-                    self.files.len()
-                } else {
-                    self.codec.redundancy().k
-                };
-                self.read_ahead(s, end, shards);
+                let chosen = self.chosen();
+                self.read_ahead(s, end, &chosen);
             }
             let data = Bytes::from(self.stripe(s)?);
             let s_start = s * block;

@@ -399,9 +399,25 @@ impl ObjectStore {
         let acked = inner
             .commit_quorum("deletion", marker.redundancy().write_quorum(), writes)
             .await?;
+        // where older layouts placed the key, records of it may remain (layout changes do not
+        // move data yet): they get the marker too, and the marker is kept, so that no older
+        // version shows through once it is gone
+        let older = inner.older_partition_drives(bucket, key);
+        let old_writes = older.iter().flatten().map(|d| {
+            inner.drives[*d].commit(vec![Op::PutIfNewer {
+                table: Table::Objects,
+                key: okey.clone(),
+                value: value.clone(),
+            }])
+        });
+        for r in futures::future::join_all(old_writes).await {
+            if let Err(e) = r {
+                crate::drive_failure("deletion marker on an older layout's drive failed", &e);
+            }
+        }
         inner.retire_data(&prev.record);
         // the marker only needs to outlive drives that missed it; drop it once all have it
-        if acked == drives.len() {
+        if acked == drives.len() && older.is_empty() {
             self.drop_marker_everywhere(&okey, &marker).await;
         }
         Ok(())

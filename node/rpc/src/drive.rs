@@ -151,6 +151,11 @@ impl DriveHandle {
         }
     }
 
+    /// Whether the drive is this node's own (no network between it and the caller).
+    pub fn is_local(&self) -> bool {
+        matches!(self, DriveHandle::Local(_))
+    }
+
     pub async fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match self {
             DriveHandle::Local(d) => d.get(table, key),

@@ -169,7 +169,7 @@ pub fn follow_layout(
             known = now;
             let handles = handles(&layout, &me, store.local_drives(), &members, &client);
             let version = layout.version;
-            match store.set_layout(layout, handles) {
+            match store.set_layout(layout, handles, &cluster.layout_history()) {
                 Ok(()) if newer => tracing::info!(version, "now placing data with a new layout"),
                 Ok(()) => {}
                 Err(e) => tracing::error!(version, error = %e, "cannot use the committed layout"),
@@ -195,28 +195,41 @@ pub const FORMING_REPORT: Duration = Duration::from_secs(10);
 
 /// This node's own RPC endpoints beside the drives and Raft:
 /// - `POST /rpc/v1/heal/scrub`: a peer asks this node to walk its objects now (a drive came
-///   back empty); answers at once, the walk runs in the background, one at a time;
+///   back empty); answers at once, the walk runs in the background, one at a time. A request
+///   that arrives during a walk gets a walk of its own after it: the running one may have
+///   passed the asking node's objects while it was still down;
 /// - `POST /rpc/v1/node/drives`: this node's drives and their state, for `admin status`.
 pub fn node_router(target: Arc<std::sync::OnceLock<(ObjectStore, u32)>>) -> axum::Router {
     let running = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let again = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let drives_target = target.clone();
     axum::Router::new()
         .route(
             &format!("{}/heal/scrub", ringstore_rpc::PREFIX),
             axum::routing::post(move || {
-                let (target, running) = (target.clone(), running.clone());
+                let (target, running, again) = (target.clone(), running.clone(), again.clone());
                 async move {
-                    if let Some((store, rate)) = target.get().cloned()
-                        && !running.swap(true, std::sync::atomic::Ordering::SeqCst)
-                    {
-                        tokio::spawn(async move {
-                            tracing::info!("healing pass requested by a peer");
-                            match store.scrub(rate).await {
-                                Ok(n) => tracing::info!(objects = n, stats = ?store.heal_stats(), "healing pass finished"),
-                                Err(e) => tracing::warn!(error = %e, "healing pass failed"),
-                            }
-                            running.store(false, std::sync::atomic::Ordering::SeqCst);
-                        });
+                    use std::sync::atomic::Ordering::SeqCst;
+                    if let Some((store, rate)) = target.get().cloned() {
+                        again.store(true, SeqCst);
+                        if !running.swap(true, SeqCst) {
+                            tokio::spawn(async move {
+                                loop {
+                                    while again.swap(false, SeqCst) {
+                                        tracing::info!("healing pass requested by a peer");
+                                        match store.scrub(rate).await {
+                                            Ok(n) => tracing::info!(objects = n, stats = ?store.heal_stats(), "healing pass finished"),
+                                            Err(e) => tracing::warn!(error = %e, "healing pass failed"),
+                                        }
+                                    }
+                                    running.store(false, SeqCst);
+                                    // a request between the last check and the store above
+                                    if !again.load(SeqCst) || running.swap(true, SeqCst) {
+                                        break;
+                                    }
+                                }
+                            });
+                        }
                     }
                     ringstore_rpc::encode(&())
                 }

@@ -280,7 +280,7 @@ async fn join_cluster(
         tracing::warn!("this node holds no drive of the current layout; it serves requests for the others");
     }
     let catalog = Arc::new(crate::cluster::RaftCatalog(cluster.clone()));
-    let store = ObjectStore::with_layout(local.clone(), catalog, layout, handles)?;
+    let store = ObjectStore::with_layout(local.clone(), catalog, layout, handles, &cluster.layout_history())?;
     crate::cluster::import_legacy_buckets(&store, &local).await;
     crate::cluster::follow_layout(
         store.clone(),

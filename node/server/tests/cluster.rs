@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use common::{CLUSTER_SECRET, Server, TestCluster, content_for, get_bytes};
+use common::{CLUSTER_SECRET, Server, TestCluster, code, content_for, get_bytes};
 
 const KIB: usize = 1024;
 
@@ -353,6 +353,7 @@ async fn emptied_drive_is_recognised_and_rebuilt() {
         "the empty drive took over the lost drive's identity"
     );
     // the other nodes walk their objects at once; status shows the pass until it is done
+    // (a pass that began before the restart does not count: it ends with the shards back)
     let mut seen_running = false;
     eventually(Duration::from_secs(60), "the healing passes finish", async || {
         for i in (0..3).filter(|i| *i != victim) {
@@ -362,7 +363,10 @@ async fn emptied_drive_is_recognised_and_rebuilt() {
                 return Err(format!("node {i}: {h}"));
             }
         }
-        Ok(())
+        match shard_files(&drive).len() {
+            n if n < shards_before => Err(format!("{n} of {shards_before} shard files back")),
+            _ => Ok(()),
+        }
     })
     .await;
     let healed: u64 = [0, 1]
@@ -376,7 +380,9 @@ async fn emptied_drive_is_recognised_and_rebuilt() {
     let n = shard_files(&drive).len();
     eprintln!(
         "rebuilt: {healed} shards and {records} records healed by the peers, {n} of {shards_before} \
-         shard files back (pass seen running: {seen_running})"
+         shard files back (pass seen running: {seen_running}); healing: {} / {}",
+        cluster.status(0)["healing"],
+        cluster.status(1)["healing"]
     );
     assert_eq!(n, shards_before, "every lost shard file is rebuilt");
     // with another node down the data must come from the rebuilt drive
@@ -521,4 +527,114 @@ async fn a_node_with_the_wrong_secret_cannot_join() {
             "node {i} lists the intruder: {members}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn objects_written_before_a_layout_change_stay_readable_and_deletable() {
+    let mut cluster = TestCluster::configure_seeded(5, 3, 1, &["--redundancy", "2+1"]);
+    for i in 0..3 {
+        cluster.nodes[i].launch();
+    }
+    for i in 0..3 {
+        cluster.nodes[i].wait_ready();
+    }
+    let c = cluster.nodes[0].client();
+    c.create_bucket().bucket("bkt").send().await.unwrap();
+    let keys: Vec<String> = (0..30)
+        .map(|i| format!("old{i}-{}", [2 * KIB, 150 * KIB, 700 * KIB][i % 3]))
+        .collect();
+    for k in &keys {
+        put(&c, "bkt", k).await.unwrap();
+    }
+    // two more nodes join (as learners), then the layout grows to all five
+    for i in 3..5 {
+        cluster.nodes[i].launch();
+    }
+    for i in 3..5 {
+        cluster.nodes[i].wait_ready();
+    }
+    let (status, doc) = cluster.nodes[1]
+        .admin_post("layout", "{}")
+        .expect("layout apply answers");
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["version"], 2, "{doc}");
+    assert_eq!(doc["nodes"].as_array().map(Vec::len), Some(5), "{doc}");
+    eventually(
+        Duration::from_secs(20),
+        "every node places data with layout 2",
+        async || {
+            for i in 0..5 {
+                let v = cluster.status(i)["layout_version"].clone();
+                if v != 2 {
+                    return Err(format!("node {i} at {v}"));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
+    // nothing moved, yet everything reads back through every node, new ones included
+    for i in 0..5 {
+        let ci = cluster.nodes[i].client();
+        let bad = check_all(&ci, "bkt", &keys).await;
+        assert!(
+            bad.is_empty(),
+            "node {i}: unreadable after the layout change: {bad:?}"
+        );
+        assert_eq!(list_keys(&ci, "bkt").await, sorted(&keys), "node {i} lists");
+    }
+    // a delete of an object placed by the old layout sticks; an overwrite wins
+    let c4 = cluster.nodes[4].client();
+    for k in keys.iter().take(6) {
+        c4.delete_object().bucket("bkt").key(k).send().await.unwrap();
+    }
+    let overwritten: Vec<String> = keys.iter().skip(6).take(6).cloned().collect();
+    for k in &overwritten {
+        c4.put_object()
+            .bucket("bkt")
+            .key(k)
+            .body(ByteStream::from(b"new".to_vec()))
+            .send()
+            .await
+            .unwrap();
+    }
+    let new_keys: Vec<String> = (0..12)
+        .map(|i| format!("new{i}-{}", [2 * KIB, 700 * KIB][i % 2]))
+        .collect();
+    for k in &new_keys {
+        put(&c4, "bkt", k).await.unwrap();
+    }
+    let mut live: Vec<String> = keys.iter().skip(6).cloned().chain(new_keys.clone()).collect();
+    live.sort();
+    for i in 0..5 {
+        let ci = cluster.nodes[i].client();
+        for k in keys.iter().take(6) {
+            let e = ci.get_object().bucket("bkt").key(k).send().await.unwrap_err();
+            assert_eq!(code(&e), "NoSuchKey", "node {i}: {k} came back");
+        }
+        for k in &overwritten {
+            assert_eq!(get_bytes(&ci, "bkt", k).await.unwrap(), b"new", "node {i}: {k}");
+        }
+        let bad = check_all(&ci, "bkt", &keys[12..]).await;
+        assert!(bad.is_empty(), "node {i}: {bad:?}");
+        let bad = check_all(&ci, "bkt", &new_keys).await;
+        assert!(bad.is_empty(), "node {i}: {bad:?}");
+        assert_eq!(list_keys(&ci, "bkt").await, live, "node {i} lists");
+    }
+    // new writes use the new nodes too
+    let on_new: usize = (3..5)
+        .map(|i| shard_files(&cluster.nodes[i].drives[0]).len())
+        .sum();
+    assert!(on_new > 0, "the new layout places shards on the new nodes");
+    // and a restarted node still finds the old objects (the layout history is in Raft)
+    cluster.nodes[2].kill9();
+    cluster.nodes[2].restart();
+    let bad = check_all(&cluster.nodes[2].client(), "bkt", &keys[12..]).await;
+    assert!(bad.is_empty(), "after a restart: {bad:?}");
+}
+
+fn sorted(keys: &[String]) -> Vec<String> {
+    let mut k = keys.to_vec();
+    k.sort();
+    k
 }

@@ -152,6 +152,17 @@ impl Server {
         serde_json::from_str(&resp.text()).ok()
     }
 
+    /// POSTs JSON to the admin API; the status and the answer.
+    pub fn admin_post(&self, path: &str, body: &str) -> Option<(u16, serde_json::Value)> {
+        let req = format!(
+            "POST /_ringstore/admin/v1/{path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SECRET_KEY}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let resp = raw_exchange(self.addr, req.as_bytes())?;
+        Some((resp.status, serde_json::from_str(&resp.text()).ok()?))
+    }
+
     /// Peak resident memory of the server process in KiB (VmHWM).
     pub fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
@@ -371,9 +382,19 @@ pub struct TestCluster {
 impl TestCluster {
     /// Configures `n` nodes with `drives` drives each; none is started.
     pub fn configure(n: usize, drives: usize, extra: &[&str]) -> TestCluster {
+        Self::configure_seeded(n, n, drives, extra)
+    }
+
+    /// Configures `n` nodes of which the first `seeds` are the seeds (the others join
+    /// later, as a grown cluster's new nodes do); none is started.
+    pub fn configure_seeded(n: usize, seeds: usize, drives: usize, extra: &[&str]) -> TestCluster {
         let ips: Vec<String> = (0..n).map(|i| format!("127.0.0.{}", 11 + i)).collect();
         let rpcs: Vec<SocketAddr> = ips.iter().map(|ip| free_addr_on(ip)).collect();
-        let seeds = rpcs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+        let seeds = rpcs[..seeds]
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         let nodes = (0..n)
             .map(|i| {
                 let name = format!("node-{i}");
