@@ -73,6 +73,7 @@ pub fn router(s3: S3Service, state: AppState) -> Router {
         .route(METRICS_PATH, get(serve_metrics))
         .route("/_ringstore/admin/{*rest}", any(crate::admin::admin))
         .fallback_service(s3)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics_alias))
         .layer(axum::middleware::from_fn_with_state(state.clone(), request_id))
         .with_state(state)
 }
@@ -158,6 +159,23 @@ async fn health_ready(State(state): State<AppState>) -> Response {
 async fn serve_metrics(State(state): State<AppState>) -> Response {
     let text = state.metrics.render(&state.store, state.cluster.as_ref()).await;
     ([(http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
+}
+
+/// `GET /metrics` without a signature is Prometheus' scrape (the path scrapers use by
+/// default); a signed request to that path is S3's (listing a bucket named `metrics`), and
+/// an anonymous S3 request would be refused anyway.
+async fn metrics_alias(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let scrape = req.method() == http::Method::GET
+        && req.uri().path() == "/metrics"
+        && !req.headers().contains_key(http::header::AUTHORIZATION)
+        && !req
+            .uri()
+            .query()
+            .is_some_and(|q| q.contains("X-Amz-Signature") || q.contains("Signature="));
+    if scrape {
+        return serve_metrics(State(state)).await;
+    }
+    next.run(req).await
 }
 
 fn new_request_id() -> String {

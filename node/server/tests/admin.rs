@@ -62,8 +62,13 @@ async fn metrics_count_s3_requests() {
     assert_eq!(common::status(&missing.unwrap_err()), 404);
 
     // no S3 signature needed, and the scrape itself is not an S3 request
-    let (code, text) = http_get(server.addr, "/_ringstore/metrics").expect("metrics answer");
+    let (code, text) = http_get(server.addr, "/metrics").expect("metrics answer");
     assert_eq!(code, 200, "{text}");
+    // the same document under the path no bucket can have
+    let (code, other) = http_get(server.addr, "/_ringstore/metrics").expect("metrics answer");
+    assert_eq!(code, 200, "{other}");
+    assert!(other.contains("ringstore_s3_requests_total"), "{other}");
+
     let count = |op: &str, status: u16| {
         sample(
             &text,
@@ -109,9 +114,11 @@ async fn metrics_count_s3_requests() {
         "internal endpoints are not S3 requests"
     );
 
-    // the path can never be a bucket; a bucket literally named "metrics" still works
+    // a bucket literally named "metrics" still works: signed requests to /metrics are S3's
     c.create_bucket().bucket("metrics").send().await.unwrap();
     c.head_bucket().bucket("metrics").send().await.unwrap();
+    let listed = c.list_objects_v2().bucket("metrics").send().await.unwrap();
+    assert_eq!(listed.key_count(), Some(0));
 }
 
 #[tokio::test]
