@@ -117,6 +117,7 @@ impl ObjectStore {
                 let from = start.max(p_start) - p_start;
                 let to = end.min(p_end) - p_start;
                 let mut reader = PartReader::open(inner, &rec, part);
+                reader.skip_down_peers();
                 let result = reader.stream_range(from, to, |b| tx.blocking_send(Ok(b)).is_ok());
                 damaged |= reader.damaged;
                 if let Err(e) = result {
@@ -212,14 +213,17 @@ async fn find_on(
 
 /// Splits a partition's shard slots into the read quorum asked first and the rest: local
 /// drives first, then the others starting at a place that depends on the key, so that
-/// lookups spread over the nodes.
+/// lookups spread over the nodes; drives of nodes that just failed to connect go last.
 fn quorum_first(inner: &Inner, drives: &[usize], need: usize, okey: &[u8]) -> (Vec<usize>, Vec<usize>) {
     let n = drives.len();
     let spin = okey
         .iter()
         .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(*b as usize));
     let mut order: Vec<usize> = (0..n).map(|i| (i + spin) % n.max(1)).collect();
-    order.sort_by_key(|i| !inner.drives[drives[*i]].is_local());
+    order.sort_by_key(|i| {
+        let d = &inner.drives[drives[*i]];
+        (d.is_down(), !d.is_local())
+    });
     let rest = order.split_off(need.min(n));
     (order, rest)
 }
@@ -348,6 +352,19 @@ impl PartReader {
             reader.file(i);
         }
         reader
+    }
+
+    /// For client reads: shards on nodes that just failed to connect are not asked (the
+    /// read starts degraded when a data shard is among them), so a node that is down costs
+    /// no failed attempt per GET. Repairs ask everyone.
+    fn skip_down_peers(&mut self) {
+        let k = self.codec.redundancy().k;
+        for (i, d) in self.drives.iter().enumerate() {
+            if d.as_ref().is_some_and(DriveHandle::is_down) {
+                self.unreachable.insert(i);
+                self.degraded |= i < k;
+            }
+        }
     }
 
     fn file(&mut self, shard: usize) -> Option<&ShardSource> {

@@ -48,7 +48,13 @@ pub struct Client {
     auth: ClusterAuth,
     /// Bound on a whole unary call (connect, request, response).
     pub timeout: Duration,
+    /// Peers whose last connection attempt failed, and when: a hint for callers that can
+    /// choose whom to ask (see [`Client::is_down`]).
+    down: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
 }
+
+/// How long a failed connection marks a peer as down.
+pub const DOWN_HINT: Duration = Duration::from_secs(1);
 
 impl Client {
     pub fn new(auth: ClusterAuth) -> Self {
@@ -70,6 +76,24 @@ impl Client {
             http,
             auth,
             timeout: Duration::from_secs(10),
+            down: Default::default(),
+        }
+    }
+
+    /// Whether connecting to `addr` failed within the last [`DOWN_HINT`]. Calls to it are
+    /// still made; callers that can pick among peers (reads, which need only some of the
+    /// shards) ask the others first instead of paying a failed attempt per request.
+    pub fn is_down(&self, addr: &str) -> bool {
+        let down = self.down.lock().expect("not poisoned");
+        down.get(addr).is_some_and(|at| at.elapsed() < DOWN_HINT)
+    }
+
+    fn mark(&self, addr: &str, failed: bool) {
+        let mut down = self.down.lock().expect("not poisoned");
+        if failed {
+            down.insert(addr.to_string(), std::time::Instant::now());
+        } else if !down.is_empty() {
+            down.remove(addr);
         }
     }
 
@@ -105,12 +129,18 @@ impl Client {
                 });
             }
             Ok(Err(e)) => {
+                if e.is_connect() {
+                    self.mark(addr, true);
+                }
                 return Err(RpcError::Unreachable {
                     addr: addr.to_string(),
                     reason: error_chain(&e),
                 });
             }
-            Ok(Ok(r)) => r,
+            Ok(Ok(r)) => {
+                self.mark(addr, false);
+                r
+            }
         };
         let status = resp.status();
         if status.is_success() {

@@ -156,6 +156,15 @@ impl DriveHandle {
         matches!(self, DriveHandle::Local(_))
     }
 
+    /// Whether the drive's node could not be reached moments ago (a hint: see
+    /// [`Client::is_down`]).
+    pub fn is_down(&self) -> bool {
+        match self {
+            DriveHandle::Local(_) => false,
+            DriveHandle::Remote(r) => r.client.is_down(&r.addr),
+        }
+    }
+
     pub async fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match self {
             DriveHandle::Local(d) => d.get(table, key),
