@@ -6,21 +6,57 @@ DATA ?= ./data
 ADDRESS ?= 127.0.0.1:9000
 PYTHON_ENV := .venv
 
-.PHONY: help build run test test-rust test-clients bench bench-cluster lint fix clean
+IMAGE_TAG ?= dev
+
+.PHONY: help build run test test-rust test-clients e2e e2e-up control-plane generate verify-packaging \
+	images kind-up kind-e2e kind-down bench bench-cluster lint fix clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
-build: ## Build the release binaries (ringstore, ringstore-loadgen)
-	$(CARGO) build --release -p ringstore-server -p ringstore-loadgen
+build: ## Build the release binaries (ringstore, ringstore-operator, ringstore-loadgen)
+	$(CARGO) build --release -p ringstore-server -p ringstore-operator -p ringstore-loadgen
 
 run: ## Run a single-node store on $(DATA) at $(ADDRESS) (credentials printed on first start)
 	$(CARGO) run --release -p ringstore-server --bin ringstore -- server --data $(DATA) --address $(ADDRESS)
 
-test: test-rust test-clients ## Run every test: unit, integration (real server + AWS SDK), boto3 and AWS CLI smoke
+test: test-rust test-clients verify-packaging ## Run every test: unit, integration, operator e2e, S3 clients, packaging
 
-test-rust: ## Unit and integration tests of the workspace
+# Every cargo command here builds the whole workspace with the same features, so the
+# binaries the e2e runs (target/debug/ringstore, ringstore-operator) are built once.
+test-rust: control-plane ## cargo test: unit and integration tests, real node processes, the operator e2e
 	$(CARGO) test --workspace
+
+e2e: control-plane ## Only the operator scenarios on a real kube-apiserver, with the kubelet stand-in running real nodes
+	$(CARGO) test --workspace --no-run
+	$(CARGO) test --workspace --test operator --test standin -- --nocapture
+
+e2e-up: control-plane ## Start the e2e control plane, kubelet stand-in and operator to explore with kubectl
+	$(CARGO) build --workspace --bins
+	"$${CARGO_TARGET_DIR:-target}/debug/ringstore-e2e" up
+
+control-plane: ## Build kube-apiserver, kube-controller-manager, kubectl and etcd from Go modules (cached)
+	e2e/controlplane/build.sh
+
+generate: ## Regenerate the CRD YAML from the Rust types, then the chart copies and snapshots
+	$(CARGO) run -q -p ringstore-crds --bin crdgen
+	scripts/check-packaging.sh --fix
+
+verify-packaging: ## Lint and render the charts, validate manifests, compare CRD copies and snapshots
+	scripts/check-packaging.sh
+
+images: ## Build the node and operator container images (needs docker)
+	docker build --target node -t ringstore:$(IMAGE_TAG) .
+	docker build --target operator -t ringstore-operator:$(IMAGE_TAG) .
+
+kind-up: ## kind cluster with the images loaded and the operator chart installed (needs docker, kind, helm)
+	e2e/kind/kind-up.sh
+
+kind-e2e: ## On kind: a 4-server Tenant, wait Ready, S3 PUT/GET, clean up
+	e2e/kind/kind-e2e.sh
+
+kind-down: ## Delete the kind cluster
+	e2e/kind/kind-down.sh
 
 test-clients: $(PYTHON_ENV)/.ready ## Smoke tests with boto3 and the AWS CLI against a real server
 	# builds the debug ringstore with the same features as `cargo test`, so no rebuild

@@ -1,0 +1,956 @@
+//! Pure decisions from what was observed: whether to change the cluster layout, which pod a
+//! rolling upgrade restarts next, and the status of a Tenant and of its Pools.
+//!
+//! Everything here is deterministic in its inputs (no clock: the caller stamps transition
+//! times), so that the same observation gives the same status and a quiet cluster gets no
+//! status writes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use ringstore_crds::{
+    Capacity, Condition, Pool, PoolStatus, PoolSummary, Tenant, TenantStatus, UpgradeStatus,
+};
+
+use crate::admin::AdminStatus;
+use crate::desired::{self, POOL_LABEL};
+use crate::validate::Invalid;
+
+/// The label the StatefulSet controller puts on each pod: the revision of its template.
+pub const REVISION_LABEL: &str = "controller-revision-hash";
+
+/// What the operator needs of a pod.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PodView {
+    pub name: String,
+    pub pool: String,
+    pub ready: bool,
+    pub terminating: bool,
+    pub revision: Option<String>,
+    pub ip: Option<String>,
+}
+
+impl PodView {
+    pub fn from_pod(p: &Pod) -> Self {
+        let status = p.status.as_ref();
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        Self {
+            name: p.name_any(),
+            pool: p.labels().get(POOL_LABEL).cloned().unwrap_or_default(),
+            ready,
+            terminating: p.metadata.deletion_timestamp.is_some(),
+            revision: p.labels().get(REVISION_LABEL).cloned(),
+            ip: status.and_then(|s| s.pod_ip.clone()).filter(|ip| !ip.is_empty()),
+        }
+    }
+
+    /// Ready and not on its way out.
+    pub fn serving(&self) -> bool {
+        self.ready && !self.terminating
+    }
+}
+
+/// What the operator needs of a StatefulSet.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StsView {
+    pub name: String,
+    pub pool: String,
+    pub replicas: i32,
+    /// The revision new pods get (`status.updateRevision`).
+    pub update_revision: Option<String>,
+    /// The StatefulSet controller has seen the current spec (its revisions are current).
+    pub settled: bool,
+}
+
+impl StsView {
+    pub fn from_sts(s: &StatefulSet) -> Self {
+        let st = s.status.as_ref();
+        Self {
+            name: s.name_any(),
+            pool: s.labels().get(POOL_LABEL).cloned().unwrap_or_default(),
+            replicas: s.spec.as_ref().and_then(|sp| sp.replicas).unwrap_or(1),
+            update_revision: st.and_then(|st| st.update_revision.clone()),
+            settled: st
+                .and_then(|st| st.observed_generation)
+                .is_some_and(|g| Some(g) >= s.metadata.generation),
+        }
+    }
+}
+
+/// Everything observed about a valid Tenant.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    /// Pods that should exist, by pool: the Pools' servers plus the pods of StatefulSets kept
+    /// after their Pool was deleted.
+    pub expected: BTreeMap<String, Vec<String>>,
+    /// Pools deleted while their StatefulSet (and data) is still there.
+    pub orphaned: Vec<String>,
+    pub statefulsets: Vec<StsView>,
+    pub pods: Vec<PodView>,
+    /// The status document of one ready server, or why there is none.
+    pub admin: Result<AdminStatus, String>,
+}
+
+impl Observation {
+    pub fn expected_pods(&self) -> BTreeSet<String> {
+        self.expected.values().flatten().cloned().collect()
+    }
+
+    fn pod(&self, name: &str) -> Option<&PodView> {
+        self.pods.iter().find(|p| p.name == name)
+    }
+
+    /// Expected pods that are ready, by pool.
+    pub fn ready_in(&self, pool: &str) -> i32 {
+        self.expected
+            .get(pool)
+            .map(|names| {
+                names
+                    .iter()
+                    .filter(|n| self.pod(n).is_some_and(PodView::serving))
+                    .count() as i32
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn ready_total(&self) -> i32 {
+        self.expected.keys().map(|p| self.ready_in(p)).sum()
+    }
+
+    pub fn all_ready(&self) -> bool {
+        let expected = self.expected_pods();
+        !expected.is_empty() && expected.iter().all(|n| self.pod(n).is_some_and(PodView::serving))
+    }
+
+    /// Ready pods with an IP, in name order: who to ask about the cluster.
+    pub fn serving_ips(&self) -> Vec<(String, String)> {
+        let expected = self.expected_pods();
+        let mut v: Vec<_> = self
+            .pods
+            .iter()
+            .filter(|p| p.serving() && expected.contains(&p.name))
+            .filter_map(|p| p.ip.clone().map(|ip| (p.name.clone(), ip)))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// Rollout state: how many pods run the current template, which do not.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Rollout {
+    pub updated: i32,
+    pub total: i32,
+    /// Pods on an older revision, in the order they are to be restarted.
+    pub outdated: Vec<String>,
+    /// Some StatefulSet has not processed its new spec yet: the revisions cannot be judged.
+    pub unsettled: bool,
+}
+
+/// Compares each pod's revision with its StatefulSet's update revision. Only pools with a Pool
+/// object roll (a kept StatefulSet of a deleted Pool is not updated).
+pub fn rollout(obs: &Observation, pools: &[String]) -> Rollout {
+    let mut r = Rollout::default();
+    for pool in pools {
+        let Some(sts) = obs.statefulsets.iter().find(|s| &s.pool == pool) else {
+            r.unsettled = true;
+            continue;
+        };
+        let names = obs.expected.get(pool).cloned().unwrap_or_default();
+        r.total += names.len() as i32;
+        let Some(update) = sts.update_revision.as_ref().filter(|_| sts.settled) else {
+            r.unsettled = true;
+            continue;
+        };
+        for n in names {
+            match obs.pod(&n).and_then(|p| p.revision.as_ref()) {
+                Some(rev) if rev == update => r.updated += 1,
+                Some(_) => r.outdated.push(n),
+                // not created yet: it will get the update revision
+                None => {}
+            }
+        }
+    }
+    r.outdated.sort();
+    r
+}
+
+/// The next thing to do to the cluster, at most one per reconcile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Commit a layout made of exactly these nodes.
+    ApplyLayout(Vec<String>),
+    /// Restart this pod (delete it; the StatefulSet recreates it on the new template).
+    RestartPod(String),
+}
+
+/// The layout to apply, if the layout's nodes differ from the expected pods and every
+/// expected pod is ready and registered. The first layout forms by itself from the seeds;
+/// only changes are applied.
+pub fn layout_step(obs: &Observation) -> Option<Vec<String>> {
+    let admin = obs.admin.as_ref().ok()?;
+    if admin.layout_version == 0 || !obs.all_ready() {
+        return None;
+    }
+    let expected: Vec<String> = obs.expected_pods().into_iter().collect();
+    if admin.layout_nodes() == expected {
+        return None;
+    }
+    let online: BTreeSet<&str> = admin
+        .nodes
+        .iter()
+        .filter(|n| n.online())
+        .map(|n| n.name.as_str())
+        .collect();
+    expected
+        .iter()
+        .all(|n| online.contains(n.as_str()))
+        .then_some(expected)
+}
+
+/// Why the cluster is not healthy enough to restart a server, or `None` when it is.
+pub fn unhealthy(obs: &Observation, scrubbing: &[String]) -> Option<String> {
+    if !obs.all_ready() {
+        let waiting: Vec<String> = obs
+            .expected_pods()
+            .into_iter()
+            .filter(|n| !obs.pod(n).is_some_and(PodView::serving))
+            .collect();
+        return Some(format!("waiting for {} to be ready", waiting.join(", ")));
+    }
+    let admin = match &obs.admin {
+        Ok(a) => a,
+        Err(e) => return Some(format!("the admin API did not answer: {e}")),
+    };
+    let offline = admin.offline_nodes();
+    if !offline.is_empty() {
+        return Some(format!("waiting for {} to be online", offline.join(", ")));
+    }
+    let drives = admin.offline_drives();
+    if !drives.is_empty() {
+        return Some(format!("waiting for drives {} to be online", drives.join(", ")));
+    }
+    let expected: Vec<String> = obs.expected_pods().into_iter().collect();
+    if admin.layout_nodes() != expected {
+        return Some("waiting for the layout to include every server".into());
+    }
+    if !scrubbing.is_empty() {
+        return Some(format!(
+            "waiting for healing to finish on {}",
+            scrubbing.join(", ")
+        ));
+    }
+    None
+}
+
+/// The pod a rolling upgrade restarts next: the first outdated pod, the Raft leader last (to
+/// cause one election instead of several).
+pub fn next_restart(rollout: &Rollout, leader: Option<&str>) -> Option<String> {
+    rollout
+        .outdated
+        .iter()
+        .find(|p| Some(p.as_str()) != leader)
+        .or(rollout.outdated.first())
+        .cloned()
+}
+
+fn cond(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: None,
+        observed_generation: generation,
+    }
+}
+
+/// Keeps the transition time of conditions whose status did not change; stamps `now` on the
+/// others.
+pub fn carry_transitions(old: &[Condition], new: &mut [Condition], now: &Time) {
+    for c in new {
+        c.last_transition_time = match old.iter().find(|o| o.type_ == c.type_) {
+            Some(o) if o.status == c.status && o.last_transition_time.is_some() => {
+                o.last_transition_time.clone()
+            }
+            _ => Some(now.clone()),
+        };
+    }
+}
+
+/// Byte counts move by at most this share of the total before the status is refreshed.
+const CAPACITY_SLACK_PERCENT: u64 = 1;
+
+/// Capacity from the admin status; the previous figures are kept while the drive counts are
+/// the same and the bytes moved by at most 1% of the total (a quiet cluster's file systems
+/// still move a little, and a status write every period would be churn).
+pub fn capacity(prev: Option<&Capacity>, admin: &AdminStatus) -> Capacity {
+    let online = admin.capacity.drives_online as u32;
+    let offline = admin.drives.iter().filter(|d| d.state != "online").count() as u32;
+    let (used, available) = (admin.capacity.bytes_used, admin.capacity.bytes_available);
+    if let Some(p) = prev
+        && p.drives_online == online
+        && p.drives_offline == offline
+    {
+        let total = (p.bytes_used + p.bytes_available).max(used + available).max(1);
+        let close = |a: u64, b: u64| a.abs_diff(b).saturating_mul(100) <= total * CAPACITY_SLACK_PERCENT;
+        if close(p.bytes_used, used) && close(p.bytes_available, available) {
+            return p.clone();
+        }
+    }
+    Capacity {
+        bytes_available: available,
+        bytes_used: used,
+        total: human_bytes(used + available),
+        drives_online: online,
+        drives_offline: offline,
+    }
+}
+
+/// `1.5Ti`-style sizes.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["", "Ki", "Mi", "Gi", "Ti", "Pi"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n}")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+/// What the driver did or is waiting for in this reconcile, for the Progressing condition.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Activity {
+    /// Layout just applied (nodes).
+    pub layout_applied: Option<Vec<String>>,
+    /// Why the rolling upgrade waits, when it does.
+    pub upgrade_waiting: Option<String>,
+}
+
+/// The status of a valid Tenant. Transition times are left empty (see [`carry_transitions`]).
+pub fn tenant_status(
+    tenant: &Tenant,
+    pools: &[Pool],
+    seeds: &[String],
+    obs: &Observation,
+    rollout: &Rollout,
+    activity: &Activity,
+) -> TenantStatus {
+    let prev = tenant.status.clone().unwrap_or_default();
+    let generation = tenant.metadata.generation;
+    let admin = obs.admin.as_ref().ok();
+    let expected = obs.expected_pods();
+    let servers = expected.len() as i32;
+    let ready = obs.ready_total();
+    let all_ready = obs.all_ready();
+    let layout_version = admin
+        .map(|a| a.layout_version)
+        .filter(|v| *v > 0)
+        .or(prev.layout_version);
+    let layout_matches =
+        admin.is_some_and(|a| a.layout_nodes() == expected.iter().cloned().collect::<Vec<_>>());
+
+    let mut problems: Vec<(String, String)> = Vec::new();
+    if let Some(a) = admin {
+        let offline = a.offline_nodes();
+        if !offline.is_empty() {
+            problems.push((
+                "NodesOffline".into(),
+                format!(
+                    "{} do not answer their peers: check those pods and their logs",
+                    offline.join(", ")
+                ),
+            ));
+        }
+        let drives = a.offline_drives();
+        if !drives.is_empty() {
+            problems.push((
+                "DrivesOffline".into(),
+                format!(
+                    "{} drive(s) offline ({}): check the volume and the server's logs",
+                    drives.len(),
+                    drives.join(", ")
+                ),
+            ));
+        }
+        let in_layout: BTreeSet<String> = a.layout_nodes().into_iter().collect();
+        let down: Vec<String> = in_layout
+            .iter()
+            .filter(|n| expected.contains(*n) && !obs.pod(n).is_some_and(PodView::serving))
+            .cloned()
+            .collect();
+        if !down.is_empty() && rollout.outdated.is_empty() && rollout.updated == rollout.total {
+            problems.push((
+                "ServersNotReady".into(),
+                format!("{} not ready: check those pods and their logs", down.join(", ")),
+            ));
+        }
+    }
+    for pool in &obs.orphaned {
+        let sts = desired::statefulset(&tenant.name_any(), pool);
+        problems.push((
+            "PoolDeleted".into(),
+            format!(
+                "pool {pool} was deleted but its StatefulSet {sts} still holds data and is kept: decommission is not supported yet; recreate the Pool {pool} with the same spec, or delete StatefulSet {sts} and its PersistentVolumeClaims if the data is expendable"
+            ),
+        ));
+    }
+
+    let ready_cond = match (&obs.admin, all_ready) {
+        (_, false) => cond(
+            "Ready",
+            false,
+            "ServersNotReady",
+            format!("{ready} of {servers} servers ready"),
+            generation,
+        ),
+        (Err(e), true) => cond(
+            "Ready",
+            false,
+            "AdminUnreachable",
+            format!("no server answered the admin API: {e}"),
+            generation,
+        ),
+        (Ok(a), true) if !a.offline_nodes().is_empty() || !a.offline_drives().is_empty() => cond(
+            "Ready",
+            false,
+            "ClusterDegraded",
+            "the cluster reports nodes or drives offline (see Degraded)",
+            generation,
+        ),
+        (Ok(_), true) if !layout_matches => cond(
+            "Ready",
+            false,
+            "LayoutPending",
+            "the layout does not contain every server yet",
+            generation,
+        ),
+        (Ok(_), true) => cond(
+            "Ready",
+            true,
+            "ClusterReady",
+            format!("{servers} servers ready, every node and drive online"),
+            generation,
+        ),
+    };
+
+    let on_image = format!(
+        "{} of {} pods on image {}",
+        rollout.updated, rollout.total, tenant.spec.image
+    );
+    let progressing = if !rollout.outdated.is_empty() {
+        let msg = match &activity.upgrade_waiting {
+            Some(w) => format!("{on_image}; {w}"),
+            None => on_image.clone(),
+        };
+        cond("Progressing", true, "RollingUpgrade", msg, generation)
+    } else if layout_version.is_none() {
+        cond(
+            "Progressing",
+            true,
+            "Provisioning",
+            format!("{ready} of {servers} servers ready; the cluster forms once every seed answers"),
+            generation,
+        )
+    } else if let Some(nodes) = &activity.layout_applied {
+        cond(
+            "Progressing",
+            true,
+            "LayoutChange",
+            format!("applied a layout with {} servers", nodes.len()),
+            generation,
+        )
+    } else if !layout_matches && admin.is_some() {
+        cond(
+            "Progressing",
+            true,
+            "Scaling",
+            format!("{ready} of {servers} servers ready; the layout changes once all are ready"),
+            generation,
+        )
+    } else if rollout.unsettled {
+        cond(
+            "Progressing",
+            true,
+            "Updating",
+            "waiting for the StatefulSets to take the new spec",
+            generation,
+        )
+    } else {
+        cond(
+            "Progressing",
+            false,
+            "UpToDate",
+            "every server runs the current spec",
+            generation,
+        )
+    };
+
+    let degraded = if problems.is_empty() {
+        cond(
+            "Degraded",
+            false,
+            "Healthy",
+            "nothing needs attention",
+            generation,
+        )
+    } else {
+        let reason = if problems.len() == 1 {
+            problems[0].0.clone()
+        } else {
+            "Several".into()
+        };
+        let message = problems
+            .iter()
+            .map(|(_, m)| m.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        cond("Degraded", true, &reason, message, generation)
+    };
+
+    let phase = if !rollout.outdated.is_empty() {
+        "Upgrading"
+    } else if layout_version.is_none() {
+        "Provisioning"
+    } else if progressing.status == "True" {
+        "Scaling"
+    } else if !problems.is_empty() || ready_cond.status != "True" {
+        "Degraded"
+    } else {
+        "Ready"
+    };
+
+    let image = if rollout.outdated.is_empty() && !rollout.unsettled && rollout.updated == rollout.total {
+        Some(tenant.spec.image.clone())
+    } else {
+        prev.image.clone()
+    };
+    let upgrade = (!rollout.outdated.is_empty()).then(|| UpgradeStatus {
+        image: tenant.spec.image.clone(),
+        updated_servers: rollout.updated,
+        servers: rollout.total,
+    });
+
+    let mut pool_summaries: Vec<PoolSummary> = pools
+        .iter()
+        .map(|p| p.name_any())
+        .chain(obs.orphaned.iter().cloned())
+        .map(|name| PoolSummary {
+            servers: obs.expected.get(&name).map(|v| v.len() as i32).unwrap_or(0),
+            ready_servers: obs.ready_in(&name),
+            name,
+        })
+        .collect();
+    pool_summaries.sort_by(|a, b| a.name.cmp(&b.name));
+
+    TenantStatus {
+        observed_generation: generation,
+        phase: Some(phase.into()),
+        conditions: vec![ready_cond, progressing, degraded],
+        layout_version,
+        seeds: seeds.to_vec(),
+        pools: pool_summaries,
+        ready_servers: Some(ready),
+        servers: Some(servers),
+        capacity: match admin {
+            Some(a) => Some(capacity(prev.capacity.as_ref(), a)),
+            None => prev.capacity.clone(),
+        },
+        image,
+        upgrade,
+    }
+}
+
+/// The status of a Tenant whose spec cannot be reconciled: the previous figures stay, the
+/// conditions say what is wrong.
+pub fn invalid_status(tenant: &Tenant, invalid: &Invalid) -> TenantStatus {
+    let prev = tenant.status.clone().unwrap_or_default();
+    let generation = tenant.metadata.generation;
+    TenantStatus {
+        observed_generation: generation,
+        phase: Some("Invalid".into()),
+        conditions: vec![
+            cond(
+                "Ready",
+                false,
+                invalid.reason,
+                invalid.message.clone(),
+                generation,
+            ),
+            cond(
+                "Progressing",
+                false,
+                invalid.reason,
+                "waiting for the spec to be fixed",
+                generation,
+            ),
+            cond(
+                "Degraded",
+                true,
+                invalid.reason,
+                invalid.message.clone(),
+                generation,
+            ),
+        ],
+        ..prev
+    }
+}
+
+/// The status of a Pool.
+pub fn pool_status(pool: &Pool, tenant_invalid: Option<&Invalid>, obs: Option<&Observation>) -> PoolStatus {
+    let generation = pool.metadata.generation;
+    let name = pool.name_any();
+    let servers = pool.spec.servers;
+    let mut conditions = Vec::new();
+    let (phase, ready) = match obs {
+        Some(obs) if tenant_invalid.is_none() => {
+            let ready = obs.ready_in(&name);
+            let all = ready == servers;
+            let in_layout = obs
+                .admin
+                .as_ref()
+                .ok()
+                .map(|a| {
+                    let nodes: BTreeSet<String> = a.layout_nodes().into_iter().collect();
+                    desired::pod_names(&pool.spec.tenant, &name, servers)
+                        .iter()
+                        .all(|p| nodes.contains(p))
+                })
+                .unwrap_or(false);
+            let reason = if !all {
+                "ServersNotReady"
+            } else if !in_layout {
+                "LayoutPending"
+            } else {
+                "ServersReady"
+            };
+            conditions.push(cond(
+                "Ready",
+                all && in_layout,
+                reason,
+                format!("{ready} of {servers} servers ready"),
+                generation,
+            ));
+            let phase = if all && in_layout {
+                "Ready"
+            } else if in_layout {
+                "Degraded"
+            } else {
+                "Provisioning"
+            };
+            (phase, ready)
+        }
+        _ => {
+            let msg = match tenant_invalid {
+                Some(inv) => format!("tenant {}: {}", pool.spec.tenant, inv.message),
+                None => format!("waiting for tenant {}", pool.spec.tenant),
+            };
+            conditions.push(cond("Ready", false, "TenantNotReady", msg, generation));
+            ("Pending", 0)
+        }
+    };
+    if pool.spec.decommission {
+        conditions.push(cond(
+            "Decommissioned",
+            false,
+            "NotSupported",
+            "decommission is not supported yet: the pool keeps serving its data (it comes in a later release)",
+            generation,
+        ));
+    }
+    PoolStatus {
+        observed_generation: generation,
+        phase: Some(phase.into()),
+        servers: Some(servers),
+        ready_servers: Some(ready),
+        conditions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::{CapacityDoc, DriveState, NodeState};
+
+    fn t() -> (Tenant, Vec<Pool>) {
+        let t = Tenant::test("t");
+        let pools = vec![t.pool("a", 4)];
+        (t, pools)
+    }
+
+    fn pod(name: &str, ready: bool, rev: &str) -> PodView {
+        PodView {
+            name: name.into(),
+            pool: "a".into(),
+            ready,
+            terminating: false,
+            revision: Some(rev.into()),
+            ip: Some(format!("10.0.0.{}", name.len())),
+        }
+    }
+
+    fn admin(nodes: &[(&str, bool, bool)], version: u64) -> AdminStatus {
+        AdminStatus {
+            node: "t-a-0".into(),
+            redundancy: "2+2".into(),
+            layout_version: version,
+            nodes: nodes
+                .iter()
+                .map(|(n, online, in_layout)| NodeState {
+                    name: (*n).into(),
+                    state: if *online { "online" } else { "offline" }.into(),
+                    in_layout: *in_layout,
+                })
+                .collect(),
+            drives: nodes
+                .iter()
+                .map(|(n, online, _)| DriveState {
+                    id: format!("d-{n}"),
+                    node: (*n).into(),
+                    path: Some("/data/0".into()),
+                    state: if *online { "online" } else { "offline" }.into(),
+                })
+                .collect(),
+            capacity: CapacityDoc {
+                drives_total: nodes.len() as u64,
+                drives_online: nodes.iter().filter(|n| n.1).count() as u64,
+                bytes_used: 1 << 30,
+                bytes_available: 99 << 30,
+            },
+            ..Default::default()
+        }
+    }
+
+    fn obs(pods: Vec<PodView>, admin: Result<AdminStatus, String>) -> Observation {
+        Observation {
+            expected: BTreeMap::from([("a".into(), desired::pod_names("t", "a", 4))]),
+            orphaned: vec![],
+            statefulsets: vec![StsView {
+                name: "t-a".into(),
+                pool: "a".into(),
+                replicas: 4,
+                update_revision: Some("r2".into()),
+                settled: true,
+            }],
+            pods,
+            admin,
+        }
+    }
+
+    fn healthy() -> Observation {
+        let pods = (0..4).map(|i| pod(&format!("t-a-{i}"), true, "r2")).collect();
+        let nodes: Vec<(String, bool, bool)> = (0..4).map(|i| (format!("t-a-{i}"), true, true)).collect();
+        let refs: Vec<(&str, bool, bool)> = nodes.iter().map(|(n, a, b)| (n.as_str(), *a, *b)).collect();
+        obs(pods, Ok(admin(&refs, 1)))
+    }
+
+    #[test]
+    fn healthy_cluster_is_ready_and_stable() {
+        let (mut tenant, pools) = t();
+        let o = healthy();
+        let r = rollout(&o, &["a".into()]);
+        assert_eq!((r.updated, r.total, r.outdated.len()), (4, 4, 0));
+        assert_eq!(layout_step(&o), None);
+        let s = tenant_status(&tenant, &pools, &["s".into()], &o, &r, &Activity::default());
+        assert_eq!(s.phase.as_deref(), Some("Ready"));
+        assert_eq!(s.conditions[0].status, "True", "{:?}", s.conditions[0]);
+        assert_eq!(s.conditions[1].status, "False");
+        assert_eq!(s.conditions[2].status, "False");
+        assert_eq!(s.image.as_deref(), Some("ringstore:test"));
+        assert_eq!(s.capacity.as_ref().unwrap().total, "100.0Gi");
+
+        // writing it and observing the same again gives the same status: no write
+        let now = Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap());
+        let mut written = s.clone();
+        carry_transitions(&[], &mut written.conditions, &now);
+        tenant.status = Some(written.clone());
+        let mut again = tenant_status(&tenant, &pools, &["s".into()], &o, &r, &Activity::default());
+        let later = Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_100).unwrap());
+        carry_transitions(&written.conditions, &mut again.conditions, &later);
+        assert_eq!(again, written);
+
+        // a little disk movement does not change it either
+        let mut o2 = healthy();
+        if let Ok(a) = &mut o2.admin {
+            a.capacity.bytes_used += 1 << 20;
+            a.capacity.bytes_available -= 1 << 20;
+        }
+        let mut again = tenant_status(&tenant, &pools, &["s".into()], &o2, &r, &Activity::default());
+        carry_transitions(&written.conditions, &mut again.conditions, &later);
+        assert_eq!(again, written);
+    }
+
+    #[test]
+    fn transition_time_changes_only_with_status() {
+        let t0 = Time(k8s_openapi::jiff::Timestamp::from_second(1).unwrap());
+        let t1 = Time(k8s_openapi::jiff::Timestamp::from_second(2).unwrap());
+        let mut old = vec![cond("Ready", true, "A", "x", Some(1))];
+        carry_transitions(&[], &mut old, &t0);
+        let mut same = vec![cond("Ready", true, "B", "y", Some(2))];
+        carry_transitions(&old, &mut same, &t1);
+        assert_eq!(same[0].last_transition_time, Some(t0));
+        let mut flipped = vec![cond("Ready", false, "B", "y", Some(2))];
+        carry_transitions(&old, &mut flipped, &t1);
+        assert_eq!(flipped[0].last_transition_time, Some(t1));
+    }
+
+    #[test]
+    fn layout_applied_when_a_pool_grew_and_all_are_ready() {
+        let pods: Vec<PodView> = (0..4).map(|i| pod(&format!("t-a-{i}"), true, "r2")).collect();
+        let a = admin(
+            &[
+                ("t-a-0", true, true),
+                ("t-a-1", true, true),
+                ("t-a-2", true, false),
+                ("t-a-3", true, false),
+            ],
+            1,
+        );
+        let o = obs(pods.clone(), Ok(a.clone()));
+        assert_eq!(layout_step(&o), Some(desired::pod_names("t", "a", 4)));
+        // not while a pod is not ready
+        let mut p2 = pods.clone();
+        p2[3].ready = false;
+        assert_eq!(layout_step(&obs(p2, Ok(a.clone()))), None);
+        // never the first layout
+        assert_eq!(
+            layout_step(&obs(pods.clone(), Ok(admin(&[("t-a-0", true, false)], 0)))),
+            None
+        );
+        // not before every pod is a registered, online member
+        let a3 = admin(
+            &[
+                ("t-a-0", true, true),
+                ("t-a-1", true, true),
+                ("t-a-2", true, false),
+            ],
+            1,
+        );
+        assert_eq!(layout_step(&obs(pods, Ok(a3))), None);
+    }
+
+    #[test]
+    fn upgrade_restarts_one_outdated_pod_on_a_healthy_cluster_leader_last() {
+        let mut o = healthy();
+        o.pods[0].revision = Some("r1".into());
+        o.pods[2].revision = Some("r1".into());
+        let r = rollout(&o, &["a".into()]);
+        assert_eq!(r.outdated, ["t-a-0", "t-a-2"]);
+        assert_eq!((r.updated, r.total), (2, 4));
+        assert_eq!(unhealthy(&o, &[]), None);
+        assert_eq!(next_restart(&r, Some("t-a-0")).as_deref(), Some("t-a-2"));
+        assert_eq!(next_restart(&r, Some("t-a-1")).as_deref(), Some("t-a-0"));
+        let r1 = Rollout {
+            outdated: vec!["t-a-0".into()],
+            ..r.clone()
+        };
+        assert_eq!(next_restart(&r1, Some("t-a-0")).as_deref(), Some("t-a-0"));
+
+        // gates: a pod not ready, a node offline, a drive offline, healing
+        assert!(unhealthy(&o, &["t-a-1".into()]).unwrap().contains("healing"));
+        let mut o2 = healthy();
+        o2.pods[1].terminating = true;
+        assert!(unhealthy(&o2, &[]).unwrap().contains("t-a-1 to be ready"));
+        let mut o3 = healthy();
+        if let Ok(a) = &mut o3.admin {
+            a.drives[3].state = "offline".into();
+        }
+        assert!(unhealthy(&o3, &[]).unwrap().contains("drives"));
+
+        let (tenant, pools) = t();
+        let act = Activity {
+            upgrade_waiting: None,
+            ..Default::default()
+        };
+        let s = tenant_status(&tenant, &pools, &[], &o, &r, &act);
+        assert_eq!(s.phase.as_deref(), Some("Upgrading"));
+        assert_eq!(s.conditions[1].reason, "RollingUpgrade");
+        assert_eq!(s.conditions[1].message, "2 of 4 pods on image ringstore:test");
+        assert_eq!(s.upgrade.as_ref().unwrap().updated_servers, 2);
+    }
+
+    #[test]
+    fn unsettled_statefulset_is_not_judged() {
+        let mut o = healthy();
+        o.statefulsets[0].settled = false;
+        o.pods[0].revision = Some("r1".into());
+        let r = rollout(&o, &["a".into()]);
+        assert!(r.unsettled && r.outdated.is_empty());
+    }
+
+    #[test]
+    fn degraded_says_what_is_offline_and_deleted_pools() {
+        let (tenant, pools) = t();
+        let mut o = healthy();
+        if let Ok(a) = &mut o.admin {
+            a.nodes[1].state = "offline".into();
+            a.drives[1].state = "offline".into();
+        }
+        o.orphaned = vec!["b".into()];
+        o.expected.insert("b".into(), vec![]);
+        let r = rollout(&o, &["a".into()]);
+        let s = tenant_status(&tenant, &pools, &[], &o, &r, &Activity::default());
+        let d = &s.conditions[2];
+        assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", "Several"));
+        assert!(d.message.contains("t-a-1 do not answer"), "{}", d.message);
+        assert!(d.message.contains("t-a-1:/data/0"), "{}", d.message);
+        assert!(d.message.contains("pool b was deleted"), "{}", d.message);
+        assert_eq!(s.phase.as_deref(), Some("Degraded"));
+        assert_eq!(s.conditions[0].reason, "ClusterDegraded");
+    }
+
+    #[test]
+    fn provisioning_until_the_first_layout() {
+        let (tenant, pools) = t();
+        let pods = vec![pod("t-a-0", true, "r2"), pod("t-a-1", false, "r2")];
+        let o = obs(pods, Err("no ready server".into()));
+        let r = rollout(&o, &["a".into()]);
+        let s = tenant_status(&tenant, &pools, &[], &o, &r, &Activity::default());
+        assert_eq!(s.phase.as_deref(), Some("Provisioning"));
+        assert_eq!(s.ready_servers, Some(1));
+        assert_eq!(s.servers, Some(4));
+        assert_eq!(s.conditions[0].message, "1 of 4 servers ready");
+    }
+
+    #[test]
+    fn pool_status_and_decommission() {
+        let (tenant, _) = t();
+        let mut p = tenant.pool("a", 4);
+        p.spec.decommission = true;
+        let s = pool_status(&p, None, Some(&healthy()));
+        assert_eq!(s.phase.as_deref(), Some("Ready"));
+        assert_eq!(s.ready_servers, Some(4));
+        assert_eq!(s.conditions[1].type_, "Decommissioned");
+        assert!(s.conditions[1].message.contains("not supported yet"));
+        let inv = Invalid {
+            reason: "NotEnoughServers",
+            message: "too few".into(),
+        };
+        let s = pool_status(&p, Some(&inv), None);
+        assert_eq!(s.phase.as_deref(), Some("Pending"));
+        assert_eq!(s.conditions[0].message, "tenant t: too few");
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_bytes(512), "512");
+        assert_eq!(human_bytes(3 << 40), "3.0Ti");
+        assert_eq!(human_bytes(1536 << 20), "1.5Gi");
+    }
+}
