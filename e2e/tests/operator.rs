@@ -619,3 +619,63 @@ async fn quiet_tenant_makes_few_api_writes() -> Result<()> {
     );
     Ok(())
 }
+
+/// A generated Secret deleted under a running cluster is not regenerated with new keys (the
+/// servers run with the old ones): the Tenant says so, and recreating it heals the Tenant.
+#[tokio::test]
+async fn deleted_secret_is_not_regenerated_under_running_servers() -> Result<()> {
+    let Some((c, _turn)) = setup("deleted_secret_is_not_regenerated_under_running_servers").await else {
+        return Ok(());
+    };
+    let client = c.client().await?;
+    let ns = c.namespace(&client, "secretloss").await?;
+    let _cleanup = c.cleanup_on_drop(&ns);
+    tenant_with_four_servers(&c, &client, &ns, "t").await?;
+    let objects = put_objects(&c, &client, &ns, "t").await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let saved = secrets.get("t-credentials").await?;
+    secrets.delete("t-credentials", &DeleteParams::default()).await?;
+    let started = Instant::now();
+    let t = c
+        .wait_for(
+            &client,
+            &ns,
+            "the Tenant reports the deleted Secret",
+            Duration::from_secs(90),
+            || async {
+                let t = c.tenant(&client, &ns, "t").await?;
+                let reported = t["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|cs| cs.iter().any(|c| c["reason"] == "SecretDeleted"));
+                Ok(reported.then_some(t))
+            },
+        )
+        .await?;
+    let message = t["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["reason"] == "SecretDeleted"))
+        .map(|c| c["message"].to_string())
+        .unwrap_or_default();
+    eprintln!(
+        "[ringstore-e2e] RESULT deleted credentials reported after {:.1} s: {message}",
+        started.elapsed().as_secs_f64()
+    );
+    ensure!(
+        message.contains("t-credentials"),
+        "the message names the Secret: {message}"
+    );
+    ensure!(
+        secrets.get_opt("t-credentials").await?.is_none(),
+        "no new keys were generated"
+    );
+    let mut again = Secret {
+        data: saved.data.clone(),
+        ..Default::default()
+    };
+    again.metadata.name = Some("t-credentials".into());
+    secrets.create(&Default::default(), &again).await?;
+    c.wait_tenant_ready(&client, &ns, "t", Duration::from_secs(90))
+        .await?;
+    check_objects(&c, &client, &ns, "t", &objects).await?;
+    Ok(())
+}

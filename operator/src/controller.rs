@@ -275,6 +275,29 @@ impl<'a> Reconcile<'a> {
             return Ok((Action::requeue(INVALID), "invalid"));
         }
 
+        // Keys the running nodes were started with cannot be made up again: generating new
+        // ones would give restarted pods other keys than the rest (S3 clients and the
+        // operator refused by half the cluster, nodes refusing each other).
+        let lost: Vec<&str> = [
+            (credentials.is_none(), credentials_name.as_str()),
+            (cluster.is_none(), cluster_name.as_str()),
+        ]
+        .into_iter()
+        .filter_map(|(missing, name)| missing.then_some(name))
+        .collect();
+        if !lost.is_empty() && !statefulsets.is_empty() {
+            let invalid = Invalid {
+                reason: "SecretDeleted",
+                message: format!(
+                    "Secret {} was deleted while the servers run with its keys: recreate it with the same \
+                     values (the servers keep them in their environment until they restart), or delete the \
+                     Tenant; new keys are not generated for a running cluster",
+                    lost.join(" and ")
+                ),
+            };
+            self.report_invalid(&tenant, &pools, &invalid).await?;
+            return Ok((Action::requeue(INVALID), "invalid"));
+        }
         let mut token = credentials
             .as_ref()
             .and_then(|s| secrets::value(s, desired::SECRET_KEY));
