@@ -174,10 +174,31 @@ impl Codec {
         }
         let chunk = len.div_ceil(k);
         let given = frames.iter().filter(|f| f.is_some()).count();
-        let mut chunks: Vec<Option<Vec<u8>>> = frames
+        let chunks: Vec<Option<Vec<u8>>> = frames
             .into_iter()
             .map(|f| f.and_then(|f| open(f, chunk)))
             .collect();
+        let intact = chunks.iter().filter(|c| c.is_some()).count();
+        let data = self.data_chunks(len, chunks)?.concat();
+        Ok(DecodedData {
+            data,
+            corrupt: given - intact,
+        })
+    }
+
+    /// The `k` data chunks of a stripe of `len` bytes, rebuilding missing ones from
+    /// `chunks`: shard `i`'s chunk, already verified and stripped of its checksum (see
+    /// [`verified_chunk`]), or `None`. Together the chunks returned hold exactly `len`
+    /// bytes (the padding at the end is cut). The chunks given are moved, not copied.
+    pub fn data_chunks(&self, len: usize, mut chunks: Vec<Option<Vec<u8>>>) -> Result<Vec<Vec<u8>>, Error> {
+        let Redundancy { k, m } = self.redundancy;
+        if chunks.len() != k + m {
+            return Err(Error::Geometry(format!(
+                "{} frames for {}",
+                chunks.len(),
+                self.redundancy
+            )));
+        }
         let intact = chunks.iter().filter(|c| c.is_some()).count();
         if intact < k {
             return Err(Error::TooFewShards {
@@ -190,15 +211,18 @@ impl Codec {
             rs.reconstruct_data(&mut chunks)
                 .map_err(|e| Error::Geometry(format!("{e:?}")))?;
         }
-        let mut data = Vec::with_capacity(chunk * k);
-        for c in chunks.iter().take(k) {
-            data.extend_from_slice(c.as_deref().expect("data chunks rebuilt"));
-        }
-        data.truncate(len);
-        Ok(DecodedData {
-            data,
-            corrupt: given - intact,
-        })
+        let chunk = len.div_ceil(k);
+        let mut left = len;
+        Ok(chunks
+            .into_iter()
+            .take(k)
+            .map(|c| {
+                let mut c = c.expect("data chunks rebuilt");
+                c.truncate(left.min(chunk));
+                left -= c.len();
+                c
+            })
+            .collect())
     }
 
     /// Decodes a stripe of `len` data bytes from whatever frames are available.
@@ -279,6 +303,12 @@ fn open(mut frame: Vec<u8>, chunk: usize) -> Option<Vec<u8>> {
     (crc_fast::crc32_iscsi(&frame) == crc).then_some(frame)
 }
 
+/// A frame of a stripe whose chunks are `chunk` bytes, verified and stripped of its
+/// checksum (no copy); `None` when it is damaged.
+pub fn verified_chunk(frame: Vec<u8>, chunk: usize) -> Option<Vec<u8>> {
+    open(frame, chunk)
+}
+
 /// Checks one frame's checksum without decoding (used by the scrubber).
 pub fn frame_is_intact(frame: &[u8]) -> bool {
     if frame.len() < CHECKSUM_LEN {
@@ -314,6 +344,45 @@ mod tests {
                 assert!(out.repaired.is_empty());
             }
         }
+    }
+
+    #[test]
+    fn data_chunks_rebuild_from_verified_chunks_and_hold_exactly_the_stripe() {
+        for (k, m) in [(1, 1), (2, 2), (4, 2)] {
+            let c = codec(k, m);
+            // a stripe whose length is not a multiple of k: the last chunk carries padding
+            for len in [1, 4097, 70_001] {
+                let d = data(len);
+                let chunk = len.div_ceil(k);
+                let chunks: Vec<Vec<u8>> = c
+                    .encode(&d)
+                    .into_iter()
+                    .map(|f| verified_chunk(f, chunk).expect("intact"))
+                    .collect();
+                // parity first: every data chunk but the last given is rebuilt
+                for skip in 0..=m.min(k) {
+                    let given: Vec<Option<Vec<u8>>> = (0..k + m)
+                        .map(|i| (i >= skip && i < skip + k).then(|| chunks[i].clone()))
+                        .collect();
+                    let out = c.data_chunks(len, given).unwrap();
+                    assert_eq!(out.len(), k);
+                    assert_eq!(
+                        out.concat(),
+                        d,
+                        "{k}+{m}, {len} B, first {skip} data chunks rebuilt"
+                    );
+                }
+                let too_few: Vec<Option<Vec<u8>>> = (0..k + m)
+                    .map(|i| (i + 1 < k).then(|| chunks[i].clone()))
+                    .collect();
+                assert!(c.data_chunks(len, too_few).is_err());
+            }
+        }
+        // a damaged frame is not a verified chunk
+        let c = codec(2, 2);
+        let mut f = c.encode(&data(100)).remove(0);
+        f[0] ^= 1;
+        assert!(verified_chunk(f, 50).is_none());
     }
 
     #[test]

@@ -321,6 +321,9 @@ pub(crate) struct PartReader {
     stripes_end: u64,
     /// Whether stripes are being reconstructed (so parity is read ahead too).
     degraded: bool,
+    /// Shard indexes in the order a read prefers them: this node's own first (no network
+    /// between), data before parity within each group.
+    order: Vec<usize>,
 }
 
 /// Stripes a remote shard is read ahead by (one request per shard per window; with 256 KiB
@@ -329,12 +332,20 @@ const READ_AHEAD_STRIPES: u64 = 4;
 
 impl PartReader {
     pub(crate) fn open(inner: &Inner, rec: &ObjectRecord, part: &PartRef) -> Self {
-        let drives = inner
+        let drives: Vec<Option<DriveHandle>> = inner
             .resolve(&rec.drives)
             .into_iter()
             .map(|d| d.map(|d| inner.drives[d].clone()))
             .collect();
         let width = rec.k + rec.m;
+        let mut order: Vec<usize> = (0..width).collect();
+        order.sort_by_key(|i: &usize| {
+            let remote = !drives
+                .get(*i)
+                .and_then(Option::as_ref)
+                .is_some_and(DriveHandle::is_local);
+            (remote, *i >= rec.k)
+        });
         let mut reader = Self {
             codec: inner.codec.clone(),
             geometry: rec.geometry(part),
@@ -346,9 +357,14 @@ impl PartReader {
             bad: Default::default(),
             stripes_end: 0,
             degraded: false,
+            order,
         };
-        // open the data shards up front so a concurrent overwrite cannot unlink them mid-read
-        for i in 0..rec.k {
+        // a local parity shard is cheaper to read (and rebuild from) than a remote data
+        // shard: a GET on a node that holds one of a partition's shards fetches one shard
+        // less over the network
+        reader.settle();
+        // open the chosen shards up front so a concurrent overwrite cannot unlink them mid-read
+        for i in reader.chosen() {
             reader.file(i);
         }
         reader
@@ -358,13 +374,17 @@ impl PartReader {
     /// read starts degraded when a data shard is among them), so a node that is down costs
     /// no failed attempt per GET. Repairs ask everyone.
     fn skip_down_peers(&mut self) {
-        let k = self.codec.redundancy().k;
         for (i, d) in self.drives.iter().enumerate() {
             if d.as_ref().is_some_and(DriveHandle::is_down) {
                 self.unreachable.insert(i);
-                self.degraded |= i < k;
             }
         }
+        self.settle();
+    }
+
+    /// Reads decode from the chosen shards unless those are exactly the data shards.
+    fn settle(&mut self) {
+        self.degraded |= self.chosen().iter().enumerate().any(|(n, i)| n != *i);
     }
 
     fn file(&mut self, shard: usize) -> Option<&ShardSource> {
@@ -441,22 +461,26 @@ impl PartReader {
         self.geometry
     }
 
-    /// The shards a read uses: the data shards while they are all readable; otherwise the
-    /// first `k` shards not known to be out of reach, missing or corrupt (data shards
-    /// first, so as little as possible is rebuilt and no more than `k` are fetched).
+    /// The shards a read uses: the first `k` in the order of preference (local ones first,
+    /// then data before parity) not known to be out of reach, missing or corrupt, so that
+    /// no more than `k` are fetched and as little as possible crosses the network.
     fn chosen(&self) -> Vec<usize> {
         let k = self.codec.redundancy().k;
-        (0..self.files.len())
-            .filter(|i| !self.degraded || (!self.unreachable.contains(i) && !self.bad.contains(i)))
+        self.order
+            .iter()
+            .copied()
+            .filter(|i| !self.unreachable.contains(i) && !self.bad.contains(i))
             .take(k)
             .collect()
     }
 
-    /// Decodes one stripe: data shards first, parity only when needed.
-    pub(crate) fn stripe(&mut self, s: u64) -> Result<Vec<u8>> {
+    /// Decodes one stripe into pieces that together hold its bytes in order (the data
+    /// chunks, or one buffer): from the data shards when they are the ones chosen,
+    /// otherwise rebuilt from the chosen shards.
+    pub(crate) fn stripe(&mut self, s: u64) -> Result<Vec<Bytes>> {
         if !self.degraded {
             if let Some(data) = self.stripe_fast(s) {
-                return Ok(data);
+                return Ok(vec![Bytes::from(data)]);
             }
             // from now on parity is needed: fetch the chosen shards ahead
             self.degraded = true;
@@ -465,20 +489,24 @@ impl PartReader {
         }
         let k = self.codec.redundancy().k;
         let len = self.geometry.stripe_len(s);
-        let frame_len = self.geometry.chunk_len(len) + ringstore_erasure::CHECKSUM_LEN;
+        let chunk = self.geometry.chunk_len(len);
         let mut frames: Vec<Option<Vec<u8>>> = vec![None; self.files.len()];
         let mut intact = 0;
         // exactly k intact frames are enough; another shard is asked only when one fails
-        for (i, slot) in frames.iter_mut().enumerate() {
+        for n in 0..self.order.len() {
+            let i = self.order[n];
             if intact == k {
                 break;
             }
             if self.bad.contains(&i) || self.unreachable.contains(&i) {
                 continue;
             }
-            match self.frame(i, s) {
-                Some(f) if f.len() == frame_len && ringstore_erasure::frame_is_intact(&f) => {
-                    *slot = Some(f);
+            match self
+                .frame(i, s)
+                .and_then(|f| ringstore_erasure::verified_chunk(f, chunk))
+            {
+                Some(c) => {
+                    frames[i] = Some(c);
                     intact += 1;
                 }
                 // a drive that answered without the frame, or with a corrupt one, needs healing
@@ -489,7 +517,8 @@ impl PartReader {
                 _ => {}
             }
         }
-        Ok(self.codec.decode_data(len, frames)?.data)
+        let chunks = self.codec.data_chunks(len, frames)?;
+        Ok(chunks.into_iter().map(Bytes::from).collect())
     }
 
     /// The common case without a copy: each data frame is read straight into its place in
@@ -542,12 +571,19 @@ impl PartReader {
                 let chosen = self.chosen();
                 self.read_ahead(s, end, &chosen);
             }
-            let data = Bytes::from(self.stripe(s)?);
-            let s_start = s * block;
-            let lo = (from.max(s_start) - s_start) as usize;
-            let hi = (to.min(s_start + data.len() as u64) - s_start) as usize;
-            if !emit(data.slice(lo..hi)) {
-                return Ok(());
+            // the pieces of the stripe that overlap from..to, in order
+            let mut at = s * block;
+            for piece in self.stripe(s)? {
+                let (p_start, p_end) = (at, at + piece.len() as u64);
+                at = p_end;
+                if p_end <= from || p_start >= to {
+                    continue;
+                }
+                let lo = (from.max(p_start) - p_start) as usize;
+                let hi = (to.min(p_end) - p_start) as usize;
+                if !emit(piece.slice(lo..hi)) {
+                    return Ok(());
+                }
             }
         }
         Ok(())

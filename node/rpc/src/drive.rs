@@ -467,7 +467,9 @@ impl RemoteSource {
         })
     }
 
-    fn read(&self, offset: u64, len: usize) -> std::io::Result<Option<Vec<u8>>> {
+    /// `len` bytes at `offset`, as a slice of the fetched range (no copy); `None` when the
+    /// shard is missing or too short.
+    fn read(&self, offset: u64, len: usize) -> std::io::Result<Option<Bytes>> {
         let mut ahead = self.ahead.lock().expect("not poisoned");
         if let Some(v) = slice_of(&ahead.cached, offset, len) {
             return Ok(Some(v));
@@ -508,15 +510,15 @@ impl RemoteSource {
 }
 
 /// The bytes `offset..offset + len` if the cached range holds all of them.
-fn slice_of(cached: &Option<(u64, Bytes)>, offset: u64, len: usize) -> Option<Vec<u8>> {
+fn slice_of(cached: &Option<(u64, Bytes)>, offset: u64, len: usize) -> Option<Bytes> {
     let (start, bytes) = cached.as_ref()?;
     let at = usize::try_from(offset.checked_sub(*start)?).ok()?;
-    bytes.get(at..at + len).map(<[u8]>::to_vec)
+    (at + len <= bytes.len()).then(|| bytes.slice(at..at + len))
 }
 
-fn remote_result(got: Result<Bytes, RpcError>, len: usize) -> std::io::Result<Option<Vec<u8>>> {
+fn remote_result(got: Result<Bytes, RpcError>, len: usize) -> std::io::Result<Option<Bytes>> {
     match got {
-        Ok(b) if b.len() == len => Ok(Some(b.to_vec())),
+        Ok(b) if b.len() == len => Ok(Some(b)),
         Ok(_) => Ok(None),
         Err(RpcError::Remote {
             status: 404 | 416, ..
@@ -552,7 +554,7 @@ impl ShardSource {
     pub fn read_frame(&self, offset: u64, len: usize) -> std::io::Result<Option<Vec<u8>>> {
         match self {
             ShardSource::Local(f) => Drive::read_frame(f, offset, len),
-            ShardSource::Remote(r) => r.read(offset, len),
+            ShardSource::Remote(r) => Ok(r.read(offset, len)?.map(Vec::from)),
         }
     }
 
@@ -560,7 +562,7 @@ impl ShardSource {
     pub fn read_frame_into(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<bool> {
         match self {
             ShardSource::Local(f) => Drive::read_frame_into(f, offset, buf),
-            ShardSource::Remote(_) => match self.read_frame(offset, buf.len())? {
+            ShardSource::Remote(r) => match r.read(offset, buf.len())? {
                 Some(b) => {
                     buf.copy_from_slice(&b);
                     Ok(true)
