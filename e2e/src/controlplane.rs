@@ -11,7 +11,7 @@ use base64::Engine;
 use crate::process::{Proc, tail};
 
 /// A user of the control plane: each component gets its own token, so the audit log tells
-/// who wrote what (all of them are in `system:masters`).
+/// who wrote what (all of them but the operator are in `system:masters`).
 #[derive(Clone, Debug)]
 pub struct User {
     pub name: String,
@@ -24,8 +24,11 @@ pub const USERS: &[&str] = &[
     "e2e-admin",
     "kube-controller-manager",
     "kubelet-standin",
-    "ringstore-operator",
+    OPERATOR_USER,
 ];
+
+/// The user the operator runs as: not an admin, bound to the install's RBAC roles.
+pub const OPERATOR_USER: &str = "ringstore-operator";
 
 /// The running control plane. Dropping it kills every process.
 pub struct ControlPlane {
@@ -247,7 +250,13 @@ impl ControlPlane {
         cp.server = format!("https://127.0.0.1:{port}");
         for (i, name) in USERS.iter().enumerate() {
             let token = random_token()?;
-            tokens_csv.push_str(&format!("{token},{name},uid-{i},\"system:masters\"\n"));
+            // the operator gets only what the shipped RBAC grants it (see
+            // `harness::grant_operator_rbac`); the harness's own users are admins
+            if *name == OPERATOR_USER {
+                tokens_csv.push_str(&format!("{token},{name},uid-{i}\n"));
+            } else {
+                tokens_csv.push_str(&format!("{token},{name},uid-{i},\"system:masters\"\n"));
+            }
             let kubeconfig = if *name == "e2e-admin" {
                 cp.kubeconfig.clone()
             } else {

@@ -22,7 +22,7 @@ use kube::api::{
 use kube::discovery::Scope;
 use serde_json::{Value, json};
 
-use crate::controlplane::{ControlPlane, client_for, control_plane_bin};
+use crate::controlplane::{ControlPlane, OPERATOR_USER, client_for, control_plane_bin};
 use crate::kubelet::{self, StandIn};
 use crate::process::{Proc, tail};
 
@@ -221,7 +221,8 @@ impl Env {
                 .split_whitespace()
                 .map(str::to_string)
                 .collect();
-            let kubeconfig = control_plane.user("ringstore-operator")?.kubeconfig.clone();
+            grant_operator_rbac(&client, OPERATOR_NAMESPACE).await?;
+            let kubeconfig = control_plane.user(OPERATOR_USER)?.kubeconfig.clone();
             let mut env = vec![
                 (
                     "KUBECONFIG".to_string(),
@@ -232,7 +233,7 @@ impl Env {
                     std::env::var("RINGSTORE_E2E_OPERATOR_LOG")
                         .unwrap_or_else(|_| "info,ringstore_operator=debug".into()),
                 ),
-                ("POD_NAMESPACE".to_string(), "default".to_string()),
+                ("POD_NAMESPACE".to_string(), OPERATOR_NAMESPACE.to_string()),
                 ("PATH".to_string(), std::env::var("PATH").unwrap_or_default()),
                 ("HOME".to_string(), dir.to_string_lossy().into_owned()),
             ];
@@ -750,6 +751,52 @@ pub fn pod_ready(p: &Pod) -> bool {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The namespace the operator runs in (its leader-election Lease lives there).
+const OPERATOR_NAMESPACE: &str = "default";
+
+/// The install manifests' operator objects, rendered from the chart.
+const INSTALL_OPERATOR_YAML: &str = include_str!("../../manifests/install/operator.yaml");
+
+/// Gives the operator's user exactly the permissions a real install grants its
+/// ServiceAccount: the ClusterRole and the leader-election Role from
+/// `manifests/install/operator.yaml` (the Role moved to `namespace`), bound to the user.
+/// Every scenario then runs under the shipped least-privilege RBAC, so a missing rule
+/// fails an e2e test instead of a user's install.
+pub async fn grant_operator_rbac(client: &kube::Client, namespace: &str) -> Result<()> {
+    use serde::Deserialize;
+    let mut yaml = String::new();
+    for doc in serde_yaml::Deserializer::from_str(INSTALL_OPERATOR_YAML) {
+        let mut value = serde_yaml::Value::deserialize(doc)?;
+        let kind = value["kind"].as_str().unwrap_or_default().to_string();
+        if kind != "ClusterRole" && kind != "Role" {
+            continue;
+        }
+        let name = value["metadata"]["name"]
+            .as_str()
+            .context("an RBAC role without a name")?
+            .to_string();
+        let (binding, scope) = if kind == "Role" {
+            value["metadata"]["namespace"] = namespace.into();
+            ("RoleBinding", format!("\n  namespace: {namespace}"))
+        } else {
+            ("ClusterRoleBinding", String::new())
+        };
+        yaml.push_str(&serde_yaml::to_string(&value)?);
+        yaml.push_str(&format!(
+            "---\napiVersion: rbac.authorization.k8s.io/v1\nkind: {binding}\nmetadata:\n  name: {name}-e2e{scope}\n\
+             roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: {kind}\n  name: {name}\n\
+             subjects:\n  - apiGroup: rbac.authorization.k8s.io\n    kind: User\n    name: {OPERATOR_USER}\n---\n"
+        ));
+    }
+    let applied = apply_yaml(client, Some(namespace), &yaml)
+        .await
+        .context("granting the operator the install's RBAC")?;
+    if applied.len() < 4 {
+        bail!("expected a ClusterRole and a Role in manifests/install/operator.yaml");
+    }
+    Ok(())
 }
 
 /// Server-side applies every document of `yaml`.

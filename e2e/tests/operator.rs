@@ -284,6 +284,14 @@ async fn second_pool_grows_the_layout() -> Result<()> {
     Api::<StatefulSet>::namespaced(client.clone(), &ns)
         .get("t-east")
         .await?;
+    let events = tenant_events(&client, &ns, "t").await?;
+    ensure!(
+        events
+            .iter()
+            .any(|(reason, note)| reason == "LayoutApplied" && note.contains("8 servers")),
+        "no LayoutApplied Event for the grown layout: {events:?}"
+    );
+    eprintln!("[ringstore-e2e] RESULT Events about the Tenant: {events:?}");
     check_objects(&c, &client, &ns, "t", &written_before)
         .await
         .context("objects written before the pool was added")?;
@@ -497,6 +505,16 @@ async fn image_change_rolls_pods_one_at_a_time() -> Result<()> {
         seen_upgrading,
         "status never reported the upgrade: {status_samples:#?}"
     );
+    let restarts: Vec<String> = tenant_events(&client, &ns, "t")
+        .await?
+        .into_iter()
+        .filter(|(reason, _)| reason == "RollingUpgrade")
+        .map(|(_, note)| note)
+        .collect();
+    ensure!(
+        restarts.len() == 4,
+        "one RollingUpgrade Event per restarted pod expected: {restarts:?}"
+    );
     let t = c.tenant(&client, &ns, "t").await?;
     ensure!(condition(&t, "Ready").as_deref() == Some("True"));
     check_objects(&c, &client, &ns, "t", &objects).await?;
@@ -678,4 +696,23 @@ async fn deleted_secret_is_not_regenerated_under_running_servers() -> Result<()>
         .await?;
     check_objects(&c, &client, &ns, "t", &objects).await?;
     Ok(())
+}
+
+/// `(reason, note)` of the Events the operator published about Tenant `name`.
+async fn tenant_events(client: &kube::Client, ns: &str, name: &str) -> Result<Vec<(String, String)>> {
+    use k8s_openapi::api::events::v1::Event;
+    let events = Api::<Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await?;
+    Ok(events
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reporting_controller.as_deref() == Some("ringstore-operator")
+                && e.regarding
+                    .as_ref()
+                    .is_some_and(|r| r.kind.as_deref() == Some("Tenant") && r.name.as_deref() == Some(name))
+        })
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect())
 }

@@ -353,6 +353,9 @@ pub fn tenant_status(
     activity: &Activity,
 ) -> TenantStatus {
     let prev = tenant.status.clone().unwrap_or_default();
+    // until the Tenant has been ready once, servers that are not ready yet are starting,
+    // not failing: that is Provisioning, not Degraded
+    let first_start = matches!(prev.phase.as_deref(), None | Some("Provisioning"));
     let generation = tenant.metadata.generation;
     let admin = obs.admin.as_ref().ok();
     let expected = obs.expected_pods();
@@ -395,7 +398,8 @@ pub fn tenant_status(
             .filter(|n| expected.contains(*n) && !obs.pod(n).is_some_and(PodView::serving))
             .cloned()
             .collect();
-        if !down.is_empty() && rollout.outdated.is_empty() && rollout.updated == rollout.total {
+        if !down.is_empty() && !first_start && rollout.outdated.is_empty() && rollout.updated == rollout.total
+        {
             problems.push((
                 "ServersNotReady".into(),
                 format!("{} not ready: check those pods and their logs", down.join(", ")),
@@ -526,7 +530,8 @@ pub fn tenant_status(
 
     let phase = if !rollout.outdated.is_empty() {
         "Upgrading"
-    } else if layout_version.is_none() {
+    } else if layout_version.is_none() || (first_start && ready_cond.status != "True" && problems.is_empty())
+    {
         "Provisioning"
     } else if progressing.status == "True" {
         "Scaling"
@@ -926,6 +931,26 @@ mod tests {
         assert_eq!(s.ready_servers, Some(1));
         assert_eq!(s.servers, Some(4));
         assert_eq!(s.conditions[0].message, "1 of 4 servers ready");
+    }
+
+    #[test]
+    fn servers_still_starting_are_provisioning_until_ready_once() {
+        let (mut tenant, pools) = t();
+        let mut o = healthy();
+        o.pods[2].ready = false;
+        let r = rollout(&o, &["a".into()]);
+        // first start: the layout formed, one server's probe has not passed yet
+        let s = tenant_status(&tenant, &pools, &[], &o, &r, &Activity::default());
+        assert_eq!(s.phase.as_deref(), Some("Provisioning"));
+        assert_eq!(s.conditions[2].status, "False", "{:?}", s.conditions[2]);
+        // once it has been Ready, the same observation is a degraded cluster
+        tenant.status = Some(TenantStatus {
+            phase: Some("Ready".into()),
+            ..Default::default()
+        });
+        let s = tenant_status(&tenant, &pools, &[], &o, &r, &Activity::default());
+        assert_eq!(s.phase.as_deref(), Some("Degraded"));
+        assert_eq!(s.conditions[2].reason, "ServersNotReady");
     }
 
     #[test]

@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -41,11 +42,18 @@ pub struct Context {
     pub resync: Duration,
     /// Consecutive failures per Tenant, for the backoff.
     failures: Mutex<HashMap<ObjectRef<Tenant>, u32>>,
+    /// Kubernetes Events about Tenants (`kubectl describe tenant`, `kubectl events`).
+    recorder: Recorder,
 }
 
 impl Context {
     pub fn new(client: Client, admin: AdminClient, metrics: Metrics, resync: Duration) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
         Self {
+            recorder: Recorder::new(client.clone(), reporter),
             client,
             admin,
             metrics,
@@ -79,9 +87,10 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         .owns(api::<StatefulSet>(&client, &namespace), ours.clone())
         .owns(api::<Service>(&client, &namespace), ours.clone())
         .owns(api::<PodDisruptionBudget>(&client, &namespace), ours.clone())
-        // Secrets are not watched, so that the operator needs no list/watch on Secrets (read
-        // access to every Secret of the namespace); a deleted generated Secret is recreated
-        // at the next periodic reconcile
+        // only the generated Secrets (labelled) are cached; watching them reports a deleted
+        // one at once instead of at the next periodic reconcile. A Secret the user made and
+        // named in the Tenant is read when reconciling, not watched
+        .owns(api::<Secret>(&client, &namespace), ours.clone())
         .watches(
             api::<Pool>(&client, &namespace),
             watcher::Config::default(),
@@ -126,7 +135,13 @@ fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Action
 
 async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
-    let res = Reconcile::new(&tenant, &ctx)?.run().await;
+    let mut res = Reconcile::new(&tenant, &ctx)?.run().await;
+    if res.as_ref().is_err_and(Error::is_namespace_terminating) {
+        // the namespace controller is deleting the Tenant and its children: recreating
+        // them is refused, and retrying would only fill the log
+        tracing::debug!(tenant = %tenant.name_any(), namespace = ?tenant.namespace(), "namespace is being deleted; nothing to do");
+        res = Ok((Action::await_change(), "deleting"));
+    }
     match &res {
         Ok((_, outcome)) => {
             ctx.metrics.reconciled(outcome, started.elapsed());
@@ -288,12 +303,21 @@ impl<'a> Reconcile<'a> {
         if !lost.is_empty() && !statefulsets.is_empty() {
             let invalid = Invalid {
                 reason: "SecretDeleted",
-                message: format!(
-                    "Secret {} was deleted while the servers run with its keys: recreate it with the same \
-                     values (the servers keep them in their environment until they restart), or delete the \
-                     Tenant; new keys are not generated for a running cluster",
-                    lost.join(" and ")
-                ),
+                message: if lost.len() == 1 {
+                    format!(
+                        "Secret {} was deleted while the servers run with its keys: recreate it with the same \
+                         values (the servers keep them in their environment until they restart), or delete the \
+                         Tenant; new keys are not generated for a running cluster",
+                        lost[0]
+                    )
+                } else {
+                    format!(
+                        "Secrets {} were deleted while the servers run with their keys: recreate them with the \
+                         same values (the servers keep them in their environment until they restart), or delete \
+                         the Tenant; new keys are not generated for a running cluster",
+                        lost.join(" and ")
+                    )
+                },
             };
             self.report_invalid(&tenant, &pools, &invalid).await?;
             return Ok((Action::requeue(INVALID), "invalid"));
@@ -362,6 +386,9 @@ impl<'a> Reconcile<'a> {
                 self.ctx.metrics.wrote("post", "Layout");
                 let version = self.ctx.admin.apply_layout(ip, &token, &nodes).await?;
                 tracing::info!(tenant = %self.name, version, "layout applied");
+                let note = format!("layout version {version} applied with {} servers", nodes.len());
+                self.event(&tenant, EventType::Normal, "LayoutApplied", note, "ApplyLayout")
+                    .await;
                 if let Ok(a) = &mut obs.admin {
                     a.layout_version = version;
                 }
@@ -379,6 +406,23 @@ impl<'a> Reconcile<'a> {
                             .and_then(|c| c.leader.clone());
                         if let Some(pod) = assess::next_restart(&rollout, leader.as_deref()) {
                             self.restart(&pods, &pod).await?;
+                            let note = format!("restarting pod {pod} on image {}", tenant.spec.image);
+                            let related = ObjectReference {
+                                api_version: Some("v1".into()),
+                                kind: Some("Pod".into()),
+                                name: Some(pod.clone()),
+                                namespace: Some(self.ns.clone()),
+                                ..Default::default()
+                            };
+                            self.event_about(
+                                &tenant,
+                                EventType::Normal,
+                                "RollingUpgrade",
+                                note,
+                                "RestartPod",
+                                Some(related),
+                            )
+                            .await;
                         }
                     }
                 }
@@ -392,6 +436,9 @@ impl<'a> Reconcile<'a> {
         assess::carry_transitions(&old.conditions, &mut status.conditions, &now());
         if status != old {
             self.write_status(&status).await?;
+            if status.phase != old.phase {
+                self.phase_event(&tenant, &status).await;
+            }
         }
         for p in &pools {
             self.write_pool_status(p, None, Some(&obs)).await?;
@@ -410,11 +457,69 @@ impl<'a> Reconcile<'a> {
         assess::carry_transitions(&old.conditions, &mut status.conditions, &now());
         if status != old {
             self.write_status(&status).await?;
+            let note = invalid.message.clone();
+            self.event(tenant, EventType::Warning, invalid.reason, note, "Validate")
+                .await;
         }
         for p in pools {
             self.write_pool_status(p, Some(invalid), None).await?;
         }
         Ok(())
+    }
+
+    /// Publishes an Event about the Tenant. Best effort: a refused Event is logged and the
+    /// reconcile goes on. Only transitions publish one, so a steady Tenant writes none.
+    ///
+    /// Events with the same type, reason, action and `related` object are folded into one
+    /// series by the recorder (the first note is kept).
+    async fn event(&self, tenant: &Tenant, type_: EventType, reason: &str, note: String, action: &str) {
+        self.event_about(tenant, type_, reason, note, action, None).await
+    }
+
+    async fn event_about(
+        &self,
+        tenant: &Tenant,
+        type_: EventType,
+        reason: &str,
+        note: String,
+        action: &str,
+        related: Option<ObjectReference>,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: related,
+        };
+        // not tied to one resourceVersion, so that repeats fold into a series
+        let mut regarding = tenant.object_ref(&());
+        regarding.resource_version = None;
+        self.ctx.metrics.wrote("create", "Event");
+        if let Err(e) = self.ctx.recorder.publish(&event, &regarding).await {
+            let e = Error::from(e);
+            if e.is_namespace_terminating() {
+                tracing::debug!(tenant = %self.name, namespace = %self.ns, reason, "no Event: the namespace is being deleted");
+            } else {
+                tracing::warn!(tenant = %self.name, namespace = %self.ns, reason, error = %e, "could not publish an Event");
+            }
+        }
+    }
+
+    /// The Event of a change of phase (the reason), with the condition that explains it.
+    async fn phase_event(&self, tenant: &Tenant, status: &TenantStatus) {
+        let phase = status.phase.clone().unwrap_or_default();
+        let (type_, condition) = match phase.as_str() {
+            "Degraded" => (EventType::Warning, "Degraded"),
+            "Upgrading" | "Provisioning" | "Pending" => (EventType::Normal, "Progressing"),
+            _ => (EventType::Normal, "Ready"),
+        };
+        let Some(c) = status.conditions.iter().find(|c| c.type_ == condition) else {
+            return;
+        };
+        // the phase is the reason: the Recorder folds repeats of one reason into a series
+        let note = format!("{}: {}", c.reason, c.message);
+        self.event(tenant, type_, &phase, note, "Reconcile").await;
     }
 
     async fn write_status(&self, status: &TenantStatus) -> Result<()> {
@@ -808,9 +913,14 @@ mod api_tests {
             format!("PATCH /apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/t"),
             format!("PATCH /apis/apps/v1/namespaces/{NS}/statefulsets/t-a"),
             format!("PATCH {}/status", tenant_path()),
+            // the phase changed: an Event says so
+            format!("POST /apis/events.k8s.io/v1/namespaces/{NS}/events"),
             format!("PATCH /apis/ringstore.io/v1alpha1/namespaces/{NS}/pools/a/status"),
         ];
         assert_eq!(writes, expected, "all requests: {:#?}", api.requests());
+        let events = api.events();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].0, "Normal", "{events:?}");
         let stored = api.get(&tenant_path()).unwrap();
         assert_eq!(stored["status"]["seeds"].as_array().unwrap().len(), 4);
 
@@ -820,6 +930,12 @@ mod api_tests {
         let stored: Tenant = serde_json::from_value(api.get(&tenant_path()).unwrap()).unwrap();
         let status = stored.status.clone().unwrap();
         assert_eq!(status.phase.as_deref(), Some("Ready"), "{status:#?}");
+        let events = api.events();
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(
+            events.iter().any(|e| e.0 == "Normal" && e.1 == "Ready"),
+            "{events:?}"
+        );
         assert_eq!(status.layout_version, Some(1));
         assert_eq!(status.capacity.unwrap().drives_online, 4);
 
@@ -850,8 +966,15 @@ mod api_tests {
             api.writes(),
             [
                 format!("PATCH {}/status", tenant_path()),
+                format!("POST /apis/events.k8s.io/v1/namespaces/{NS}/events"),
                 format!("PATCH /apis/ringstore.io/v1alpha1/namespaces/{NS}/pools/a/status"),
             ]
+        );
+        let events = api.events();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(
+            (events[0].0.as_str(), events[0].1.as_str()),
+            ("Warning", "NotEnoughServers")
         );
         let stored: Tenant = serde_json::from_value(api.get(&tenant_path()).unwrap()).unwrap();
         let status = stored.status.clone().unwrap();

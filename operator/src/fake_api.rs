@@ -87,6 +87,19 @@ impl FakeApi {
     }
 
     /// `METHOD path` of every request so far.
+    /// `(type, reason, note)` of every Event posted, in the order of their names.
+    pub fn events(&self) -> Vec<(String, String, String)> {
+        let objects = self.objects.lock().expect("lock");
+        objects
+            .iter()
+            .filter(|(k, _)| k.starts_with("/apis/events.k8s.io/"))
+            .map(|(_, e)| {
+                let field = |f: &str| e[f].as_str().unwrap_or_default().to_string();
+                (field("type"), field("reason"), field("note"))
+            })
+            .collect()
+    }
+
     pub fn requests(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
