@@ -475,11 +475,27 @@ impl Inner {
     ) -> Result<usize> {
         // collected first: an iterator of closures held across the await trips rustc's
         // `Send` inference for the S3 handlers' futures
-        let commits: Vec<_> = writes
+        let commits: Vec<_> = self
+            .reachable(writes.into_iter().collect(), need)
             .into_iter()
             .map(|(d, ops)| self.drives[d].commit(ops))
             .collect();
         Ok(quorum(what, need, commits).await?.len())
+    }
+
+    /// The writes to make: all of `writes`, but those to drives of peers that are down
+    /// (could not be reached moments ago, or timed out and do not answer since) while the
+    /// others are at least `need`. Such a write would only hold the request until its
+    /// timeout; the drive gets the data from the healer when its node is back.
+    pub(crate) fn reachable<T>(&self, writes: Vec<(usize, T)>, need: usize) -> Vec<(usize, T)> {
+        let up = writes.iter().filter(|(d, _)| !self.drives[*d].is_down()).count();
+        if up < need || up == writes.len() {
+            return writes;
+        }
+        writes
+            .into_iter()
+            .filter(|(d, _)| !self.drives[*d].is_down())
+            .collect()
     }
 
     /// [`Inner::commit_quorum`] with one operation per drive, answering the values those
@@ -490,7 +506,8 @@ impl Inner {
         need: usize,
         writes: impl IntoIterator<Item = (usize, Vec<Op>)>,
     ) -> Result<Vec<Option<Vec<u8>>>> {
-        let commits: Vec<_> = writes
+        let commits: Vec<_> = self
+            .reachable(writes.into_iter().collect(), need)
             .into_iter()
             .map(|(d, ops)| self.drives[d].commit_replacing(ops))
             .collect();

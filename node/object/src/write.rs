@@ -218,16 +218,25 @@ impl Inner {
             });
         }
 
-        let targets: Vec<DriveHandle> = drives.iter().map(|d| self.drives[*d].clone()).collect();
+        let need = self.codec.redundancy().write_quorum();
+        // shards for drives of peers that are down are not attempted while enough others are
+        // up (the record then names the drive without a record on it: the healer fills it)
+        let slots: Vec<(usize, usize)> = drives.iter().enumerate().map(|(i, d)| (*d, i)).collect();
+        let reachable: Vec<usize> = self.reachable(slots, need).into_iter().map(|(_, i)| i).collect();
+        let targets: Vec<Option<DriveHandle>> = drives
+            .iter()
+            .enumerate()
+            .map(|(i, d)| reachable.contains(&i).then(|| self.drives[*d].clone()))
+            .collect();
         let codec = self.codec.clone();
         let id = data_id.to_string();
-        let need = self.codec.redundancy().write_quorum();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(2);
         let writer = tokio::task::spawn_blocking(move || {
             let mut writers: Vec<Option<ShardSink>> = targets
                 .iter()
                 .map(|d| {
-                    d.create_shard(&id, false)
+                    d.as_ref()?
+                        .create_shard(&id, false)
                         .map_err(|e| crate::drive_failure("cannot create shard", &e))
                         .ok()
                 })

@@ -1,11 +1,13 @@
-//! The client side: one HTTP/2 connection pool for all peers, with timeouts on every call.
+//! The client side: one multiplexed HTTP/2 connection per peer, with timeouts on every call.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper_util::client::legacy::{Client as HyperClient, connect::HttpConnector};
-use hyper_util::rt::TokioExecutor;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::{AUTH_HEADER, ClusterAuth, PREFIX};
 
@@ -42,58 +44,187 @@ impl RpcError {
 }
 
 /// A client for every peer of the cluster. Cheap to clone.
+///
+/// Each peer gets one HTTP/2 connection that every call multiplexes over (hyper's
+/// connection-level API: no pool checkout per request); a connection that closed is
+/// replaced by the next call.
 #[derive(Clone, Debug)]
 pub struct Client {
-    http: HyperClient<HttpConnector, Body>,
+    conns: Arc<Mutex<HashMap<String, Peer>>>,
     auth: ClusterAuth,
     /// Bound on a whole unary call (connect, request, response).
     pub timeout: Duration,
-    /// Peers whose last connection attempt failed, and when: a hint for callers that can
-    /// choose whom to ask (see [`Client::is_down`]).
-    down: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
+    /// Peers to avoid, and until when: a hint for callers that can choose whom to ask (see
+    /// [`Client::is_down`]).
+    down: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+/// One peer: its connection, and a gate so that concurrent first calls connect once.
+#[derive(Clone, Debug, Default)]
+struct Peer {
+    sender: Option<SendRequest<Body>>,
+    connecting: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// How long a failed connection marks a peer as down.
 pub const DOWN_HINT: Duration = Duration::from_secs(1);
 
+/// How long a call that timed out marks a peer as down at most: a peer that accepts
+/// connections but does not answer (hung, stopped, overloaded) would cost every request a
+/// whole timeout, so it is avoided until a probe sees it answer again.
+pub const HUNG_HINT: Duration = Duration::from_secs(60);
+
+/// How often, and how patiently, a peer suspected of hanging is probed.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Bound on establishing a connection (TCP and the HTTP/2 handshake).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl Client {
     pub fn new(auth: ClusterAuth) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let http = HyperClient::builder(TokioExecutor::new())
-            .http2_only(true)
-            .timer(hyper_util::rt::TokioTimer::new())
-            .http2_initial_stream_window_size(4 << 20)
-            .http2_initial_connection_window_size(16 << 20)
-            // shard data moves in 256 KiB-1 MiB bodies: big frames cut per-frame overhead
-            .http2_max_frame_size(1 << 20)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .http2_keep_alive_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
         Self {
-            http,
+            conns: Default::default(),
             auth,
             timeout: Duration::from_secs(10),
             down: Default::default(),
         }
     }
 
+    /// The open connection to `addr`, connecting first when there is none.
+    async fn sender(&self, addr: &str) -> Result<SendRequest<Body>, RpcError> {
+        let gate = {
+            let mut conns = self.conns.lock().expect("not poisoned");
+            let peer = conns.entry(addr.to_string()).or_default();
+            if let Some(s) = &peer.sender
+                && !s.is_closed()
+            {
+                return Ok(s.clone());
+            }
+            peer.connecting.clone()
+        };
+        let _connecting = gate.lock().await;
+        // another call may have connected while this one waited
+        if let Some(s) = self
+            .conns
+            .lock()
+            .expect("not poisoned")
+            .get(addr)
+            .and_then(|p| p.sender.clone())
+            .filter(|s| !s.is_closed())
+        {
+            return Ok(s);
+        }
+        let unreachable = |reason: String| RpcError::Unreachable {
+            addr: addr.to_string(),
+            reason,
+        };
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| unreachable(format!("connect: {e}")))?;
+            let _ = tcp.set_nodelay(true);
+            let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .initial_stream_window_size(4 << 20)
+                .initial_connection_window_size(16 << 20)
+                // shard data moves in 256 KiB-1 MiB bodies: big frames cut per-frame overhead
+                .max_frame_size(1 << 20)
+                .keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .handshake(TokioIo::new(tcp))
+                .await
+                .map_err(|e| unreachable(format!("HTTP/2 handshake: {}", error_chain(&e))))?;
+            let peer = addr.to_string();
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(peer, error = %error_chain(&e), "RPC connection ended");
+                }
+            });
+            Ok::<_, RpcError>(sender)
+        };
+        let sender = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.mark(addr, true);
+                return Err(e);
+            }
+            Err(_) => {
+                self.mark(addr, true);
+                return Err(unreachable(format!(
+                    "no connection within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        self.conns
+            .lock()
+            .expect("not poisoned")
+            .entry(addr.to_string())
+            .or_default()
+            .sender = Some(sender.clone());
+        Ok(sender)
+    }
+
     /// Whether connecting to `addr` failed within the last [`DOWN_HINT`]. Calls to it are
     /// still made; callers that can pick among peers (reads, which need only some of the
     /// shards) ask the others first instead of paying a failed attempt per request.
+    ///
+    /// A call that timed out marks its peer too, until a background probe sees the peer
+    /// answer again (at most [`HUNG_HINT`]).
     pub fn is_down(&self, addr: &str) -> bool {
         let down = self.down.lock().expect("not poisoned");
-        down.get(addr).is_some_and(|at| at.elapsed() < DOWN_HINT)
+        down.get(addr).is_some_and(|until| Instant::now() < *until)
     }
 
     fn mark(&self, addr: &str, failed: bool) {
         let mut down = self.down.lock().expect("not poisoned");
         if failed {
-            down.insert(addr.to_string(), std::time::Instant::now());
+            // a longer mark (a suspected hang being probed) is not shortened
+            let until = Instant::now() + DOWN_HINT;
+            let at = down.entry(addr.to_string()).or_insert(until);
+            *at = (*at).max(until);
         } else if !down.is_empty() {
             down.remove(addr);
+        }
+    }
+
+    /// After a call to `addr` timed out: avoid the peer, and probe it until it answers.
+    /// Needs a tokio runtime context.
+    pub(crate) fn suspect(&self, addr: &str) {
+        {
+            let mut down = self.down.lock().expect("not poisoned");
+            let until = Instant::now() + HUNG_HINT;
+            if down.get(addr).is_some_and(|at| *at >= until - PROBE_EVERY * 4) {
+                return; // already suspected and being probed
+            }
+            down.insert(addr.to_string(), until);
+        }
+        tracing::warn!(
+            peer = addr,
+            "a call timed out: avoiding the peer until it answers again"
+        );
+        let (client, addr) = (self.clone(), addr.to_string());
+        tokio::spawn(async move {
+            while client.is_down(&addr) {
+                tokio::time::sleep(PROBE_EVERY).await;
+                let ping = client.send(&addr, http::Method::GET, "/ping", empty(), PROBE_TIMEOUT);
+                if ping.await.is_ok() {
+                    // `send` cleared the mark
+                    tracing::info!(peer = addr, "the peer answers again");
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Drops the connection to `addr` if it closed (the next call reconnects).
+    fn forget_closed(&self, addr: &str) {
+        let mut conns = self.conns.lock().expect("not poisoned");
+        if let Some(peer) = conns.get_mut(addr)
+            && peer.sender.as_ref().is_some_and(SendRequest::is_closed)
+        {
+            peer.sender = None;
         }
     }
 
@@ -121,22 +252,29 @@ impl Client {
                 addr: addr.to_string(),
                 reason: e.to_string(),
             })?;
-        let resp = match tokio::time::timeout(timeout, self.http.request(req)).await {
+        let call = async {
+            let mut sender = self.sender(addr).await?;
+            let resp = sender.send_request(req).await.map_err(|e| RpcError::Unreachable {
+                addr: addr.to_string(),
+                reason: error_chain(&e),
+            });
+            if resp.is_err() && sender.is_closed() {
+                self.forget_closed(addr);
+            }
+            resp
+        };
+        let resp = match tokio::time::timeout(timeout, call).await {
             Err(_) => {
+                // probes have a short timeout of their own and do not restart probing
+                if !path_and_query.starts_with("/ping") {
+                    self.suspect(addr);
+                }
                 return Err(RpcError::Timeout {
                     addr: addr.to_string(),
                     secs: timeout.as_secs(),
                 });
             }
-            Ok(Err(e)) => {
-                if e.is_connect() {
-                    self.mark(addr, true);
-                }
-                return Err(RpcError::Unreachable {
-                    addr: addr.to_string(),
-                    reason: error_chain(&e),
-                });
-            }
+            Ok(Err(e)) => return Err(e),
             Ok(Ok(r)) => {
                 self.mark(addr, false);
                 r
@@ -189,6 +327,7 @@ impl Client {
                 })
         };
         tokio::time::timeout(timeout, fut).await.unwrap_or_else(|_| {
+            self.suspect(addr);
             Err(RpcError::Timeout {
                 addr: addr.to_string(),
                 secs: timeout.as_secs(),
@@ -206,6 +345,10 @@ impl Client {
         let bytes = self.call_raw(addr, path, crate::encode(req)).await?;
         crate::decode(&bytes)
     }
+}
+
+fn empty() -> Body {
+    Full::new(Bytes::new()).map_err(|e| match e {}).boxed()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

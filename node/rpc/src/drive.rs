@@ -348,11 +348,15 @@ fn send_remote(
             "node {} stopped taking the shard",
             drive.node
         ))),
-        Err(_) => Err(std::io::Error::other(format!(
-            "node {} took no data for {} s",
-            drive.node,
-            SHARD_STALL.as_secs()
-        ))),
+        Err(_) => {
+            let _runtime = handle.enter();
+            drive.client.suspect(&drive.addr);
+            Err(std::io::Error::other(format!(
+                "node {} took no data for {} s",
+                drive.node,
+                SHARD_STALL.as_secs()
+            )))
+        }
     }
 }
 
@@ -409,11 +413,15 @@ impl ShardSink {
                     Ok(Ok(Ok(()))) => Ok(()),
                     Ok(Ok(Err(e))) => Err(std::io::Error::other(e.to_string())),
                     Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
-                    Err(_) => Err(std::io::Error::other(format!(
-                        "node {} did not confirm the shard within {} s",
-                        drive.node,
-                        SHARD_STALL.as_secs()
-                    ))),
+                    Err(_) => {
+                        let _runtime = handle.enter();
+                        drive.client.suspect(&drive.addr);
+                        Err(std::io::Error::other(format!(
+                            "node {} did not confirm the shard within {} s",
+                            drive.node,
+                            SHARD_STALL.as_secs()
+                        )))
+                    }
                 }
             }
         }

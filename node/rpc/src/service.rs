@@ -56,6 +56,8 @@ impl DriveService {
 pub fn router(service: DriveService) -> Router {
     let p = crate::PREFIX;
     Router::new()
+        // liveness of the node process, for peers probing one they suspect is hung
+        .route(&format!("{p}/ping"), axum::routing::get(|| async { "pong" }))
         .route(&format!("{p}/drive/commit"), post(commit))
         .route(&format!("{p}/drive/get"), post(get))
         .route(&format!("{p}/drive/scan"), post(scan))

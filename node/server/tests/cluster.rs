@@ -665,3 +665,80 @@ fn sorted(keys: &[String]) -> Vec<String> {
     k.sort();
     k
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to a node's process.
+fn signal(node: &Server, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &node.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_node_is_avoided_after_one_timeout() {
+    let cluster = TestCluster::start(4, 1, &["--redundancy", "2+2"]);
+    let leader = cluster.leader(0).expect("a leader");
+    // a node that accepts connections but never answers: stopped, not killed
+    let victim = (0..4).find(|i| *i != leader).expect("a follower");
+    let others: Vec<usize> = (0..4).filter(|i| *i != victim).collect();
+    let clients: Vec<Client> = others
+        .iter()
+        .map(|i| impatient(&cluster.nodes[*i].client()))
+        .collect();
+    clients[0]
+        .create_bucket()
+        .bucket("hung")
+        .send()
+        .await
+        .expect("bucket");
+    let mut keys = Vec::new();
+    for i in 0..6 {
+        let key = format!("before-{i}");
+        put(&clients[i % 3], "hung", &key).await.expect("put");
+        keys.push(key);
+    }
+
+    signal(&cluster.nodes[victim], "STOP");
+    // every S3 request goes on without the stopped node; only the first ones that meet it
+    // wait for an internal call to time out, after which its peers avoid it
+    let mut slow = Vec::new();
+    for i in 0..24 {
+        let c = &clients[i % 3];
+        let key = if i % 2 == 0 {
+            let key = format!("during-{i}");
+            keys.push(key.clone());
+            key
+        } else {
+            keys[i % keys.len()].clone()
+        };
+        let started = Instant::now();
+        let result = if i % 2 == 0 {
+            put(c, "hung", &key).await
+        } else {
+            match get_bytes(c, "hung", &key).await {
+                Ok(b) if b == content_for(&key) => Ok(()),
+                Ok(b) => Err(format!("{key}: {} bytes differ", b.len())),
+                Err(e) => Err(e),
+            }
+        };
+        let took = started.elapsed();
+        result.unwrap_or_else(|e| panic!("request {i} with node {victim} stopped: {e}"));
+        if took > Duration::from_secs(5) {
+            slow.push((i, took));
+        }
+    }
+    eprintln!("requests that met the stopped node's timeout: {slow:?}");
+    assert!(
+        slow.len() <= 3,
+        "the stopped node kept costing requests a timeout: {slow:?}"
+    );
+
+    // back: it answers again, and everything reads back through it too
+    signal(&cluster.nodes[victim], "CONT");
+    let back = cluster.nodes[victim].client();
+    assert_eq!(check_all(&back, "hung", &keys).await, Vec::<String>::new());
+    for c in &clients {
+        assert_eq!(check_all(c, "hung", &keys).await, Vec::<String>::new());
+    }
+}
