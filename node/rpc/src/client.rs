@@ -57,6 +57,26 @@ pub struct Client {
     /// Peers to avoid, and until when: a hint for callers that can choose whom to ask (see
     /// [`Client::is_down`]).
     down: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Called with a peer's address when a peer suspected of hanging answers again.
+    recovered: Arc<Hook>,
+    /// Peers being probed.
+    probing: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+/// What to do when a peer answers again.
+type OnRecovered = Box<dyn Fn(&str) + Send + Sync>;
+
+#[derive(Default)]
+struct Hook(std::sync::OnceLock<OnRecovered>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Hook(set)"
+        } else {
+            "Hook(none)"
+        })
+    }
 }
 
 /// One peer: its connection, and a gate so that concurrent first calls connect once.
@@ -88,7 +108,16 @@ impl Client {
             auth,
             timeout: Duration::from_secs(10),
             down: Default::default(),
+            recovered: Default::default(),
+            probing: Default::default(),
         }
+    }
+
+    /// Sets what to do when a peer that was avoided because its calls timed out answers
+    /// again (it missed the writes that left it out). Once per client; later calls are
+    /// ignored.
+    pub fn on_recovered(&self, f: impl Fn(&str) + Send + Sync + 'static) {
+        let _ = self.recovered.0.set(Box::new(f));
     }
 
     /// The open connection to `addr`, connecting first when there is none.
@@ -192,13 +221,17 @@ impl Client {
     /// After a call to `addr` timed out: avoid the peer, and probe it until it answers.
     /// Needs a tokio runtime context.
     pub(crate) fn suspect(&self, addr: &str) {
+        self.down
+            .lock()
+            .expect("not poisoned")
+            .insert(addr.to_string(), Instant::now() + HUNG_HINT);
+        if !self
+            .probing
+            .lock()
+            .expect("not poisoned")
+            .insert(addr.to_string())
         {
-            let mut down = self.down.lock().expect("not poisoned");
-            let until = Instant::now() + HUNG_HINT;
-            if down.get(addr).is_some_and(|at| *at >= until - PROBE_EVERY * 4) {
-                return; // already suspected and being probed
-            }
-            down.insert(addr.to_string(), until);
+            return; // a probe runs already
         }
         tracing::warn!(
             peer = addr,
@@ -206,13 +239,18 @@ impl Client {
         );
         let (client, addr) = (self.clone(), addr.to_string());
         tokio::spawn(async move {
-            while client.is_down(&addr) {
+            let mut answered = false;
+            while !answered && client.is_down(&addr) {
                 tokio::time::sleep(PROBE_EVERY).await;
                 let ping = client.send(&addr, http::Method::GET, "/ping", empty(), PROBE_TIMEOUT);
-                if ping.await.is_ok() {
-                    // `send` cleared the mark
-                    tracing::info!(peer = addr, "the peer answers again");
-                    return;
+                // a successful `send` clears the mark
+                answered = ping.await.is_ok();
+            }
+            client.probing.lock().expect("not poisoned").remove(&addr);
+            if answered {
+                tracing::info!(peer = addr, "the peer answers again");
+                if let Some(f) = client.recovered.0.get() {
+                    f(&addr);
                 }
             }
         });

@@ -182,12 +182,29 @@ pub fn follow_layout(
 /// with a replaced drive) is rebuilt without waiting for the periodic scrub.
 pub async fn request_heal_everywhere(cluster: &Cluster, client: &Client) {
     let me = cluster.status().node_name;
-    for m in cluster.status().members.into_iter().filter(|m| m.name != me) {
+    ask_to_heal(cluster, client, |name, _| name != me).await
+}
+
+/// Asks the members that `ask(name, rpc address)` selects to walk their objects now.
+async fn ask_to_heal(cluster: &Cluster, client: &Client, ask: impl Fn(&str, &str) -> bool) {
+    for m in cluster
+        .status()
+        .members
+        .into_iter()
+        .filter(|m| ask(&m.name, &m.rpc_addr))
+    {
         let r: std::result::Result<(), _> = client.call(&m.rpc_addr, "/heal/scrub", &()).await;
         if let Err(e) = r {
             tracing::warn!(node = %m.name, error = %e, "could not ask a node to heal");
         }
     }
+}
+
+/// Asks every member but the one at RPC address `except` (this node included; members
+/// this node avoids are skipped too) to walk its objects now: what that node missed while
+/// it was left out is rebuilt on it.
+pub async fn request_heal(cluster: &Cluster, client: &Client, except: &str) {
+    ask_to_heal(cluster, client, |_, addr| addr != except && !client.is_down(addr)).await
 }
 
 /// How long start-up waits between reports while the cluster forms.
@@ -294,6 +311,9 @@ pub async fn serve_rpc(listener: tokio::net::TcpListener, router: axum::Router) 
         .initial_connection_window_size(32 << 20)
         .max_frame_size(1 << 20)
         .max_concurrent_streams(1024)
+        // a node resumed after a hang finds many calls its peers gave up on (reset streams)
+        // queued on each connection: that is expected, not an attack to cut the line for
+        .max_pending_accept_reset_streams(1024)
         .keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10));
     let builder = Arc::new(builder);

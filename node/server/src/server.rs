@@ -121,6 +121,19 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on --rpc-address {rpc}"))?;
         tokio::spawn(crate::cluster::serve_rpc(rpc_listener, router));
         tracing::info!(rpc = %rpc, advertise = %advertise, seeds = ?args.seeds, "serving cluster RPC");
+        // a peer that hung and answers again missed the writes that left it out: every
+        // other node (this one included) walks its objects, which rebuilds them there
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        client.on_recovered(move |peer| {
+            let _ = tx.send(peer.to_string());
+        });
+        let (cluster, client) = (cluster.clone(), client.clone());
+        tokio::spawn(async move {
+            while let Some(peer) = rx.recv().await {
+                tracing::info!(peer, "a peer that hung answers again: healing what it missed");
+                crate::cluster::request_heal(&cluster, &client, &peer).await;
+            }
+        });
     }
 
     let startup = {

@@ -692,12 +692,15 @@ async fn a_hung_node_is_avoided_after_one_timeout() {
         .send()
         .await
         .expect("bucket");
+    // sizes alternate between inline records (2 KiB) and shard files (300 KiB)
+    let size = |i: usize| if i.is_multiple_of(2) { 300 * KIB } else { 2 * KIB };
     let mut keys = Vec::new();
     for i in 0..6 {
-        let key = format!("before-{i}");
+        let key = format!("before-{i}-{}", size(i));
         put(&clients[i % 3], "hung", &key).await.expect("put");
         keys.push(key);
     }
+    let shards_before = shard_files(&cluster.nodes[victim].drives[0]).len();
 
     signal(&cluster.nodes[victim], "STOP");
     // every S3 request goes on without the stopped node; only the first ones that meet it
@@ -706,7 +709,7 @@ async fn a_hung_node_is_avoided_after_one_timeout() {
     for i in 0..24 {
         let c = &clients[i % 3];
         let key = if i % 2 == 0 {
-            let key = format!("during-{i}");
+            let key = format!("during-{i}-{}", size(i / 2));
             keys.push(key.clone());
             key
         } else {
@@ -734,8 +737,27 @@ async fn a_hung_node_is_avoided_after_one_timeout() {
         "the stopped node kept costing requests a timeout: {slow:?}"
     );
 
-    // back: it answers again, and everything reads back through it too
+    // back: its peers see it answer and heal what it missed (in 4-node 2+2 every node
+    // holds a shard of every object written with shard files)
     signal(&cluster.nodes[victim], "CONT");
+    let big = keys
+        .iter()
+        .filter(|k| k.ends_with(&format!("-{}", 300 * KIB)))
+        .count();
+    let missed = big - shards_before;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut shards = shard_files(&cluster.nodes[victim].drives[0]).len();
+    while shards < big && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        shards = shard_files(&cluster.nodes[victim].drives[0]).len();
+    }
+    eprintln!(
+        "shard files on the resumed node: {shards_before} before the stop, {shards} after healing, {big} objects with shards ({missed} written while it was stopped)"
+    );
+    assert!(
+        shards >= big,
+        "the resumed node got {shards} of {big} shards back"
+    );
     let back = cluster.nodes[victim].client();
     assert_eq!(check_all(&back, "hung", &keys).await, Vec::<String>::new());
     for c in &clients {
