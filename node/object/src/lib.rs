@@ -488,13 +488,16 @@ impl Inner {
     /// others are at least `need`. Such a write would only hold the request until its
     /// timeout; the drive gets the data from the healer when its node is back.
     pub(crate) fn reachable<T>(&self, writes: Vec<(usize, T)>, need: usize) -> Vec<(usize, T)> {
-        let up = writes.iter().filter(|(d, _)| !self.drives[*d].is_down()).count();
+        // one look at each drive's hint (a lock per remote drive), on every write's path
+        let down: Vec<bool> = writes.iter().map(|(d, _)| self.drives[*d].is_down()).collect();
+        let up = down.iter().filter(|d| !**d).count();
         if up < need || up == writes.len() {
             return writes;
         }
         writes
             .into_iter()
-            .filter(|(d, _)| !self.drives[*d].is_down())
+            .zip(down)
+            .filter_map(|(w, down)| (!down).then_some(w))
             .collect()
     }
 

@@ -221,13 +221,11 @@ impl Inner {
         let need = self.codec.redundancy().write_quorum();
         // shards for drives of peers that are down are not attempted while enough others are
         // up (the record then names the drive without a record on it: the healer fills it)
+        let mut targets: Vec<Option<DriveHandle>> = vec![None; drives.len()];
         let slots: Vec<(usize, usize)> = drives.iter().enumerate().map(|(i, d)| (*d, i)).collect();
-        let reachable: Vec<usize> = self.reachable(slots, need).into_iter().map(|(_, i)| i).collect();
-        let targets: Vec<Option<DriveHandle>> = drives
-            .iter()
-            .enumerate()
-            .map(|(i, d)| reachable.contains(&i).then(|| self.drives[*d].clone()))
-            .collect();
+        for (d, i) in self.reachable(slots, need) {
+            targets[i] = Some(self.drives[d].clone());
+        }
         let codec = self.codec.clone();
         let id = data_id.to_string();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(2);
