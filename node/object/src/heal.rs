@@ -63,7 +63,17 @@ impl ObjectStore {
     pub async fn heal_object(&self, bucket: &str, key: &str) -> Result<bool> {
         let inner = &self.inner();
         inner.stats.objects_checked.fetch_add(1, Ordering::Relaxed);
-        let Some(found) = self.find(bucket, key, true).await? else {
+        let Some(found) = self
+            .find(
+                bucket,
+                key,
+                crate::read::Reading {
+                    everywhere: true,
+                    with_data: false,
+                },
+            )
+            .await?
+        else {
             return Ok(false);
         };
         let rec = found.record;
@@ -299,7 +309,7 @@ impl Inner {
         let rec = rec.clone();
         let part = part.clone();
         tokio::task::spawn_blocking(move || {
-            let mut reader = PartReader::open(&inner, &rec, &part);
+            let mut reader = PartReader::open(&inner, &rec, &part, &[]);
             let geometry = reader.geometry();
             let width = rec.k + rec.m;
             // pass 1: find damaged shards

@@ -32,7 +32,7 @@ use ringstore_store::{Drive, Op, Table, Version};
 pub use heal::HealStats;
 pub use list::ListPage;
 pub use multipart::{CompletedPart, PartInfo, UploadInfo};
-pub use read::{Found, ObjectStream};
+pub use read::{Found, ObjectStream, first_window};
 pub use record::{BucketRecord, ObjectRecord, PartRef, StoredChecksum};
 pub use ringstore_store::Drive as StoreDrive;
 pub use write::{BodyStream, NewObject, Precondition, Verify};

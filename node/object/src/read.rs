@@ -29,12 +29,49 @@ pub struct Found {
     pub(crate) stale: bool,
     /// Drives of the set that did not answer the lookup.
     pub(crate) unanswered: usize,
+    /// First bytes of shard files, by shard index, that remote drives attached to their
+    /// records (lookups for a read): `(data_id, bytes from offset 0)`.
+    pub(crate) first: Vec<Option<(String, Bytes)>>,
+}
+
+/// What a remote drive attaches to an object record when a reader asks for the record with
+/// its data ([`ringstore_rpc::AttachData`]): the first read-ahead window of the first
+/// part's shard, exactly what [`PartReader`] fetches first, so that a GET of a whole object
+/// asks each remote drive once instead of twice. Nothing for deletion markers, inline
+/// objects and empty ones.
+pub fn first_window(record: &[u8]) -> Option<(String, u64)> {
+    let rec = ObjectRecord::decode(record).ok()?;
+    if rec.deleted || rec.inline.is_some() {
+        return None;
+    }
+    let part = rec.parts.first()?;
+    let geometry = rec.geometry(part);
+    let stripes = geometry.stripes().min(READ_AHEAD_STRIPES);
+    if stripes == 0 {
+        return None;
+    }
+    let (offset, len) = geometry.frame(stripes - 1);
+    Some((part.data_id.clone(), offset + len as u64))
 }
 
 impl ObjectStore {
     /// The newest live version of `bucket/key`.
     pub async fn head(&self, bucket: &str, key: &str) -> Result<Found> {
-        match self.lookup(bucket, key).await? {
+        self.head_as(bucket, key, false).await
+    }
+
+    /// Like [`ObjectStore::head`], for a read of the object from its start: remote drives
+    /// answer with the first bytes of their shards too ([`first_window`]).
+    pub async fn head_for_read(&self, bucket: &str, key: &str) -> Result<Found> {
+        self.head_as(bucket, key, true).await
+    }
+
+    async fn head_as(&self, bucket: &str, key: &str, with_data: bool) -> Result<Found> {
+        let reading = Reading {
+            everywhere: false,
+            with_data,
+        };
+        match self.find(bucket, key, reading).await? {
             Some(f) if !f.record.deleted => Ok(f),
             _ => {
                 // distinguish a missing bucket from a missing key
@@ -53,25 +90,29 @@ impl ObjectStore {
     /// other drives are not asked. Otherwise (a drive failed or lacks the record, they
     /// disagree, or an inline object needs more frames) every drive is asked.
     pub(crate) async fn lookup(&self, bucket: &str, key: &str) -> Result<Option<Found>> {
-        self.find(bucket, key, false).await
+        self.find(bucket, key, Reading::default()).await
     }
 
-    /// Like [`ObjectStore::lookup`], asking every drive when `everywhere` (the healer needs
-    /// every drive's frame).
+    /// Like [`ObjectStore::lookup`], asking every drive when `how.everywhere` (the healer
+    /// needs every drive's frame).
     ///
     /// An object not found where the current layout places it is looked for where older
     /// layouts placed it: layout changes do not move data yet, so what was written before a
     /// change stays readable (and deletable) there.
-    pub(crate) async fn find(&self, bucket: &str, key: &str, everywhere: bool) -> Result<Option<Found>> {
+    pub(crate) async fn find(&self, bucket: &str, key: &str, how: Reading) -> Result<Option<Found>> {
         let inner = &self.inner();
         let okey = object_key(bucket, key);
         let drives = inner.partition_drives(bucket, key);
         let width = drives.len();
-        if let Some(found) = find_on(inner, bucket, key, &okey, &drives, width, everywhere).await? {
+        if let Some(found) = find_on(inner, bucket, key, &okey, &drives, width, how).await? {
             return Ok(Some(found));
         }
+        let how = Reading {
+            everywhere: true,
+            ..how
+        };
         for old in inner.older_partition_drives(bucket, key) {
-            if let Some(found) = find_on(inner, bucket, key, &okey, &old, width, true).await? {
+            if let Some(found) = find_on(inner, bucket, key, &okey, &old, width, how).await? {
                 return Ok(Some(found));
             }
         }
@@ -103,6 +144,12 @@ impl ObjectStore {
         let store = self.clone();
         let rec = rec.clone();
         let (bucket, key) = (found.bucket.clone(), found.key.clone());
+        // only a read from the object's start uses the first bytes attached to its records
+        let first = if start == 0 {
+            found.first.clone()
+        } else {
+            Vec::new()
+        };
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let inner = &store.inner();
@@ -116,7 +163,7 @@ impl ObjectStore {
                 }
                 let from = start.max(p_start) - p_start;
                 let to = end.min(p_end) - p_start;
-                let mut reader = PartReader::open(inner, &rec, part);
+                let mut reader = PartReader::open(inner, &rec, part, &first);
                 reader.skip_down_peers();
                 let result = reader.stream_range(from, to, |b| tx.blocking_send(Ok(b)).is_ok());
                 damaged |= reader.damaged;
@@ -134,6 +181,15 @@ impl ObjectStore {
     }
 }
 
+/// How a lookup asks the drives of a partition.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Reading {
+    /// Ask every drive, not a read quorum first (the healer needs every drive's frame).
+    pub everywhere: bool,
+    /// Remote drives attach the first bytes of their shards (a read from the start follows).
+    pub with_data: bool,
+}
+
 /// Looks `bucket/key` up on `drives` (a partition's shard slots, `width` in all; slots
 /// whose drive left the cluster are left out): a read quorum first, the others when needed.
 async fn find_on(
@@ -143,15 +199,37 @@ async fn find_on(
     okey: &[u8],
     drives: &[usize],
     width: usize,
-    everywhere: bool,
+    how: Reading,
 ) -> Result<Option<Found>> {
     let need = inner.codec.redundancy().read_quorum();
     let (first, rest) = quorum_first(inner, drives, need, okey);
-    let reads = first
-        .iter()
-        .map(|d| inner.drives[drives[*d]].get(Table::Objects, okey));
-    let answers = futures::future::join_all(reads).await;
-    if !everywhere && let Some(found) = agreed(bucket, key, &answers, width) {
+    let ask = |slots: Vec<usize>| {
+        futures::future::join_all(slots.into_iter().map(|d| {
+            let drive = &inner.drives[drives[d]];
+            async move {
+                if how.with_data {
+                    drive.get_with_data(Table::Objects, okey).await
+                } else {
+                    drive.get(Table::Objects, okey).await.map(|v| (v, None))
+                }
+            }
+        }))
+    };
+    let mut answers = ask(first).await;
+    let mut attached: Vec<Option<(String, Bytes)>> = vec![None; width];
+    for answer in &mut answers {
+        if let Ok((Some(v), data @ Some(_))) = answer
+            && let Ok(rec) = ObjectRecord::decode(v)
+            && rec.shard < width
+        {
+            attached[rec.shard] = data.take();
+        }
+    }
+    let answers: Vec<_> = answers.into_iter().map(|a| a.map(|(v, _)| v)).collect();
+    if !how.everywhere
+        && let Some(mut found) = agreed(bucket, key, &answers, width)
+    {
+        found.first = attached;
         return Ok(Some(found));
     }
     let reads = rest
@@ -208,13 +286,17 @@ async fn find_on(
         unanswered: unknown,
         record,
         inline,
+        first: attached,
     }))
 }
 
 /// Splits a partition's shard slots into the read quorum asked first and the rest: local
-/// drives first, then the others starting at a place that depends on the key, so that
-/// lookups spread over the nodes; drives of nodes that just failed to connect go last.
+/// drives first, then data shards before parity (a read goes on to fetch the data shards,
+/// and their drives attach its first bytes), each group starting at a place that depends
+/// on the key so that lookups spread over the nodes; drives of nodes that just failed to
+/// connect go last.
 fn quorum_first(inner: &Inner, drives: &[usize], need: usize, okey: &[u8]) -> (Vec<usize>, Vec<usize>) {
+    let k = inner.codec.redundancy().k;
     let n = drives.len();
     let spin = okey
         .iter()
@@ -222,7 +304,7 @@ fn quorum_first(inner: &Inner, drives: &[usize], need: usize, okey: &[u8]) -> (V
     let mut order: Vec<usize> = (0..n).map(|i| (i + spin) % n.max(1)).collect();
     order.sort_by_key(|i| {
         let d = &inner.drives[drives[*i]];
-        (d.is_down(), !d.is_local())
+        (d.is_down(), !d.is_local(), *i >= k)
     });
     let rest = order.split_off(need.min(n));
     (order, rest)
@@ -266,6 +348,7 @@ fn agreed(
         stale: false,
         // the drives not asked count as unanswered: their frames are not missing
         unanswered: width - answers.len(),
+        first: Vec::new(),
     })
 }
 
@@ -324,6 +407,8 @@ pub(crate) struct PartReader {
     /// Shard indexes in the order a read prefers them: this node's own first (no network
     /// between), data before parity within each group.
     order: Vec<usize>,
+    /// First bytes of shard files that came with their records, taken when opened.
+    seeds: Vec<Option<Bytes>>,
 }
 
 /// Stripes a remote shard is read ahead by (one request per shard per window; with 256 KiB
@@ -331,20 +416,34 @@ pub(crate) struct PartReader {
 const READ_AHEAD_STRIPES: u64 = 4;
 
 impl PartReader {
-    pub(crate) fn open(inner: &Inner, rec: &ObjectRecord, part: &PartRef) -> Self {
+    /// A reader of `part`; `first` are shard files' first bytes that came with the records
+    /// (see [`Found`]), used for the shards they belong to.
+    pub(crate) fn open(
+        inner: &Inner,
+        rec: &ObjectRecord,
+        part: &PartRef,
+        first: &[Option<(String, Bytes)>],
+    ) -> Self {
         let drives: Vec<Option<DriveHandle>> = inner
             .resolve(&rec.drives)
             .into_iter()
             .map(|d| d.map(|d| inner.drives[d].clone()))
             .collect();
         let width = rec.k + rec.m;
+        let seeds: Vec<Option<Bytes>> = (0..width)
+            .map(|i| match first.get(i) {
+                Some(Some((id, bytes))) if *id == part.data_id => Some(bytes.clone()),
+                _ => None,
+            })
+            .collect();
         let mut order: Vec<usize> = (0..width).collect();
+        // a shard whose first bytes are at hand costs no more than a local one
         order.sort_by_key(|i: &usize| {
             let remote = !drives
                 .get(*i)
                 .and_then(Option::as_ref)
                 .is_some_and(DriveHandle::is_local);
-            (remote, *i >= rec.k)
+            (remote && seeds[*i].is_none(), *i >= rec.k)
         });
         let mut reader = Self {
             codec: inner.codec.clone(),
@@ -358,6 +457,7 @@ impl PartReader {
             stripes_end: 0,
             degraded: false,
             order,
+            seeds,
         };
         // a local parity shard is cheaper to read (and rebuild from) than a remote data
         // shard: a GET on a node that holds one of a partition's shards fetches one shard
@@ -382,9 +482,11 @@ impl PartReader {
         self.settle();
     }
 
-    /// Reads decode from the chosen shards unless those are exactly the data shards.
+    /// Reads decode from the chosen shards unless those are exactly the data shards (in
+    /// any order of preference).
     fn settle(&mut self) {
-        self.degraded |= self.chosen().iter().enumerate().any(|(n, i)| n != *i);
+        let k = self.codec.redundancy().k;
+        self.degraded |= self.chosen().iter().any(|i| *i >= k);
     }
 
     fn file(&mut self, shard: usize) -> Option<&ShardSource> {
@@ -394,8 +496,9 @@ impl PartReader {
             return None;
         }
         if self.files[shard].is_none() {
+            let seed = self.seeds.get_mut(shard).and_then(Option::take);
             let f = self.drives[shard].as_ref().and_then(|d| {
-                d.open_shard(&self.data_id)
+                d.open_shard_seeded(&self.data_id, seed)
                     .map_err(|e| crate::drive_failure("shard open failed", &e))
                     .ok()
                     .flatten()
@@ -479,8 +582,8 @@ impl PartReader {
     /// otherwise rebuilt from the chosen shards.
     pub(crate) fn stripe(&mut self, s: u64) -> Result<Vec<Bytes>> {
         if !self.degraded {
-            if let Some(data) = self.stripe_fast(s) {
-                return Ok(vec![Bytes::from(data)]);
+            if let Some(pieces) = self.stripe_fast(s) {
+                return Ok(pieces);
             }
             // from now on parity is needed: fetch the chosen shards ahead
             self.degraded = true;
@@ -521,27 +624,26 @@ impl PartReader {
         Ok(chunks.into_iter().map(Bytes::from).collect())
     }
 
-    /// The common case without a copy: each data frame is read straight into its place in
-    /// one buffer; its checksum lands where the next chunk goes and is verified before
-    /// that chunk overwrites it. `None` when any data frame is missing or corrupt.
-    fn stripe_fast(&mut self, s: u64) -> Option<Vec<u8>> {
+    /// The common case, without a copy: each data frame is read as it is stored (a remote
+    /// one is a slice of the fetched range), verified, and handed on without its checksum.
+    /// `None` when any data frame is missing or corrupt.
+    fn stripe_fast(&mut self, s: u64) -> Option<Vec<Bytes>> {
         const CRC: usize = ringstore_erasure::CHECKSUM_LEN;
         let k = self.codec.redundancy().k;
-        let len = self.geometry.stripe_len(s);
-        let chunk = self.geometry.chunk_len(len);
+        let mut left = self.geometry.stripe_len(s);
+        let chunk = self.geometry.chunk_len(left);
         let (offset, frame_len) = self.geometry.frame(s);
         debug_assert_eq!(frame_len, chunk + CRC);
         if (0..k).any(|i| self.unreachable.contains(&i) || self.bad.contains(&i)) {
             return None;
         }
-        let mut buf = vec![0u8; k * chunk + CRC];
+        let mut pieces = Vec::with_capacity(k);
         for i in 0..k {
-            let at = i * chunk;
             let file = self.file(i)?;
             let remote = file.is_remote();
-            match file.read_frame_into(offset, &mut buf[at..at + chunk + CRC]) {
-                Ok(true) => {}
-                Ok(false) => return None,
+            let frame = match file.read_bytes(offset, chunk + CRC) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return None,
                 Err(e) => {
                     crate::drive_failure("shard read failed", &e);
                     if remote {
@@ -549,14 +651,19 @@ impl PartReader {
                     }
                     return None;
                 }
-            }
-            let want = u32::from_le_bytes(buf[at + chunk..at + chunk + CRC].try_into().expect("4 bytes"));
-            if crc_fast::crc32_iscsi(&buf[at..at + chunk]) != want {
+            };
+            let want = u32::from_le_bytes(frame[chunk..].try_into().expect("4 bytes"));
+            if crc_fast::crc32_iscsi(&frame[..chunk]) != want {
                 return None;
             }
+            // the last chunk of a stripe carries padding up to the chunk size
+            let take = left.min(chunk);
+            left -= take;
+            if take > 0 {
+                pieces.push(frame.slice(..take));
+            }
         }
-        buf.truncate(len);
-        Some(buf)
+        Some(pieces)
     }
 
     /// Calls `emit` with the bytes `from..to` of the data file, stripe by stripe;

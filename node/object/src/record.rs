@@ -154,6 +154,69 @@ mod serde_bytes_opt {
 mod tests {
     use super::*;
 
+    fn record() -> ObjectRecord {
+        ObjectRecord {
+            version: Version { ts_nanos: 42, id: 9 },
+            deleted: false,
+            size: 0,
+            etag: "abc".into(),
+            headers: BTreeMap::new(),
+            user_meta: BTreeMap::new(),
+            checksum: None,
+            k: 2,
+            m: 2,
+            block_size: ringstore_erasure::block_size(2),
+            codec: ringstore_erasure::CODEC_ID.into(),
+            drives: vec!["a".into(), "b".into(), "c".into(), "d".into()],
+            parts: vec![],
+            shard: 3,
+            inline: None,
+        }
+    }
+
+    #[test]
+    fn the_first_window_covers_the_first_read_ahead_of_the_first_part() {
+        let part = |size: u64, data_id: &str| PartRef {
+            number: 1,
+            size,
+            etag: "e".into(),
+            data_id: data_id.into(),
+            checksum: None,
+        };
+        let with_parts = |parts: Vec<PartRef>| {
+            let mut r = record();
+            r.size = parts.iter().map(|p| p.size).sum();
+            r.parts = parts;
+            r
+        };
+        let window = |r: &ObjectRecord| crate::first_window(&r.encode());
+        let block = ringstore_erasure::block_size(2) as u64;
+        let geometry = |size: u64| with_parts(vec![part(size, "x")]).geometry(&part(size, "x"));
+        // a one-stripe object: its whole (only) frame
+        let one = with_parts(vec![part(1000, "d1")]);
+        assert_eq!(
+            window(&one),
+            Some(("d1".into(), geometry(1000).frame(0).1 as u64))
+        );
+        // two stripes: both frames, the second right after the first's full frame
+        let (offset, len) = geometry(block + 10).frame(1);
+        let two = with_parts(vec![part(block + 10, "d2")]);
+        assert_eq!(window(&two), Some(("d2".into(), offset + len as u64)));
+        // a big object: the first four frames only; a multipart object: its first part
+        let four = geometry(100 * block).frame(3);
+        let big = with_parts(vec![part(100 * block, "p1"), part(5, "p2")]);
+        assert_eq!(window(&big), Some(("p1".into(), four.0 + four.1 as u64)));
+        // nothing to attach for markers, inline objects and empty ones
+        let mut marker = one.clone();
+        marker.deleted = true;
+        let mut inline = one.clone();
+        inline.inline = Some(vec![1, 2]);
+        for r in [marker, inline, with_parts(vec![]), with_parts(vec![part(0, "z")])] {
+            assert_eq!(window(&r), None, "{r:?}");
+        }
+        assert_eq!(crate::first_window(b"not a record"), None);
+    }
+
     #[test]
     fn record_roundtrip_keeps_version_and_inline_bytes() {
         let rec = ObjectRecord {

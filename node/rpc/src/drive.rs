@@ -81,6 +81,38 @@ pub(crate) struct GetReq {
     pub key: ByteBuf,
 }
 
+/// The head of a `/drive/get-with-data` answer; the body goes on with the attached shard
+/// bytes, if any (see [`DriveHandle::get_with_data`]).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct WithData {
+    pub value: Option<ByteBuf>,
+    /// The shard file whose first bytes follow this head.
+    pub data_id: Option<String>,
+}
+
+/// Starts a `/drive/get-with-data` answer: the head's length (4 bytes, little endian) and
+/// the head; the shard bytes are appended as they are (no copy through MessagePack), with
+/// room for `room` of them.
+pub(crate) fn with_data_head(head: &WithData, room: usize) -> Vec<u8> {
+    let head = crate::encode(head);
+    let mut out = Vec::with_capacity(4 + head.len() + room);
+    out.extend_from_slice(&(head.len() as u32).to_le_bytes());
+    out.extend_from_slice(&head);
+    out
+}
+
+fn unframe_with_data(mut body: Bytes) -> std::result::Result<(WithData, Bytes), RpcError> {
+    let bad = || RpcError::Decode("short get-with-data answer".into());
+    let len = u32::from_le_bytes(body.get(..4).ok_or_else(bad)?.try_into().expect("4 bytes")) as usize;
+    let head = body.get(4..4 + len).ok_or_else(bad)?;
+    let head: WithData = crate::decode(head)?;
+    Ok((head, body.split_off(4 + len)))
+}
+
+/// A record value, and when the drive attached them, the first bytes of the shard file it
+/// names (`(data_id, bytes)`).
+pub type WithShard = (Option<Vec<u8>>, Option<(String, Bytes)>);
+
 #[derive(Serialize, Deserialize)]
 pub(crate) struct ScanReq {
     pub drive: String,
@@ -184,6 +216,33 @@ impl DriveHandle {
         }
     }
 
+    /// Like [`DriveHandle::get`], for a reader that will go on to read the data the record
+    /// names: a remote drive attaches the first bytes of that shard to its answer (what the
+    /// serving node's [`crate::AttachData`] picks), saving the reader a round trip. A local
+    /// drive attaches nothing (its shard is read straight from the file).
+    pub async fn get_with_data(&self, table: Table, key: &[u8]) -> Result<WithShard> {
+        match self {
+            DriveHandle::Local(d) => Ok((d.get(table, key)?, None)),
+            DriveHandle::Remote(r) => {
+                let req = crate::encode(&GetReq {
+                    drive: r.id.clone(),
+                    table,
+                    key: ByteBuf::from(key.to_vec()),
+                });
+                let body = r
+                    .client
+                    .call_raw(&r.addr, "/drive/get-with-data", req)
+                    .await
+                    .map_err(|e| r.err(e))?;
+                let (head, data) = unframe_with_data(body).map_err(|e| r.err(e))?;
+                Ok((
+                    head.value.map(ByteBuf::into_vec),
+                    head.data_id.map(|id| (id, data)),
+                ))
+            }
+        }
+    }
+
     /// Up to `limit` entries with keys starting with `prefix`, strictly after `after`.
     pub async fn scan(
         &self,
@@ -268,6 +327,13 @@ impl DriveHandle {
 
     /// Opens a shard for reading; `None` when it does not exist. Blocking.
     pub fn open_shard(&self, data_id: &str) -> Result<Option<ShardSource>> {
+        self.open_shard_seeded(data_id, None)
+    }
+
+    /// Like [`DriveHandle::open_shard`], with the shard's first bytes already at hand (from
+    /// [`DriveHandle::get_with_data`]): a remote shard serves reads within them without
+    /// asking its node again.
+    pub fn open_shard_seeded(&self, data_id: &str, first: Option<Bytes>) -> Result<Option<ShardSource>> {
         match self {
             DriveHandle::Local(d) => Ok(d.open_shard(data_id)?.map(ShardSource::Local)),
             // opened lazily: a missing remote shard shows up as missing frames
@@ -275,7 +341,10 @@ impl DriveHandle {
                 drive: r.clone(),
                 data_id: data_id.to_string(),
                 handle: tokio::runtime::Handle::current(),
-                ahead: Default::default(),
+                ahead: std::sync::Mutex::new(ReadAhead {
+                    cached: first.map(|b| (0, b)),
+                    pending: Default::default(),
+                }),
             }))),
         }
     }
@@ -566,17 +635,12 @@ impl ShardSource {
         }
     }
 
-    /// Fills `buf` from `offset`; `false` when the shard is missing or too short.
-    pub fn read_frame_into(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<bool> {
+    /// `len` bytes at `offset` as shared bytes (a remote shard's are a slice of the fetched
+    /// range, not a copy); `None` when the shard is missing or too short.
+    pub fn read_bytes(&self, offset: u64, len: usize) -> std::io::Result<Option<Bytes>> {
         match self {
-            ShardSource::Local(f) => Drive::read_frame_into(f, offset, buf),
-            ShardSource::Remote(r) => match r.read(offset, buf.len())? {
-                Some(b) => {
-                    buf.copy_from_slice(&b);
-                    Ok(true)
-                }
-                None => Ok(false),
-            },
+            ShardSource::Local(f) => Ok(Drive::read_frame(f, offset, len)?.map(Bytes::from)),
+            ShardSource::Remote(r) => r.read(offset, len),
         }
     }
 }

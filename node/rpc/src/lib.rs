@@ -19,8 +19,8 @@ use std::sync::Arc;
 use axum::response::IntoResponse;
 
 pub use client::{Client, RpcError};
-pub use drive::{DriveHandle, RemoteDrive, ShardSink, ShardSource};
-pub use service::{DriveService, router as drive_router};
+pub use drive::{DriveHandle, RemoteDrive, ShardSink, ShardSource, WithShard};
+pub use service::{AttachData, DriveService, router as drive_router};
 
 /// Header carrying the cluster token on every internal request.
 pub const AUTH_HEADER: &str = "x-ringstore-cluster";

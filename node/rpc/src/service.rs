@@ -14,22 +14,36 @@ use http::StatusCode;
 use ringstore_store::Drive;
 use serde_bytes::ByteBuf;
 
-use crate::drive::{CommitReq, GetReq, ScanReq, ShardReq};
+use crate::drive::{CommitReq, GetReq, ScanReq, ShardReq, WithData, with_data_head};
+
+/// For `/drive/get-with-data`: given a record's value, the shard file it names and how many
+/// of that file's first bytes a reader wants (`None`: attach nothing). The object layer
+/// knows what records hold; the drive service only serves the bytes.
+pub type AttachData = Arc<dyn Fn(&[u8]) -> Option<(String, u64)> + Send + Sync>;
 
 /// This node's drives by id. Replaceable, because a replacement drive takes over the
 /// identity of the one it replaces once the node learns the layout.
 #[derive(Clone)]
 pub struct DriveService {
     drives: Arc<RwLock<HashMap<String, Arc<Drive>>>>,
+    attach: Option<AttachData>,
 }
 
 impl DriveService {
     pub fn new(drives: impl IntoIterator<Item = Arc<Drive>>) -> Self {
         let s = Self {
             drives: Default::default(),
+            attach: None,
         };
         s.set(drives);
         s
+    }
+
+    /// Serves `/drive/get-with-data` with `attach` choosing the bytes to attach (without
+    /// it, that call answers the record alone).
+    pub fn with_attach(mut self, attach: AttachData) -> Self {
+        self.attach = Some(attach);
+        self
     }
 
     pub fn set(&self, drives: impl IntoIterator<Item = Arc<Drive>>) {
@@ -60,6 +74,7 @@ pub fn router(service: DriveService) -> Router {
         .route(&format!("{p}/ping"), axum::routing::get(|| async { "pong" }))
         .route(&format!("{p}/drive/commit"), post(commit))
         .route(&format!("{p}/drive/get"), post(get))
+        .route(&format!("{p}/drive/get-with-data"), post(get_with_data))
         .route(&format!("{p}/drive/scan"), post(scan))
         .route(&format!("{p}/shard/patch"), post(patch))
         .route(&format!("{p}/shard/delete"), post(delete))
@@ -142,6 +157,48 @@ async fn get(State(s): State<DriveService>, body: Bytes) -> Response {
     match open::<GetReq>(&s, &body) {
         Ok((req, drive)) => answer(drive.get(req.table, &req.key).map(|v| v.map(ByteBuf::from))),
         Err(r) => r,
+    }
+}
+
+/// A record with the first bytes of the shard it names. The bytes are a help, not part of
+/// the answer's meaning: a shard that is missing, shorter or unreadable is simply not
+/// attached, and the reader finds out on its own.
+async fn get_with_data(State(s): State<DriveService>, body: Bytes) -> Response {
+    let (req, drive) = match open::<GetReq>(&s, &body) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let value = match drive.get(req.table, &req.key) {
+        Ok(v) => v,
+        Err(e) => return storage_error(e),
+    };
+    let wanted = value
+        .as_deref()
+        .and_then(|v| s.attach.as_ref().and_then(|f| f(v)));
+    let value = value.map(ByteBuf::from);
+    let Some((data_id, len)) = wanted else {
+        return with_data_head(&WithData { value, data_id: None }, 0).into_response();
+    };
+    let answer = tokio::task::spawn_blocking(move || {
+        let len = usize::try_from(len).unwrap_or(0);
+        let mut head = WithData {
+            value,
+            data_id: Some(data_id),
+        };
+        let id = head.data_id.as_deref().expect("set above");
+        if let Ok(Some(f)) = drive.open_shard(id) {
+            let mut out = with_data_head(&head, len);
+            if let Ok(true) = Drive::append_frame(&f, 0, len, &mut out) {
+                return out;
+            }
+        }
+        head.data_id = None;
+        with_data_head(&head, 0)
+    })
+    .await;
+    match answer {
+        Ok(out) => out.into_response(),
+        Err(e) => storage_error(e),
     }
 }
 

@@ -219,7 +219,11 @@ impl RingstoreS3 {
         range: Option<&str>,
     ) -> S3Result<(ObjectRecord, ringstore_object::ObjectStream)> {
         let (bucket, key) = copy_source(src)?;
-        let found = self.store.head(bucket, key).await.map_err(s3_err)?;
+        let found = match range {
+            None => self.store.head_for_read(bucket, key).await,
+            Some(_) => self.store.head(bucket, key).await,
+        }
+        .map_err(s3_err)?;
         conds.check_copy(&found.record)?;
         let (start, end) = match range {
             Some(r) => parse_copy_range(r, found.record.size)?,
@@ -384,7 +388,14 @@ impl S3 for RingstoreS3 {
                 "GetObject by partNumber is not supported"
             ));
         }
-        let found = self.store.head(&input.bucket, &input.key).await.map_err(s3_err)?;
+        // a read from the start gets the first bytes of the data with the object's records
+        let from_start = matches!(input.range, None | Some(Range::Int { first: 0, .. }));
+        let found = if from_start {
+            self.store.head_for_read(&input.bucket, &input.key).await
+        } else {
+            self.store.head(&input.bucket, &input.key).await
+        }
+        .map_err(s3_err)?;
         let rec = &found.record;
         read_conditions!(input).check_read(rec)?;
         let (start, end, content_range) = resolve_range(&input.range, rec.size)?;

@@ -32,6 +32,12 @@ struct DriveLabels {
     drive: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    route: String,
+    method: String,
+}
+
 type HistogramFamily = Family<OperationLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -79,6 +85,7 @@ pub struct Metrics {
     durations: HistogramFamily,
     bytes_received: Counter,
     bytes_sent: Counter,
+    rpc_served: Family<RpcLabels, Counter>,
     drive_used: Family<DriveLabels, Gauge>,
     drive_available: Family<DriveLabels, Gauge>,
     drive_online: Family<DriveLabels, Gauge>,
@@ -116,6 +123,12 @@ impl Metrics {
             "ringstore_s3_bytes_sent",
             "Response body bytes sent by the S3 API (where the length is known)",
             bytes_sent.clone(),
+        );
+        let rpc_served = Family::<RpcLabels, Counter>::default();
+        registry.register(
+            "ringstore_rpc_served_requests",
+            "Internal RPC requests this node served to its peers, by route and method",
+            rpc_served.clone(),
         );
         let drive_used = Family::<DriveLabels, Gauge>::default();
         registry.register(
@@ -172,6 +185,7 @@ impl Metrics {
             durations,
             bytes_received,
             bytes_sent,
+            rpc_served,
             drive_used,
             drive_available,
             drive_online,
@@ -196,6 +210,24 @@ impl Metrics {
             .observe(seconds);
         self.bytes_received.inc_by(received);
         self.bytes_sent.inc_by(sent);
+    }
+
+    /// Counts the internal RPC requests served, by route template (not by path: paths
+    /// name drives and shard files). Put around the RPC router with `route_layer`.
+    pub async fn count_rpc(
+        axum::extract::State(m): axum::extract::State<Arc<Metrics>>,
+        req: axum::extract::Request,
+        next: axum::middleware::Next,
+    ) -> axum::response::Response {
+        if let Some(route) = req.extensions().get::<axum::extract::MatchedPath>() {
+            m.rpc_served
+                .get_or_create(&RpcLabels {
+                    route: route.as_str().to_string(),
+                    method: req.method().to_string(),
+                })
+                .inc();
+        }
+        next.run(req).await
     }
 
     /// Samples drives and healing totals, then encodes every metric.

@@ -83,7 +83,8 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.address))?;
 
     let client = ringstore_rpc::Client::new(ringstore_rpc::ClusterAuth::new(&secret));
-    let drive_service = ringstore_rpc::DriveService::new([]);
+    let drive_service =
+        ringstore_rpc::DriveService::new([]).with_attach(std::sync::Arc::new(ringstore_object::first_window));
     let advertise = args
         .rpc_advertise
         .clone()
@@ -114,7 +115,11 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(rpc) = args.rpc_address {
         let router = ringstore_rpc::drive_router(drive_service.clone())
             .merge(cluster.router())
-            .merge(crate::cluster::node_router(heal_target.clone()));
+            .merge(crate::cluster::node_router(heal_target.clone()))
+            .route_layer(axum::middleware::from_fn_with_state(
+                metrics.clone(),
+                Metrics::count_rpc,
+            ));
         let router = client.auth().clone().layer(router);
         let rpc_listener = TcpListener::bind(rpc)
             .await

@@ -222,6 +222,21 @@ async fn three_nodes_start_together_and_serve_from_any_node() {
         want.sort();
         assert_eq!(listed, want, "listing via node {n}");
     }
+    // a GET from the start asks each remote drive once: its record comes with the first
+    // read-ahead window of its shard, so an object within that window needs no shard read
+    let shard_reads = || rpc_served(&cluster, "/rpc/v1/shard/{drive}/{data_id}", "GET");
+    let with_data = || rpc_served(&cluster, "/rpc/v1/drive/get-with-data", "POST");
+    let (reads_before, with_data_before) = (shard_reads(), with_data());
+    for (n, client) in c.iter().enumerate() {
+        let got = get_bytes(client, "bkt", &keys[3]).await.expect("get");
+        assert!(got == content_for(&keys[3]), "{} via node {n}", keys[3]);
+    }
+    assert_eq!(shard_reads() - reads_before, 0, "no separate shard reads");
+    assert_eq!(
+        with_data() - with_data_before,
+        3,
+        "one lookup with data per GET (local drive + one remote make the read quorum)"
+    );
     // ranges through every node, across the chunk and stripe boundaries: a node that holds
     // a parity shard reads it and rebuilds the other data chunk rather than fetch both data
     // shards, so these exercise the decoding read path as well as the plain one
@@ -658,6 +673,24 @@ async fn objects_written_before_a_layout_change_stay_readable_and_deletable() {
     cluster.nodes[2].restart();
     let bad = check_all(&cluster.nodes[2].client(), "bkt", &keys[12..]).await;
     assert!(bad.is_empty(), "after a restart: {bad:?}");
+}
+
+/// Internal RPC requests served by all nodes of `cluster` on `route` with `method`, from
+/// their metrics.
+fn rpc_served(cluster: &TestCluster, route: &str, method: &str) -> u64 {
+    let labels = format!("route=\"{route}\",method=\"{method}\"");
+    cluster
+        .nodes
+        .iter()
+        .map(|node| {
+            let (code, text) = common::http_get(node.addr, "/_ringstore/metrics").expect("metrics answer");
+            assert_eq!(code, 200);
+            text.lines()
+                .filter(|l| l.starts_with("ringstore_rpc_served_requests_total{") && l.contains(&labels))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
 }
 
 fn sorted(keys: &[String]) -> Vec<String> {

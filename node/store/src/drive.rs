@@ -279,21 +279,24 @@ impl Drive {
 
     /// Reads `len` bytes at `offset` of an open shard; `None` when the file is too short.
     pub fn read_frame(file: &File, offset: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
-        let mut buf = vec![0u8; len];
-        match file.read_exact_at(&mut buf, offset) {
-            Ok(()) => Ok(Some(buf)),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
-            Err(e) => Err(e),
-        }
+        let mut buf = Vec::with_capacity(len);
+        Ok(Self::append_frame(file, offset, len, &mut buf)?.then_some(buf))
     }
 
-    /// Fills `buf` from `offset` of an open shard; `false` when the file is too short.
-    pub fn read_frame_into(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
-        match file.read_exact_at(buf, offset) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
-            Err(e) => Err(e),
-        }
+    /// Appends `len` bytes at `offset` of an open shard to `buf`; `false` when the file is
+    /// too short (`buf` then holds what there was).
+    ///
+    /// The bytes land in fresh memory without zeroing it first (frames are up to a few
+    /// hundred KiB, read once per stripe), which moves the file's cursor: `file` must be
+    /// this reader's own handle, not one shared across threads.
+    pub fn append_frame(file: &File, offset: u64, len: usize, buf: &mut Vec<u8>) -> io::Result<bool> {
+        use std::io::{Read, Seek, SeekFrom};
+        let start = buf.len();
+        buf.reserve_exact(len);
+        let mut file = file;
+        file.seek(SeekFrom::Start(offset))?;
+        file.take(len as u64).read_to_end(buf)?;
+        Ok(buf.len() - start == len)
     }
 
     /// Writes a single frame at `offset` of an existing shard (used by repair of one stripe).
@@ -764,5 +767,15 @@ mod tests {
         assert_eq!(Drive::read_frame(&f, 6, 50).unwrap(), None);
         d.patch_shard("aa02", 0, b"HELLO").unwrap();
         assert_eq!(Drive::read_frame(&f, 0, 5).unwrap().unwrap(), b"HELLO");
+        // frames are appended after what the buffer holds; a short one says so
+        let mut buf = b"head:".to_vec();
+        assert!(Drive::append_frame(&f, 6, 5, &mut buf).unwrap());
+        assert!(!Drive::append_frame(&f, 9, 4, &mut buf).unwrap());
+        assert_eq!(buf, b"head:worldld");
+        let f = d.open_shard("aa03").unwrap().unwrap();
+        assert_eq!(
+            Drive::read_frame(&f, 1_000_000, 262_148).unwrap().unwrap(),
+            big[1_000_000..1_262_148]
+        );
     }
 }
