@@ -8,13 +8,17 @@
 # cluster's throughput as a share of the single node's and of the healthy cluster's.
 #
 # Environment: BENCH_DURATION (seconds per phase, default 10), BENCH_CONCURRENCY (default 32),
-# BENCH_TMPDIR (parent of the temporary data folder).
+# BENCH_ROUNDS (default 1: how many times the three setups run, one after the other; with
+# more, the table shows medians and each round's ratios are printed, because a shared
+# machine's disk and CPU drift between phases), BENCH_TMPDIR (parent of the temporary data
+# folder).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 DURATION="${BENCH_DURATION:-10}"
 CONC="${BENCH_CONCURRENCY:-32}"
+ROUNDS="${BENCH_ROUNDS:-1}"
 WORK="$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/ringstore-cluster-bench.XXXXXX")"
 PIDS=()
 
@@ -54,60 +58,90 @@ export RINGSTORE_CLUSTER_SECRET="$(random_hex 20)"
 RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"
 
-run_load() { # LABEL ENDPOINTS
+run_load() { # LABEL ENDPOINTS ROUND
     for size in 4KiB 1MiB; do
-        log "$1: $size, concurrency $CONC, ${DURATION}s per phase"
+        log "round $3, $1: $size, concurrency $CONC, ${DURATION}s per phase"
         "$LOADGEN" --endpoint "$2" --size "$size" --concurrency "$CONC" --duration "$DURATION" \
-            --ops put,get --prefix "$1" --json | grep '^{' | sed "s/^{/{\"setup\":\"$1\",/" >>"$RESULTS"
+            --ops put,get --prefix "$1" --json | grep '^{' |
+            sed "s/^{/{\"setup\":\"$1\",\"round\":$3,/" >>"$RESULTS"
     done
 }
 
-# 1. single node, 4 drives
-port=$(free_port 127.0.0.1)
-mkdir -p "$WORK"/single/d{1,2,3,4}
-"$BIN" server --address "127.0.0.1:$port" --redundancy 2+2 \
-    --data "$WORK/single/d1" --data "$WORK/single/d2" --data "$WORK/single/d3" --data "$WORK/single/d4" \
-    >"$WORK/single.log" 2>&1 &
-PIDS+=($!)
-wait_ready "127.0.0.1:$port"
-run_load single "http://127.0.0.1:$port"
-kill "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true
+round() { # N
+    local r="$1" port i ip single_pid
+    local -a S3 RPC NODES
+    # 1. single node, 4 drives
+    port=$(free_port 127.0.0.1)
+    mkdir -p "$WORK/r$r/single/"d{1,2,3,4}
+    "$BIN" server --address "127.0.0.1:$port" --redundancy 2+2 \
+        --data "$WORK/r$r/single/d1" --data "$WORK/r$r/single/d2" \
+        --data "$WORK/r$r/single/d3" --data "$WORK/r$r/single/d4" \
+        >"$WORK/r$r/single.log" 2>&1 &
+    single_pid=$!
+    PIDS+=("$single_pid")
+    wait_ready "127.0.0.1:$port"
+    run_load single "http://127.0.0.1:$port" "$r"
+    kill "$single_pid"; wait "$single_pid" 2>/dev/null || true
 
-# 2. four nodes
-declare -a S3 RPC
-for i in 0 1 2 3; do
-    ip="127.0.0.$((21 + i))"
-    S3[i]="$ip:$(free_port "$ip")"
-    RPC[i]="$ip:$(free_port "$ip")"
-done
-seeds="$(IFS=,; echo "${RPC[*]}")"
-for i in 0 1 2 3; do
-    mkdir -p "$WORK/n$i"
-    "$BIN" server --node-name "node-$i" --address "${S3[i]}" --rpc-address "${RPC[i]}" \
-        --seeds "$seeds" --redundancy 2+2 --data "$WORK/n$i" >"$WORK/n$i.log" 2>&1 &
-    PIDS+=($!)
-done
-for i in 0 1 2 3; do wait_ready "${S3[i]}"; done
-all="http://${S3[0]},http://${S3[1]},http://${S3[2]},http://${S3[3]}"
-run_load cluster "$all"
+    # 2. four nodes
+    for i in 0 1 2 3; do
+        ip="127.0.0.$((21 + i))"
+        S3[i]="$ip:$(free_port "$ip")"
+        RPC[i]="$ip:$(free_port "$ip")"
+    done
+    local seeds
+    seeds="$(IFS=,; echo "${RPC[*]}")"
+    for i in 0 1 2 3; do
+        mkdir -p "$WORK/r$r/n$i"
+        "$BIN" server --node-name "node-$i" --address "${S3[i]}" --rpc-address "${RPC[i]}" \
+            --seeds "$seeds" --redundancy 2+2 --data "$WORK/r$r/n$i" >"$WORK/r$r/n$i.log" 2>&1 &
+        NODES+=($!)
+        PIDS+=($!)
+    done
+    for i in 0 1 2 3; do wait_ready "${S3[i]}"; done
+    run_load cluster "http://${S3[0]},http://${S3[1]},http://${S3[2]},http://${S3[3]}" "$r"
 
-# 3. one node down
-kill -9 "${PIDS[4]}"
-run_load degraded "http://${S3[0]},http://${S3[1]},http://${S3[2]}"
+    # 3. one node down
+    kill -9 "${NODES[3]}"
+    run_load degraded "http://${S3[0]},http://${S3[1]},http://${S3[2]}" "$r"
+    for i in 0 1 2; do kill "${NODES[i]}" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK/r$r"
+}
+
+for r in $(seq "$ROUNDS"); do round "$r"; done
 
 echo
-echo "ringstore cluster benchmark: ${DURATION}s per phase, concurrency $CONC, all processes on this machine"
+echo "ringstore cluster benchmark: ${DURATION}s per phase, concurrency $CONC, $ROUNDS round(s), all processes on this machine"
 python3 - "$RESULTS" <<'EOF'
-import json, sys
+import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-by = {(r["setup"], r["size_label"], r["op"]): r for r in rows}
+keys = list(dict.fromkeys((r["setup"], r["size_label"], r["op"]) for r in rows))
+rounds = sorted({r["round"] for r in rows})
+def med(key, field):
+    vals = [r[field] for r in rows if (r["setup"], r["size_label"], r["op"]) == key]
+    return statistics.median(vals) if vals else 0
+def ratio(a, b):
+    return a / b if b else 0
+if len(rounds) > 1:
+    print("medians over the rounds")
 print(f"{'setup':<9} {'size':<6} {'op':<4} {'ops/s':>9} {'MiB/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'vs single':>9} {'vs cluster':>10}")
-for r in rows:
-    key = (r["size_label"], r["op"])
-    single = by.get(("single",) + key)
-    cluster = by.get(("cluster",) + key)
-    vs_s = r["ops_per_sec"] / single["ops_per_sec"] if single and single["ops_per_sec"] else 0
-    vs_c = r["ops_per_sec"] / cluster["ops_per_sec"] if cluster and cluster["ops_per_sec"] else 0
-    print(f"{r['setup']:<9} {r['size_label']:<6} {r['op']:<4} {r['ops_per_sec']:>9.1f} {r['mib_per_sec']:>8.1f} "
-          f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>6} {vs_s:>9.2f} {vs_c:>10.2f}")
+for key in keys:
+    setup, size, op = key
+    ops = med(key, "ops_per_sec")
+    errors = sum(r["errors"] for r in rows if (r["setup"], r["size_label"], r["op"]) == key)
+    print(f"{setup:<9} {size:<6} {op:<4} {ops:>9.1f} {med(key, 'mib_per_sec'):>8.1f} "
+          f"{med(key, 'p50_ms'):>8.2f} {med(key, 'p99_ms'):>8.2f} {errors:>6} "
+          f"{ratio(ops, med(('single', size, op), 'ops_per_sec')):>9.2f} "
+          f"{ratio(ops, med(('cluster', size, op), 'ops_per_sec')):>10.2f}")
+if len(rounds) > 1:
+    # each round's own ratios: the setups of one round ran minutes apart, not hours
+    by = {(r["round"], r["setup"], r["size_label"], r["op"]): r["ops_per_sec"] for r in rows}
+    print()
+    print("per round: cluster / single, degraded / cluster")
+    for setup, base in (("cluster", "single"), ("degraded", "cluster")):
+        for size in ("4KiB", "1MiB"):
+            for op in ("put", "get"):
+                vals = [ratio(by.get((n, setup, size, op), 0), by.get((n, base, size, op), 0)) for n in rounds]
+                print(f"  {setup:<9} {size:<5} {op:<4} " + " ".join(f"{v:.2f}" for v in vals))
 EOF

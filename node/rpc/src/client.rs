@@ -179,7 +179,9 @@ impl Client {
                 return Err(e);
             }
             Err(_) => {
-                self.mark(addr, true);
+                // not refused, just silent (a peer that accepts connections but never
+                // answers): a hang, probed until it answers, not a 1 s hint
+                self.suspect(addr);
                 return Err(unreachable(format!(
                     "no connection within {} s",
                     CONNECT_TIMEOUT.as_secs()
@@ -239,8 +241,13 @@ impl Client {
         );
         let (client, addr) = (self.clone(), addr.to_string());
         tokio::spawn(async move {
+            // probes go on until the peer answers one, even when another call that got
+            // through cleared the mark first (calls queued during the hang complete at
+            // the resume): the recovery hook must run either way. A peer still silent
+            // when its mark expires is given up; its next timed-out call starts over.
+            let started = Instant::now();
             let mut answered = false;
-            while !answered && client.is_down(&addr) {
+            while !answered && started.elapsed() < HUNG_HINT {
                 tokio::time::sleep(PROBE_EVERY).await;
                 let ping = client.send(&addr, http::Method::GET, "/ping", empty(), PROBE_TIMEOUT);
                 // a successful `send` clears the mark
@@ -292,9 +299,15 @@ impl Client {
             })?;
         let call = async {
             let mut sender = self.sender(addr).await?;
-            let resp = sender.send_request(req).await.map_err(|e| RpcError::Unreachable {
-                addr: addr.to_string(),
-                reason: error_chain(&e),
+            let resp = sender.send_request(req).await.map_err(|e| {
+                // the connection's keep-alive pings went unanswered: the peer hangs
+                if e.is_timeout() && !path_and_query.starts_with("/ping") {
+                    self.suspect(addr);
+                }
+                RpcError::Unreachable {
+                    addr: addr.to_string(),
+                    reason: error_chain(&e),
+                }
             });
             if resp.is_err() && sender.is_closed() {
                 self.forget_closed(addr);
