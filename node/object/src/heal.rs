@@ -69,7 +69,7 @@ impl ObjectStore {
                 key,
                 crate::read::Reading {
                     everywhere: true,
-                    with_data: false,
+                    with_data: None,
                 },
             )
             .await?

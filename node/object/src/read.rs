@@ -37,16 +37,20 @@ pub struct Found {
 /// What a remote drive attaches to an object record when a reader asks for the record with
 /// its data ([`ringstore_rpc::AttachData`]): the first read-ahead window of the first
 /// part's shard, exactly what [`PartReader`] fetches first, so that a GET of a whole object
-/// asks each remote drive once instead of twice. Nothing for deletion markers, inline
-/// objects and empty ones.
-pub fn first_window(record: &[u8]) -> Option<(String, u64)> {
+/// asks each remote drive once instead of twice. A reader that wants only the first `want`
+/// bytes gets the frames that hold them. Nothing for deletion markers, inline objects and
+/// empty ones.
+pub fn first_window(record: &[u8], want: Option<u64>) -> Option<(String, u64)> {
     let rec = ObjectRecord::decode(record).ok()?;
     if rec.deleted || rec.inline.is_some() {
         return None;
     }
     let part = rec.parts.first()?;
     let geometry = rec.geometry(part);
-    let stripes = geometry.stripes().min(READ_AHEAD_STRIPES);
+    let wanted = want.map_or(part.size, |w| w.min(part.size));
+    let stripes = wanted
+        .div_ceil(geometry.block_size as u64)
+        .min(READ_AHEAD_STRIPES);
     if stripes == 0 {
         return None;
     }
@@ -57,16 +61,17 @@ pub fn first_window(record: &[u8]) -> Option<(String, u64)> {
 impl ObjectStore {
     /// The newest live version of `bucket/key`.
     pub async fn head(&self, bucket: &str, key: &str) -> Result<Found> {
-        self.head_as(bucket, key, false).await
+        self.head_as(bucket, key, None).await
     }
 
-    /// Like [`ObjectStore::head`], for a read of the object from its start: remote drives
-    /// answer with the first bytes of their shards too ([`first_window`]).
-    pub async fn head_for_read(&self, bucket: &str, key: &str) -> Result<Found> {
-        self.head_as(bucket, key, true).await
+    /// Like [`ObjectStore::head`], for a read of the object from its start (of its first
+    /// `want` bytes, or all of it): remote drives answer with the first bytes of their
+    /// shards too ([`first_window`]).
+    pub async fn head_for_read(&self, bucket: &str, key: &str, want: Option<u64>) -> Result<Found> {
+        self.head_as(bucket, key, Some(want)).await
     }
 
-    async fn head_as(&self, bucket: &str, key: &str, with_data: bool) -> Result<Found> {
+    async fn head_as(&self, bucket: &str, key: &str, with_data: Option<Option<u64>>) -> Result<Found> {
         let reading = Reading {
             everywhere: false,
             with_data,
@@ -186,8 +191,9 @@ impl ObjectStore {
 pub(crate) struct Reading {
     /// Ask every drive, not a read quorum first (the healer needs every drive's frame).
     pub everywhere: bool,
-    /// Remote drives attach the first bytes of their shards (a read from the start follows).
-    pub with_data: bool,
+    /// Remote drives attach the first bytes of their shards: a read from the start follows,
+    /// of this many bytes (`Some(None)`: all).
+    pub with_data: Option<Option<u64>>,
 }
 
 /// Looks `bucket/key` up on `drives` (a partition's shard slots, `width` in all; slots
@@ -207,10 +213,9 @@ async fn find_on(
         futures::future::join_all(slots.into_iter().map(|d| {
             let drive = &inner.drives[drives[d]];
             async move {
-                if how.with_data {
-                    drive.get_with_data(Table::Objects, okey).await
-                } else {
-                    drive.get(Table::Objects, okey).await.map(|v| (v, None))
+                match how.with_data {
+                    Some(want) => drive.get_with_data(Table::Objects, okey, want).await,
+                    None => drive.get(Table::Objects, okey).await.map(|v| (v, None)),
                 }
             }
         }))

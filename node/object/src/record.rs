@@ -189,7 +189,7 @@ mod tests {
             r.parts = parts;
             r
         };
-        let window = |r: &ObjectRecord| crate::first_window(&r.encode());
+        let window = |r: &ObjectRecord| crate::first_window(&r.encode(), None);
         let block = ringstore_erasure::block_size(2) as u64;
         let geometry = |size: u64| with_parts(vec![part(size, "x")]).geometry(&part(size, "x"));
         // a one-stripe object: its whole (only) frame
@@ -214,7 +214,16 @@ mod tests {
         for r in [marker, inline, with_parts(vec![]), with_parts(vec![part(0, "z")])] {
             assert_eq!(window(&r), None, "{r:?}");
         }
-        assert_eq!(crate::first_window(b"not a record"), None);
+        assert_eq!(crate::first_window(b"not a record", None), None);
+        // a reader of the first bytes only gets the frames that hold them
+        let first = |want| crate::first_window(&big.encode(), Some(want));
+        let one_frame = geometry(100 * block).frame(0).1 as u64;
+        assert_eq!(first(1), Some(("p1".into(), one_frame)));
+        assert_eq!(first(block), Some(("p1".into(), one_frame)));
+        let two = geometry(100 * block).frame(1);
+        assert_eq!(first(block + 1), Some(("p1".into(), two.0 + two.1 as u64)));
+        assert_eq!(first(u64::MAX), Some(("p1".into(), four.0 + four.1 as u64)));
+        assert_eq!(first(0), None);
     }
 
     #[test]

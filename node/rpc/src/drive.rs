@@ -79,6 +79,10 @@ pub(crate) struct GetReq {
     pub drive: String,
     pub table: Table,
     pub key: ByteBuf,
+    /// For `get-with-data`: the bytes of the object the reader wants from its start
+    /// (`None`: all).
+    #[serde(default)]
+    pub want: Option<u64>,
 }
 
 /// The head of a `/drive/get-with-data` answer; the body goes on with the attached shard
@@ -208,6 +212,7 @@ impl DriveHandle {
                             drive: r.id.clone(),
                             table,
                             key: ByteBuf::from(key.to_vec()),
+                            want: None,
                         },
                     )
                     .await?;
@@ -220,7 +225,9 @@ impl DriveHandle {
     /// names: a remote drive attaches the first bytes of that shard to its answer (what the
     /// serving node's [`crate::AttachData`] picks), saving the reader a round trip. A local
     /// drive attaches nothing (its shard is read straight from the file).
-    pub async fn get_with_data(&self, table: Table, key: &[u8]) -> Result<WithShard> {
+    /// `want` is how many bytes of the object the reader wants from its start (`None`: all),
+    /// so a short range does not bring a whole window along.
+    pub async fn get_with_data(&self, table: Table, key: &[u8], want: Option<u64>) -> Result<WithShard> {
         match self {
             DriveHandle::Local(d) => Ok((d.get(table, key)?, None)),
             DriveHandle::Remote(r) => {
@@ -228,6 +235,7 @@ impl DriveHandle {
                     drive: r.id.clone(),
                     table,
                     key: ByteBuf::from(key.to_vec()),
+                    want,
                 });
                 let body = r
                     .client

@@ -16,10 +16,11 @@ use serde_bytes::ByteBuf;
 
 use crate::drive::{CommitReq, GetReq, ScanReq, ShardReq, WithData, with_data_head};
 
-/// For `/drive/get-with-data`: given a record's value, the shard file it names and how many
-/// of that file's first bytes a reader wants (`None`: attach nothing). The object layer
-/// knows what records hold; the drive service only serves the bytes.
-pub type AttachData = Arc<dyn Fn(&[u8]) -> Option<(String, u64)> + Send + Sync>;
+/// For `/drive/get-with-data`: given a record's value and how many bytes of the record's
+/// object the reader wants from its start (`None`: all), the shard file the record names
+/// and how many of that file's first bytes to attach (`None`: attach nothing). The object
+/// layer knows what records hold; the drive service only serves the bytes.
+pub type AttachData = Arc<dyn Fn(&[u8], Option<u64>) -> Option<(String, u64)> + Send + Sync>;
 
 /// This node's drives by id. Replaceable, because a replacement drive takes over the
 /// identity of the one it replaces once the node learns the layout.
@@ -174,7 +175,7 @@ async fn get_with_data(State(s): State<DriveService>, body: Bytes) -> Response {
     };
     let wanted = value
         .as_deref()
-        .and_then(|v| s.attach.as_ref().and_then(|f| f(v)));
+        .and_then(|v| s.attach.as_ref().and_then(|f| f(v, req.want)));
     let value = value.map(ByteBuf::from);
     let Some((data_id, len)) = wanted else {
         return with_data_head(&WithData { value, data_id: None }, 0).into_response();

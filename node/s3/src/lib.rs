@@ -220,7 +220,7 @@ impl RingstoreS3 {
     ) -> S3Result<(ObjectRecord, ringstore_object::ObjectStream)> {
         let (bucket, key) = copy_source(src)?;
         let found = match range {
-            None => self.store.head_for_read(bucket, key).await,
+            None => self.store.head_for_read(bucket, key, None).await,
             Some(_) => self.store.head(bucket, key).await,
         }
         .map_err(s3_err)?;
@@ -389,11 +389,20 @@ impl S3 for RingstoreS3 {
             ));
         }
         // a read from the start gets the first bytes of the data with the object's records
-        let from_start = matches!(input.range, None | Some(Range::Int { first: 0, .. }));
-        let found = if from_start {
-            self.store.head_for_read(&input.bucket, &input.key).await
-        } else {
-            self.store.head(&input.bucket, &input.key).await
+        let found = match input.range {
+            None | Some(Range::Int { first: 0, last: None }) => {
+                self.store.head_for_read(&input.bucket, &input.key, None).await
+            }
+            Some(Range::Int {
+                first: 0,
+                last: Some(last),
+            }) => {
+                let want = last.saturating_add(1);
+                self.store
+                    .head_for_read(&input.bucket, &input.key, Some(want))
+                    .await
+            }
+            Some(_) => self.store.head(&input.bucket, &input.key).await,
         }
         .map_err(s3_err)?;
         let rec = &found.record;
