@@ -288,7 +288,10 @@ impl Drive {
     ///
     /// The bytes land in fresh memory without zeroing it first (frames are up to a few
     /// hundred KiB, read once per stripe), which moves the file's cursor: `file` must be
-    /// this reader's own handle, not one shared across threads.
+    /// this reader's own handle, not one shared across threads. The price: std's
+    /// `read_to_end` without a size hint grows its reads from 8 KiB, so a 256 KiB frame
+    /// takes about 6 `read` calls instead of one `pread` (measured with `perf stat`; in an
+    /// A/B run the single node's GET throughput did not change either way).
     pub fn append_frame(file: &File, offset: u64, len: usize, buf: &mut Vec<u8>) -> io::Result<bool> {
         use std::io::{Read, Seek, SeekFrom};
         let start = buf.len();
