@@ -182,16 +182,16 @@ fn flip_middle(path: &Path, n: usize) {
     f.sync_all().unwrap();
 }
 
-/// Checks a shard file's length for a `size`-byte object under 2+2: half the object
-/// (rounded up) plus one 4-byte CRC32C per frame, frames being at least 64 KiB; so at most
-/// a small fraction more than half, whatever the stripe size.
-fn check_shard_len(len: u64, size: u64) {
-    let half = size.div_ceil(2);
-    let max_overhead = 4 * half.div_ceil(64 * 1024) + 8;
+/// Checks a shard file's length for a `size`-byte object under `data` data shards: the
+/// object's `data`-th part (rounded up) plus one 4-byte CRC32C per frame, frames being at
+/// least 64 KiB; so at most a small fraction more than that part, whatever the stripe size.
+fn check_shard_len(len: u64, size: u64, data: u64) {
+    let part = size.div_ceil(data);
+    let max_overhead = 4 * part.div_ceil(64 * 1024) + 8 * data;
     assert!(
-        len >= half && len <= half + max_overhead,
-        "shard file of {len} bytes for a {size}-byte object (expected {half}..={})",
-        half + max_overhead
+        len >= part && len <= part + max_overhead,
+        "shard file of {len} bytes for a {size}-byte object (expected {part}..={})",
+        part + max_overhead
     );
 }
 
@@ -589,7 +589,7 @@ async fn bit_rot_is_detected_and_repaired() {
     let files: Vec<PathBuf> = (0..4).map(|d| only_shard(&server, d)).collect();
     let originals: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
     for o in &originals {
-        check_shard_len(o.len() as u64, big.len() as u64);
+        check_shard_len(o.len() as u64, big.len() as u64, 2);
     }
     // damage both data shards so that every stripe must be rebuilt from parity somewhere:
     // shard 0 rots in the middle, shard 1 disappears
@@ -769,8 +769,37 @@ async fn lost_drive_is_replaced_and_rebuilt() {
 
 // ---- 6. memory stays bounded for very large objects ------------------------------------
 
+/// Free bytes in the file system that holds `dir`, as `df` reports them.
+fn free_bytes(dir: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["-Pk"])
+        .arg(dir)
+        .output()
+        .expect("run df");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let kib: u64 = text
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected df output: {text}"));
+    kib * 1024
+}
+
+/// Streams a `size`-byte object in and out of one node with four drives under 3+1 (the
+/// smallest footprint with parity on four drives: 4/3 of the object on disk).
 async fn large_object_round_trip(size: u64) {
-    let server = Server::start(4);
+    let server = Server::start_with(4, &["--redundancy", "3+1"], &[]);
+    let need = size / 3 * 4 + 512 * MIB as u64;
+    let free = free_bytes(&server.drives[0]);
+    assert!(
+        free >= need,
+        "this test stores {} MiB (a {} MiB object under 3+1) but the temporary folder's file \
+         system has only {} MiB free; set TMPDIR to a larger one",
+        need / MIB as u64,
+        size / MIB as u64,
+        free / MIB as u64
+    );
     let c = server.client();
     c.create_bucket().bucket("huge").send().await.unwrap();
     let rss_idle = server.peak_rss_kib();
@@ -814,17 +843,17 @@ async fn large_object_round_trip(size: u64) {
         "server peak RSS {} MiB exceeds 256 MiB",
         peak / 1024
     );
-    // 2+2: each of the four drives holds half the object plus checksums
+    // 3+1: each of the four drives holds a third of the object plus checksums
     for d in 0..4 {
         let files = server.shard_files(d);
         assert_eq!(files.len(), 1);
         let len = std::fs::metadata(&files[0]).unwrap().len();
-        check_shard_len(len, size);
+        check_shard_len(len, size, 3);
     }
 }
 
 /// The issue's figure: a 5 GiB upload and download under 256 MiB of server memory.
-/// Writes 10 GiB (EC 2+2) to the temporary folder.
+/// Writes 6.7 GiB (EC 3+1) to the temporary folder.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_bounded_5gib_object() {
     large_object_round_trip(5 * 1024 * MIB as u64).await;
