@@ -309,8 +309,12 @@ async fn join_cluster(
     );
     // Writes this node missed while it was down (or everything, on a replaced drive) are
     // rebuilt by its peers: each walks the objects it holds and repairs what this node lacks.
-    // On a cluster's first start the stores are empty and the walks end at once.
-    if !args.seeds.is_empty() {
+    // A node whose drives are all new (formatted by this start, none taking over a lost
+    // drive's identity) cannot have missed a write: no layout named its drives before. It
+    // asks for nothing, so a new cluster (or a new node) taking traffic at once does not
+    // have every peer walking the objects being written.
+    let new_node = adopted.is_empty() && local.iter().all(|d| d.formatted_now());
+    if !args.seeds.is_empty() && !new_node {
         let (cluster, client) = (cluster.clone(), client.clone());
         tokio::spawn(async move {
             // give the peers' drive handles a moment to see this node's address

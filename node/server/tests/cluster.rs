@@ -283,6 +283,15 @@ async fn three_nodes_start_together_and_serve_from_any_node() {
         .await
         .unwrap_err();
     assert_eq!(common::status(&e), 404);
+
+    // a new cluster has nothing to heal: no node asks its peers to walk their objects
+    // (a restarted node does, 1 s after it is up, see `emptied_drive_is_recognised...`)
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(started.elapsed())).await;
+    assert_eq!(
+        rpc_served(&cluster, "/rpc/v1/heal/scrub", "POST"),
+        0,
+        "healing passes requested in a new cluster"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -33,6 +33,8 @@ type Reply = tokio_oneshot::Sender<Result<Replaced>>;
 pub struct Drive {
     root: PathBuf,
     info: DriveInfo,
+    /// Whether this open formatted the drive (it held no Ringstore data before).
+    formatted: bool,
     db: std::sync::Arc<Database>,
     commits: Option<mpsc::SyncSender<(Vec<Op>, Reply)>>,
     committer: Option<std::thread::JoinHandle<()>>,
@@ -70,6 +72,7 @@ impl Drive {
         let sys = root.join(".ringstore");
         fs::create_dir_all(sys.join("data")).map_err(io_err)?;
         let info_path = sys.join("drive.json");
+        let mut formatted = false;
         let info = match fs::read(&info_path) {
             Ok(bytes) => {
                 let info: DriveInfo = serde_json::from_slice(&bytes).map_err(|e| Error::Unusable {
@@ -98,6 +101,7 @@ impl Drive {
                     &serde_json::to_vec_pretty(&info).expect("serialisable"),
                 )
                 .map_err(io_err)?;
+                formatted = true;
                 info
             }
             Err(e) => return Err(io_err(e)),
@@ -125,10 +129,17 @@ impl Drive {
         Ok(Drive {
             root,
             info,
+            formatted,
             db,
             commits: Some(tx),
             committer: Some(committer),
         })
+    }
+
+    /// Whether [`Drive::open`] formatted this drive: no Ringstore process used it before, so
+    /// no layout can name it yet and no write can have missed it.
+    pub fn formatted_now(&self) -> bool {
+        self.formatted
     }
 
     pub fn id(&self) -> &str {
@@ -704,6 +715,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = {
             let d = Drive::open(dir.path()).unwrap();
+            assert!(d.formatted_now(), "a new folder is formatted");
             let put = |ts, p: &[u8]| Op::PutIfNewer {
                 table: Table::Objects,
                 key: b"b\0k".to_vec(),
@@ -716,6 +728,7 @@ mod tests {
         };
         let d = Drive::open(dir.path()).unwrap();
         assert_eq!(d.id(), id);
+        assert!(!d.formatted_now(), "a drive in use is not formatted again");
         assert_eq!(&d.get(Table::Objects, b"b\0k").unwrap().unwrap()[24..], b"five");
     }
 
