@@ -5,7 +5,9 @@
 #      workers spread over the four nodes;
 #   3. the same cluster with one node killed (load on the three survivors).
 # Each phase PUTs then GETs (verified) 4 KiB and 1 MiB objects; the summary prints the
-# cluster's throughput as a share of the single node's and of the healthy cluster's.
+# cluster's throughput as a share of the single node's and of the healthy cluster's, and
+# the server processes' CPU time per operation (user + system, all nodes together): on a
+# shared machine it drifts much less than throughput, and shows what each setup costs.
 #
 # Environment: BENCH_DURATION (seconds per phase, default 10), BENCH_CONCURRENCY (default 32),
 # BENCH_ROUNDS (default 1: how many times the three setups run, one after the other; with
@@ -58,12 +60,43 @@ export RINGSTORE_CLUSTER_SECRET="$(random_hex 20)"
 RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"
 
-run_load() { # LABEL ENDPOINTS ROUND
+# User + system CPU clock ticks the server processes have used so far.
+server_ticks() { # PID...
+    local t=0 p
+    for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+    echo "$t"
+}
+
+# Appends a loadgen JSON line to the results, with its setup, round and the servers' CPU
+# time per operation during that phase.
+record() { # LABEL ROUND TICKS JSON
+    python3 - "$@" >>"$RESULTS" <<'EOF'
+import json, os, sys
+label, rnd, ticks, line = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+r = json.loads(line)
+hz = os.sysconf("SC_CLK_TCK")
+cpu = ticks * 1000 / hz / r["ops"] if r["ops"] else 0
+print(json.dumps({"setup": label, "round": rnd, **r, "server_cpu_ms": round(cpu, 3)}))
+EOF
+}
+
+run_load() { # LABEL ENDPOINTS ROUND SERVER_PID...
+    local label="$1" endpoints="$2" r="$3" size t0 t1 t2 put get written
+    shift 3
     for size in 4KiB 1MiB; do
-        log "round $3, $1: $size, concurrency $CONC, ${DURATION}s per phase"
-        "$LOADGEN" --endpoint "$2" --size "$size" --concurrency "$CONC" --duration "$DURATION" \
-            --ops put,get --prefix "$1" --json | grep '^{' |
-            sed "s/^{/{\"setup\":\"$1\",\"round\":$3,/" >>"$RESULTS"
+        log "round $r, $label: $size, concurrency $CONC, ${DURATION}s per phase"
+        t0=$(server_ticks "$@")
+        put=$("$LOADGEN" --endpoint "$endpoints" --size "$size" --concurrency "$CONC" \
+            --duration "$DURATION" --ops put --prefix "$label" --json | grep '^{')
+        t1=$(server_ticks "$@")
+        # the GET phase reads (and verifies) random objects among those just written
+        written=$(python3 -c 'import json,sys; print(max(1, json.loads(sys.argv[1])["ops"]))' "$put")
+        get=$("$LOADGEN" --endpoint "$endpoints" --size "$size" --concurrency "$CONC" \
+            --duration "$DURATION" --ops get --objects "$written" --prefix "$label" --json |
+            grep '^{')
+        t2=$(server_ticks "$@")
+        record "$label" "$r" $((t1 - t0)) "$put"
+        record "$label" "$r" $((t2 - t1)) "$get"
     done
 }
 
@@ -80,7 +113,7 @@ round() { # N
     single_pid=$!
     PIDS+=("$single_pid")
     wait_ready "127.0.0.1:$port"
-    run_load single "http://127.0.0.1:$port" "$r"
+    run_load single "http://127.0.0.1:$port" "$r" "$single_pid"
     kill "$single_pid"; wait "$single_pid" 2>/dev/null || true
 
     # 2. four nodes
@@ -99,11 +132,11 @@ round() { # N
         PIDS+=($!)
     done
     for i in 0 1 2 3; do wait_ready "${S3[i]}"; done
-    run_load cluster "http://${S3[0]},http://${S3[1]},http://${S3[2]},http://${S3[3]}" "$r"
+    run_load cluster "http://${S3[0]},http://${S3[1]},http://${S3[2]},http://${S3[3]}" "$r" "${NODES[@]}"
 
     # 3. one node down
     kill -9 "${NODES[3]}"
-    run_load degraded "http://${S3[0]},http://${S3[1]},http://${S3[2]}" "$r"
+    run_load degraded "http://${S3[0]},http://${S3[1]},http://${S3[2]}" "$r" "${NODES[@]:0:3}"
     for i in 0 1 2; do kill "${NODES[i]}" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$WORK/r$r"
@@ -125,7 +158,7 @@ def ratio(a, b):
     return a / b if b else 0
 if len(rounds) > 1:
     print("medians over the rounds")
-print(f"{'setup':<9} {'size':<6} {'op':<4} {'ops/s':>9} {'MiB/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'vs single':>9} {'vs cluster':>10}")
+print(f"{'setup':<9} {'size':<6} {'op':<4} {'ops/s':>9} {'MiB/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'vs single':>9} {'vs cluster':>10} {'cpu ms/op':>9}")
 for key in keys:
     setup, size, op = key
     ops = med(key, "ops_per_sec")
@@ -133,7 +166,8 @@ for key in keys:
     print(f"{setup:<9} {size:<6} {op:<4} {ops:>9.1f} {med(key, 'mib_per_sec'):>8.1f} "
           f"{med(key, 'p50_ms'):>8.2f} {med(key, 'p99_ms'):>8.2f} {errors:>6} "
           f"{ratio(ops, med(('single', size, op), 'ops_per_sec')):>9.2f} "
-          f"{ratio(ops, med(('cluster', size, op), 'ops_per_sec')):>10.2f}")
+          f"{ratio(ops, med(('cluster', size, op), 'ops_per_sec')):>10.2f} "
+          f"{med(key, 'server_cpu_ms'):>9.3f}")
 if len(rounds) > 1:
     # each round's own ratios: the setups of one round ran minutes apart, not hours
     by = {(r["round"], r["setup"], r["size_label"], r["op"]): r["ops_per_sec"] for r in rows}
