@@ -178,4 +178,11 @@ if len(rounds) > 1:
             for op in ("put", "get"):
                 vals = [ratio(by.get((n, setup, size, op), 0), by.get((n, base, size, op), 0)) for n in rounds]
                 print(f"  {setup:<9} {size:<5} {op:<4} " + " ".join(f"{v:.2f}" for v in vals))
+    # a round whose ratio stands out: did the machine slow down, or did the servers work harder?
+    cpu = {(r["round"], r["setup"], r["size_label"], r["op"]): r.get("server_cpu_ms", 0) for r in rows}
+    print()
+    print("per round: ops/s (server cpu ms/op)")
+    for setup, size, op in keys:
+        print(f"  {setup:<9} {size:<5} {op:<4} " + " ".join(
+            f"{by.get((n, setup, size, op), 0):>8.1f} ({cpu.get((n, setup, size, op), 0):.2f})" for n in rounds))
 EOF
