@@ -92,7 +92,7 @@ run_load() { # LABEL ENDPOINTS ROUND SERVER_PID...
         # the GET phase reads (and verifies) random objects among those just written
         written=$(python3 -c 'import json,sys; print(max(1, json.loads(sys.argv[1])["ops"]))' "$put")
         get=$("$LOADGEN" --endpoint "$endpoints" --size "$size" --concurrency "$CONC" \
-            --duration "$DURATION" --ops get --objects "$written" --prefix "$label" --json |
+            --duration "$DURATION" --ops get --population "$written" --prefix "$label" --json |
             grep '^{')
         t2=$(server_ticks "$@")
         record "$label" "$r" $((t1 - t0)) "$put"

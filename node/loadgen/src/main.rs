@@ -27,7 +27,8 @@ const MAX_PRINTED_ERRORS: usize = 5;
 ///
 /// A PUT phase writes objects `<prefix>/<size>/<seq>`; a GET phase reads random objects among those
 /// written and verifies every byte. Object content is deterministic per size, so `--ops get` alone
-/// (with `--objects N`) re-reads objects 0..N written by an earlier run with the same size and prefix.
+/// (with `--population N` or `--objects N`) re-reads objects 0..N written by an earlier run with the
+/// same size and prefix.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
@@ -67,6 +68,11 @@ struct Args {
     /// Operations per phase (PUT writes objects 0..N)
     #[arg(long, env = "RINGSTORE_LOADGEN_OBJECTS")]
     objects: Option<u64>,
+    /// For `--ops get` alone: read random objects among 0..N (written by an earlier run with
+    /// the same size and prefix) for the whole phase; unlike --objects, the number of GETs is
+    /// not capped
+    #[arg(long, env = "RINGSTORE_LOADGEN_POPULATION", value_parser = clap::value_parser!(u64).range(1..))]
+    population: Option<u64>,
     /// Phases to run, in order put then get
     #[arg(
         long,
@@ -197,10 +203,12 @@ async fn run(args: Args) -> anyhow::Result<u64> {
     for op in ops {
         let population = match op {
             Op::Put => Vec::new(),
-            Op::Get => match (written.take(), args.objects) {
+            Op::Get => match (written.take(), args.population.or(args.objects)) {
                 (Some(w), _) => w,
                 (None, Some(n)) => (0..n).collect(),
-                (None, None) => bail!("--ops get without put needs --objects N (objects 0..N must exist)"),
+                (None, None) => bail!(
+                    "--ops get without put needs --population N or --objects N (objects 0..N must exist)"
+                ),
             },
         };
         if op == Op::Get && population.is_empty() {
