@@ -769,29 +769,12 @@ async fn lost_drive_is_replaced_and_rebuilt() {
 
 // ---- 6. memory stays bounded for very large objects ------------------------------------
 
-/// Free bytes in the file system that holds `dir`, as `df` reports them.
-fn free_bytes(dir: &std::path::Path) -> u64 {
-    let out = std::process::Command::new("df")
-        .args(["-Pk"])
-        .arg(dir)
-        .output()
-        .expect("run df");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let kib: u64 = text
-        .lines()
-        .nth(1)
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected df output: {text}"));
-    kib * 1024
-}
-
 /// Streams a `size`-byte object in and out of one node with four drives under 3+1 (the
 /// smallest footprint with parity on four drives: 4/3 of the object on disk).
 async fn large_object_round_trip(size: u64) {
     let server = Server::start_with(4, &["--redundancy", "3+1"], &[]);
     let need = size / 3 * 4 + 512 * MIB as u64;
-    let free = free_bytes(&server.drives[0]);
+    let (_, free) = ringstore_store::fs_usage(&server.drives[0]).expect("df reports free space");
     assert!(
         free >= need,
         "this test stores {} MiB (a {} MiB object under 3+1) but the temporary folder's file \

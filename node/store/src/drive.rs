@@ -373,17 +373,22 @@ impl Drive {
 
     /// Bytes used and available on the file system holding the drive.
     pub fn usage(&self) -> Option<(u64, u64)> {
-        let out = std::process::Command::new("df")
-            .arg("-Pk")
-            .arg(&self.root)
-            .output()
-            .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let fields: Vec<&str> = text.lines().nth(1)?.split_whitespace().collect();
-        let used: u64 = fields.get(2)?.parse().ok()?;
-        let avail: u64 = fields.get(3)?.parse().ok()?;
-        Some((used * 1024, avail * 1024))
+        fs_usage(&self.root)
     }
+}
+
+/// Bytes used and available on the file system holding `path`, as `df` reports them.
+pub fn fs_usage(path: &Path) -> Option<(u64, u64)> {
+    let out = std::process::Command::new("df")
+        .arg("-Pk")
+        .arg(path)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<&str> = text.lines().nth(1)?.split_whitespace().collect();
+    let used: u64 = fields.get(2)?.parse().ok()?;
+    let avail: u64 = fields.get(3)?.parse().ok()?;
+    Some((used * 1024, avail * 1024))
 }
 
 /// Alignment of direct I/O buffers, offsets and lengths.
