@@ -295,11 +295,11 @@ async fn find_on(
     }))
 }
 
-/// Splits a partition's shard slots into the read quorum asked first and the rest: local
-/// drives first, then data shards before parity (a read goes on to fetch the data shards,
-/// and their drives attach its first bytes), each group starting at a place that depends
-/// on the key so that lookups spread over the nodes; drives of nodes that just failed to
-/// connect go last.
+/// Splits a partition's shard slots into the read quorum asked first and the rest: data
+/// shards before parity (a read goes on to fetch the data shards, and their remote drives
+/// attach its first bytes), this node's own drives first within each group, each group
+/// starting at a place that depends on the key so that lookups spread over the nodes;
+/// drives of nodes that just failed to connect go last.
 fn quorum_first(inner: &Inner, drives: &[usize], need: usize, okey: &[u8]) -> (Vec<usize>, Vec<usize>) {
     let k = inner.codec.redundancy().k;
     let n = drives.len();
@@ -309,7 +309,7 @@ fn quorum_first(inner: &Inner, drives: &[usize], need: usize, okey: &[u8]) -> (V
     let mut order: Vec<usize> = (0..n).map(|i| (i + spin) % n.max(1)).collect();
     order.sort_by_key(|i| {
         let d = &inner.drives[drives[*i]];
-        (d.is_down(), !d.is_local(), *i >= k)
+        (d.is_down(), *i >= k, !d.is_local())
     });
     let rest = order.split_off(need.min(n));
     (order, rest)
@@ -409,8 +409,8 @@ pub(crate) struct PartReader {
     stripes_end: u64,
     /// Whether stripes are being reconstructed (so parity is read ahead too).
     degraded: bool,
-    /// Shard indexes in the order a read prefers them: this node's own first (no network
-    /// between), data before parity within each group.
+    /// Shard indexes in the order a read prefers them: data before parity, this node's
+    /// own (and those whose first bytes came with their records) first within each group.
     order: Vec<usize>,
     /// First bytes of shard files that came with their records, taken when opened.
     seeds: Vec<Option<Bytes>>,
@@ -442,13 +442,15 @@ impl PartReader {
             })
             .collect();
         let mut order: Vec<usize> = (0..width).collect();
-        // a shard whose first bytes are at hand costs no more than a local one
+        // data shards first, so a healthy read decodes nothing and reads no parity (which
+        // would also keep parity in the page cache next to the data); within each group a
+        // shard whose first bytes are at hand costs no more than a local one
         order.sort_by_key(|i: &usize| {
             let remote = !drives
                 .get(*i)
                 .and_then(Option::as_ref)
                 .is_some_and(DriveHandle::is_local);
-            (remote && seeds[*i].is_none(), *i >= rec.k)
+            (*i >= rec.k, remote && seeds[*i].is_none())
         });
         let mut reader = Self {
             codec: inner.codec.clone(),
@@ -464,9 +466,6 @@ impl PartReader {
             order,
             seeds,
         };
-        // a local parity shard is cheaper to read (and rebuild from) than a remote data
-        // shard: a GET on a node that holds one of a partition's shards fetches one shard
-        // less over the network
         reader.settle();
         // open the chosen shards up front so a concurrent overwrite cannot unlink them mid-read
         for i in reader.chosen() {
@@ -569,9 +568,9 @@ impl PartReader {
         self.geometry
     }
 
-    /// The shards a read uses: the first `k` in the order of preference (local ones first,
-    /// then data before parity) not known to be out of reach, missing or corrupt, so that
-    /// no more than `k` are fetched and as little as possible crosses the network.
+    /// The shards a read uses: the first `k` in the order of preference (data before
+    /// parity, local ones first within each) not known to be out of reach, missing or
+    /// corrupt, so that no more than `k` are fetched and parity only when data is missing.
     fn chosen(&self) -> Vec<usize> {
         let k = self.codec.redundancy().k;
         self.order

@@ -76,6 +76,32 @@ async fn list_keys(c: &Client, bucket: &str) -> Vec<String> {
     }
 }
 
+/// Reads ranges of `key` (written by `put`, at least two 2+1 stripes long) that cross
+/// the chunk and stripe boundaries, and checks each against its content.
+async fn check_ranges(client: &Client, bucket: &str, key: &str, what: &str) {
+    let whole = content_for(key);
+    let chunk = 256 * KIB - 4;
+    let ranges = [
+        (0, 0),
+        (chunk - 10, chunk + 10),
+        (2 * chunk - 3, 2 * chunk + 2),
+        (chunk + 1, whole.len() - 1),
+        (whole.len() - 100, whole.len() - 1),
+    ];
+    for (a, b) in ranges {
+        let got = client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .range(format!("bytes={a}-{b}"))
+            .send()
+            .await
+            .expect("ranged get");
+        let got = got.body.collect().await.unwrap().into_bytes();
+        assert!(got[..] == whole[a..=b], "bytes {a}-{b} of {key} {what}");
+    }
+}
+
 async fn eventually(timeout: Duration, what: &str, mut check: impl AsyncFnMut() -> Result<(), String>) {
     let deadline = Instant::now() + timeout;
     loop {
@@ -232,37 +258,17 @@ async fn three_nodes_start_together_and_serve_from_any_node() {
         assert!(got == content_for(&keys[3]), "{} via node {n}", keys[3]);
     }
     assert_eq!(shard_reads() - reads_before, 0, "no separate shard reads");
+    // the read quorum asked is the data shards' drives: a node holding a data shard asks
+    // one remote drive, the node holding the parity shard asks two
     assert_eq!(
         with_data() - with_data_before,
-        3,
-        "one lookup with data per GET (local drive + one remote make the read quorum)"
+        4,
+        "lookups with data for a GET through each of the 3 nodes"
     );
-    // ranges through every node, across the chunk and stripe boundaries: a node that holds
-    // a parity shard reads it and rebuilds the other data chunk rather than fetch both data
-    // shards, so these exercise the decoding read path as well as the plain one
-    let big = &keys[4];
-    let whole = content_for(big);
-    let chunk = 256 * KIB - 4;
-    let ranges = [
-        (0, 0),
-        (chunk - 10, chunk + 10),
-        (2 * chunk - 3, 2 * chunk + 2),
-        (chunk + 1, 5 * chunk),
-        (whole.len() - 100, whole.len() - 1),
-    ];
+    // ranges through every node, across the chunk and stripe boundaries (reads that
+    // rebuild chunks from parity cross them too, in the scrubber test)
     for (n, client) in c.iter().enumerate() {
-        for (a, b) in ranges {
-            let got = client
-                .get_object()
-                .bucket("bkt")
-                .key(big)
-                .range(format!("bytes={a}-{b}"))
-                .send()
-                .await
-                .expect("ranged get");
-            let got = got.body.collect().await.unwrap().into_bytes();
-            assert!(got[..] == whole[a..=b], "bytes {a}-{b} of {big} via node {n}");
-        }
+        check_ranges(client, "bkt", &keys[4], &format!("via node {n}")).await;
     }
     // shards really are spread: every node holds shard files
     for (i, node) in cluster.nodes.iter().enumerate() {
@@ -490,10 +496,14 @@ async fn corrupt_shards_are_read_correctly_and_repaired_by_the_scrubber() {
         files.len(),
         t.elapsed()
     );
-    // corrupt again: reads through every node are still byte-exact
+    // corrupt again: reads through every node are still byte-exact, ranges across the
+    // chunk and stripe boundaries too (a corrupt data shard's chunks are rebuilt from parity)
     corrupt(&files);
-    for n in &cluster.nodes {
+    for (i, n) in cluster.nodes.iter().enumerate() {
         assert!(check_all(&n.client(), "bkt", &keys).await.is_empty());
+        for k in &keys[..2] {
+            check_ranges(&n.client(), "bkt", k, &format!("corrupt, via node {i}")).await;
+        }
     }
 }
 
