@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::Stream;
 use ringstore_erasure::{Codec, Geometry};
-use ringstore_rpc::{DriveHandle, ShardSource};
+use ringstore_rpc::{Caching, DriveHandle, ShardSource};
 use ringstore_store::{Table, Version};
 
 use crate::record::{ObjectRecord, PartRef};
@@ -39,8 +39,8 @@ pub struct Found {
 /// part's shard, exactly what [`PartReader`] fetches first, so that a GET of a whole object
 /// asks each remote drive once instead of twice. A reader that wants only the first `want`
 /// bytes gets the frames that hold them. Nothing for deletion markers, inline objects and
-/// empty ones.
-pub fn first_window(record: &[u8], want: Option<u64>) -> Option<(String, u64)> {
+/// empty ones. A parity shard's bytes are read around the page cache, like any parity read.
+pub fn first_window(record: &[u8], want: Option<u64>) -> Option<(String, u64, Caching)> {
     let rec = ObjectRecord::decode(record).ok()?;
     if rec.deleted || rec.inline.is_some() {
         return None;
@@ -55,7 +55,22 @@ pub fn first_window(record: &[u8], want: Option<u64>) -> Option<(String, u64)> {
         return None;
     }
     let (offset, len) = geometry.frame(stripes - 1);
-    Some((part.data_id.clone(), offset + len as u64))
+    Some((
+        part.data_id.clone(),
+        offset + len as u64,
+        caching_of(rec.shard, rec.k),
+    ))
+}
+
+/// How shard `shard` of a `k`-data-shard object is read: data through the page cache;
+/// parity, read only when data is missing or for repair and not again soon, around it
+/// (the cache would need new pages for it and hold it in place of data that is read).
+fn caching_of(shard: usize, k: usize) -> Caching {
+    if shard < k {
+        Caching::Cached
+    } else {
+        Caching::Uncached
+    }
 }
 
 impl ObjectStore {
@@ -501,8 +516,9 @@ impl PartReader {
         }
         if self.files[shard].is_none() {
             let seed = self.seeds.get_mut(shard).and_then(Option::take);
+            let caching = caching_of(shard, self.codec.redundancy().k);
             let f = self.drives[shard].as_ref().and_then(|d| {
-                d.open_shard_seeded(&self.data_id, seed)
+                d.open_shard_seeded(&self.data_id, seed, caching)
                     .map_err(|e| crate::drive_failure("shard open failed", &e))
                     .ok()
                     .flatten()

@@ -189,7 +189,7 @@ mod tests {
             r.parts = parts;
             r
         };
-        let window = |r: &ObjectRecord| crate::first_window(&r.encode(), None);
+        let window = |r: &ObjectRecord| crate::first_window(&r.encode(), None).map(|(id, len, _)| (id, len));
         let block = ringstore_erasure::block_size(2) as u64;
         let geometry = |size: u64| with_parts(vec![part(size, "x")]).geometry(&part(size, "x"));
         // a one-stripe object: its whole (only) frame
@@ -216,7 +216,7 @@ mod tests {
         }
         assert_eq!(crate::first_window(b"not a record", None), None);
         // a reader of the first bytes only gets the frames that hold them
-        let first = |want| crate::first_window(&big.encode(), Some(want));
+        let first = |want| crate::first_window(&big.encode(), Some(want)).map(|(id, len, _)| (id, len));
         let one_frame = geometry(100 * block).frame(0).1 as u64;
         assert_eq!(first(1), Some(("p1".into(), one_frame)));
         assert_eq!(first(block), Some(("p1".into(), one_frame)));
@@ -224,6 +224,13 @@ mod tests {
         assert_eq!(first(block + 1), Some(("p1".into(), two.0 + two.1 as u64)));
         assert_eq!(first(u64::MAX), Some(("p1".into(), four.0 + four.1 as u64)));
         assert_eq!(first(0), None);
+        // a data shard's bytes come through the page cache, a parity shard's around it
+        let caching = |r: &ObjectRecord| crate::first_window(&r.encode(), None).map(|w| w.2);
+        let mut data = one.clone();
+        data.shard = data.k - 1;
+        assert_eq!(caching(&data), Some(ringstore_rpc::Caching::Cached));
+        data.shard = data.k;
+        assert_eq!(caching(&data), Some(ringstore_rpc::Caching::Uncached));
     }
 
     #[test]

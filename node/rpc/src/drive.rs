@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use ringstore_store::{Drive, Error, Op, Result, ShardWriter, Table};
+use ringstore_store::{Drive, Error, Op, Result, ShardWriter, Table, UncachedShard};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -335,19 +335,29 @@ impl DriveHandle {
 
     /// Opens a shard for reading; `None` when it does not exist. Blocking.
     pub fn open_shard(&self, data_id: &str) -> Result<Option<ShardSource>> {
-        self.open_shard_seeded(data_id, None)
+        self.open_shard_seeded(data_id, None, Caching::Cached)
     }
 
     /// Like [`DriveHandle::open_shard`], with the shard's first bytes already at hand (from
     /// [`DriveHandle::get_with_data`]): a remote shard serves reads within them without
-    /// asking its node again.
-    pub fn open_shard_seeded(&self, data_id: &str, first: Option<Bytes>) -> Result<Option<ShardSource>> {
+    /// asking its node again. With [`Caching::Uncached`] the shard is read around the page
+    /// cache, here or on its node.
+    pub fn open_shard_seeded(
+        &self,
+        data_id: &str,
+        first: Option<Bytes>,
+        caching: Caching,
+    ) -> Result<Option<ShardSource>> {
         match self {
-            DriveHandle::Local(d) => Ok(d.open_shard(data_id)?.map(ShardSource::Local)),
+            DriveHandle::Local(d) => Ok(match caching {
+                Caching::Cached => d.open_shard(data_id)?.map(ShardSource::Local),
+                Caching::Uncached => d.open_shard_uncached(data_id)?.map(ShardSource::LocalUncached),
+            }),
             // opened lazily: a missing remote shard shows up as missing frames
             DriveHandle::Remote(r) => Ok(Some(ShardSource::Remote(RemoteSource {
                 drive: r.clone(),
                 data_id: data_id.to_string(),
+                uncached: caching == Caching::Uncached,
                 handle: tokio::runtime::Handle::current(),
                 ahead: std::sync::Mutex::new(ReadAhead {
                     cached: first.map(|b| (0, b)),
@@ -505,9 +515,18 @@ impl ShardSink {
     }
 }
 
+/// How a shard is read: through the page cache, or around it for shards that are read
+/// rarely and not again soon (parity: see `ringstore_object`'s read path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caching {
+    Cached,
+    Uncached,
+}
+
 /// A shard open for reading.
 pub enum ShardSource {
     Local(File),
+    LocalUncached(UncachedShard),
     Remote(RemoteSource),
 }
 
@@ -517,6 +536,8 @@ pub enum ShardSource {
 pub struct RemoteSource {
     drive: Arc<RemoteDrive>,
     data_id: String,
+    /// Whether its node reads the shard around its page cache.
+    uncached: bool,
     handle: tokio::runtime::Handle,
     ahead: std::sync::Mutex<ReadAhead>,
 }
@@ -535,8 +556,8 @@ impl RemoteSource {
     fn fetch(&self, offset: u64, len: u64, partial: bool) -> Fetch {
         let drive = self.drive.clone();
         let path = format!(
-            "/shard/{}/{}?offset={offset}&len={len}&partial={}",
-            drive.id, self.data_id, partial as u8
+            "/shard/{}/{}?offset={offset}&len={len}&partial={}&uncached={}",
+            drive.id, self.data_id, partial as u8, self.uncached as u8
         );
         self.handle.spawn(async move {
             drive
@@ -618,6 +639,15 @@ impl ShardSource {
         matches!(self, ShardSource::Remote(_))
     }
 
+    /// The length of a shard file on this node (an error for a remote one).
+    pub fn local_len(&self) -> std::io::Result<u64> {
+        match self {
+            ShardSource::Local(f) => Ok(f.metadata()?.len()),
+            ShardSource::LocalUncached(f) => f.file_len(),
+            ShardSource::Remote(_) => Err(std::io::Error::other("the shard is on another node")),
+        }
+    }
+
     /// Announces that `offset..offset + len` will be read soon: a remote shard starts
     /// fetching it now (unless it is already cached or on its way); a local one does nothing.
     pub fn prefetch(&self, offset: u64, len: u64) {
@@ -639,6 +669,7 @@ impl ShardSource {
     pub fn read_frame(&self, offset: u64, len: usize) -> std::io::Result<Option<Vec<u8>>> {
         match self {
             ShardSource::Local(f) => Drive::read_frame(f, offset, len),
+            ShardSource::LocalUncached(f) => f.read_frame(offset, len),
             ShardSource::Remote(r) => Ok(r.read(offset, len)?.map(Vec::from)),
         }
     }
@@ -648,6 +679,7 @@ impl ShardSource {
     pub fn read_bytes(&self, offset: u64, len: usize) -> std::io::Result<Option<Bytes>> {
         match self {
             ShardSource::Local(f) => Ok(Drive::read_frame(f, offset, len)?.map(Bytes::from)),
+            ShardSource::LocalUncached(f) => Ok(f.read_frame(offset, len)?.map(Bytes::from)),
             ShardSource::Remote(r) => r.read(offset, len),
         }
     }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use axum::response::IntoResponse;
 
 pub use client::{Client, RpcError};
-pub use drive::{DriveHandle, RemoteDrive, ShardSink, ShardSource, WithShard};
+pub use drive::{Caching, DriveHandle, RemoteDrive, ShardSink, ShardSource, WithShard};
 pub use service::{AttachData, DriveService, router as drive_router};
 
 /// Header carrying the cluster token on every internal request.

@@ -14,13 +14,14 @@ use http::StatusCode;
 use ringstore_store::Drive;
 use serde_bytes::ByteBuf;
 
-use crate::drive::{CommitReq, GetReq, ScanReq, ShardReq, WithData, with_data_head};
+use crate::Caching;
+use crate::drive::{CommitReq, GetReq, ScanReq, ShardReq, ShardSource, WithData, with_data_head};
 
 /// For `/drive/get-with-data`: given a record's value and how many bytes of the record's
 /// object the reader wants from its start (`None`: all), the shard file the record names
 /// and how many of that file's first bytes to attach (`None`: attach nothing). The object
 /// layer knows what records hold; the drive service only serves the bytes.
-pub type AttachData = Arc<dyn Fn(&[u8], Option<u64>) -> Option<(String, u64)> + Send + Sync>;
+pub type AttachData = Arc<dyn Fn(&[u8], Option<u64>) -> Option<(String, u64, Caching)> + Send + Sync>;
 
 /// This node's drives by id. Replaceable, because a replacement drive takes over the
 /// identity of the one it replaces once the node learns the layout.
@@ -177,7 +178,7 @@ async fn get_with_data(State(s): State<DriveService>, body: Bytes) -> Response {
         .as_deref()
         .and_then(|v| s.attach.as_ref().and_then(|f| f(v, req.want)));
     let value = value.map(ByteBuf::from);
-    let Some((data_id, len)) = wanted else {
+    let Some((data_id, len, caching)) = wanted else {
         return with_data_head(&WithData { value, data_id: None }, 0).into_response();
     };
     let answer = tokio::task::spawn_blocking(move || {
@@ -187,11 +188,17 @@ async fn get_with_data(State(s): State<DriveService>, body: Bytes) -> Response {
             data_id: Some(data_id),
         };
         let id = head.data_id.as_deref().expect("set above");
-        if let Ok(Some(f)) = drive.open_shard(id) {
-            let mut out = with_data_head(&head, len);
-            if let Ok(true) = Drive::append_frame(&f, 0, len, &mut out) {
-                return out;
-            }
+        let mut out = with_data_head(&head, len);
+        let read = match caching {
+            Caching::Cached => drive
+                .open_shard(id)
+                .map(|f| f.map(|f| Drive::append_frame(&f, 0, len, &mut out))),
+            Caching::Uncached => drive
+                .open_shard_uncached(id)
+                .map(|f| f.map(|f| f.append_frame(0, len, &mut out))),
+        };
+        if let Ok(Some(Ok(true))) = read {
+            return out;
         }
         head.data_id = None;
         with_data_head(&head, 0)
@@ -300,6 +307,9 @@ struct ReadQuery {
     /// Answer with as many of the bytes as the shard holds (read-ahead) instead of 416.
     #[serde(default)]
     partial: u8,
+    /// Read around the page cache ([`crate::Caching::Uncached`]).
+    #[serde(default)]
+    uncached: u8,
 }
 
 async fn read_shard(
@@ -312,16 +322,23 @@ async fn read_shard(
         Err(r) => return r,
     };
     let read = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, String> {
-        let Some(f) = drive.open_shard(&data_id).map_err(|e| e.to_string())? else {
+        let opened = if q.uncached != 0 {
+            drive
+                .open_shard_uncached(&data_id)
+                .map(|f| f.map(ShardSource::LocalUncached))
+        } else {
+            drive.open_shard(&data_id).map(|f| f.map(ShardSource::Local))
+        };
+        let Some(f) = opened.map_err(|e| e.to_string())? else {
             return Err("missing".into());
         };
         let len = if q.partial != 0 {
-            let size = f.metadata().map_err(|e| e.to_string())?.len();
+            let size = f.local_len().map_err(|e| e.to_string())?;
             q.len.min(size.saturating_sub(q.offset) as usize)
         } else {
             q.len
         };
-        Drive::read_frame(&f, q.offset, len).map_err(|e| e.to_string())
+        f.read_frame(q.offset, len).map_err(|e| e.to_string())
     })
     .await;
     match read {

@@ -288,6 +288,29 @@ impl Drive {
         }
     }
 
+    /// Opens a shard for reads that go around the page cache (`O_DIRECT`, where the file
+    /// system allows it); `Ok(None)` when the file does not exist. For shards that are
+    /// read rarely and not again soon, such as parity: bringing them into the cache would
+    /// cost new page-cache pages and push out data that is read.
+    pub fn open_shard_uncached(&self, data_id: &str) -> Result<Option<UncachedShard>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.shard_path(data_id);
+        let open = |flags: i32| OpenOptions::new().read(true).custom_flags(flags).open(&path);
+        let opened = match open(libc::O_DIRECT) {
+            Ok(file) => Ok(UncachedShard { file, direct: true }),
+            // tmpfs and some other file systems refuse O_DIRECT
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                open(0).map(|file| UncachedShard { file, direct: false })
+            }
+            Err(e) => Err(e),
+        };
+        match opened {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io_err(e)),
+        }
+    }
+
     /// Reads `len` bytes at `offset` of an open shard; `None` when the file is too short.
     pub fn read_frame(file: &File, offset: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
         let mut buf = Vec::with_capacity(len);
@@ -415,6 +438,64 @@ fn return_stage(buf: Vec<u8>) {
         && p.len() < STAGE_POOL_MAX
     {
         p.push(buf);
+    }
+}
+
+/// A shard open for reads around the page cache ([`Drive::open_shard_uncached`]).
+pub struct UncachedShard {
+    file: File,
+    /// Whether the file system took `O_DIRECT` (otherwise reads are ordinary ones).
+    direct: bool,
+}
+
+impl UncachedShard {
+    /// The shard file's length.
+    pub fn file_len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    /// Reads `len` bytes at `offset`; `None` when the file is too short.
+    ///
+    /// Direct reads need aligned offsets, lengths and memory: the bytes go through a
+    /// recycled page-aligned stage buffer in aligned blocks (the last one may end past the
+    /// file's end, which `pread` answers with what there is) and are copied out from there,
+    /// so no read faults in new memory for the transfer. Frames start at multiples of their
+    /// 256 KiB size; any other offset reads from the block that holds it.
+    pub fn read_frame(&self, offset: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
+        let mut buf = Vec::with_capacity(len);
+        Ok(self.append_frame(offset, len, &mut buf)?.then_some(buf))
+    }
+
+    /// Appends `len` bytes at `offset` to `out`; `false` when the file is too short (`out`
+    /// then holds what there was).
+    pub fn append_frame(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> io::Result<bool> {
+        if !self.direct {
+            return Drive::append_frame(&self.file, offset, len, out);
+        }
+        let mut stage = take_stage();
+        let base = stage.as_ptr().align_offset(ALIGN).min(ALIGN);
+        let end = out.len() + len;
+        out.reserve_exact(len);
+        let mut at = offset / ALIGN as u64 * ALIGN as u64;
+        // bytes of the first block before `offset`
+        let mut skip = (offset - at) as usize;
+        let read = (|| {
+            while out.len() < end {
+                let want = (skip + end - out.len()).next_multiple_of(ALIGN).min(STAGE);
+                let n = self.file.read_at(&mut stage[base..base + want], at)?;
+                let take = n.saturating_sub(skip).min(end - out.len());
+                out.extend_from_slice(&stage[base + skip..base + skip + take]);
+                if n < want {
+                    break; // the file ends here
+                }
+                at += n as u64;
+                skip = 0;
+            }
+            Ok::<_, io::Error>(())
+        })();
+        return_stage(stage);
+        read?;
+        Ok(out.len() == end)
     }
 }
 
@@ -798,5 +879,31 @@ mod tests {
             Drive::read_frame(&f, 1_000_000, 262_148).unwrap().unwrap(),
             big[1_000_000..1_262_148]
         );
+        // around the page cache: aligned frames, a read longer than the stage buffer, the
+        // last (short) frame, past the end, an unaligned offset, and a patched frame
+        let u = d.open_shard_uncached("aa03").unwrap().unwrap();
+        assert_eq!(u.file_len().unwrap(), big.len() as u64);
+        let frame = 262_144;
+        for (at, len) in [
+            (0, frame),
+            (4096, 600_000),
+            (11 * frame, big.len() - 11 * frame),
+            (7, 5),
+            (4095, 300_000),
+        ] {
+            assert!(
+                u.read_frame(at as u64, len).unwrap().unwrap() == big[at..at + len],
+                "{len} bytes at {at}"
+            );
+        }
+        assert_eq!(
+            u.read_frame(11 * frame as u64, big.len() - 11 * frame + 1)
+                .unwrap(),
+            None
+        );
+        assert_eq!(u.read_frame(16 * frame as u64, 10).unwrap(), None);
+        d.patch_shard("aa03", frame as u64, b"PATCHED").unwrap();
+        assert_eq!(u.read_frame(frame as u64, 7).unwrap().unwrap(), b"PATCHED");
+        assert!(d.open_shard_uncached("zz99").unwrap().is_none());
     }
 }
