@@ -309,7 +309,7 @@ impl Inner {
         let rec = rec.clone();
         let part = part.clone();
         tokio::task::spawn_blocking(move || {
-            let mut reader = PartReader::open(&inner, &rec, &part, &[]);
+            let mut reader = PartReader::for_repair(&inner, &rec, &part);
             let geometry = reader.geometry();
             let width = rec.k + rec.m;
             // pass 1: find damaged shards

@@ -429,6 +429,8 @@ pub(crate) struct PartReader {
     order: Vec<usize>,
     /// First bytes of shard files that came with their records, taken when opened.
     seeds: Vec<Option<Bytes>>,
+    /// Every shard is read around the page cache, data too (see [`PartReader::for_repair`]).
+    uncached: bool,
 }
 
 /// Stripes a remote shard is read ahead by (one request per shard per window; with 256 KiB
@@ -443,6 +445,23 @@ impl PartReader {
         rec: &ObjectRecord,
         part: &PartRef,
         first: &[Option<(String, Bytes)>],
+    ) -> Self {
+        Self::open_as(inner, rec, part, first, false)
+    }
+
+    /// A reader for the healer and the scrubber, which read every shard of every object
+    /// once: through the page cache they would fill it with data nobody asked for and push
+    /// out what clients read, so every shard is read around it.
+    pub(crate) fn for_repair(inner: &Inner, rec: &ObjectRecord, part: &PartRef) -> Self {
+        Self::open_as(inner, rec, part, &[], true)
+    }
+
+    fn open_as(
+        inner: &Inner,
+        rec: &ObjectRecord,
+        part: &PartRef,
+        first: &[Option<(String, Bytes)>],
+        uncached: bool,
     ) -> Self {
         let drives: Vec<Option<DriveHandle>> = inner
             .resolve(&rec.drives)
@@ -480,6 +499,7 @@ impl PartReader {
             degraded: false,
             order,
             seeds,
+            uncached,
         };
         reader.settle();
         // open the chosen shards up front so a concurrent overwrite cannot unlink them mid-read
@@ -516,7 +536,11 @@ impl PartReader {
         }
         if self.files[shard].is_none() {
             let seed = self.seeds.get_mut(shard).and_then(Option::take);
-            let caching = caching_of(shard, self.codec.redundancy().k);
+            let caching = if self.uncached {
+                Caching::Uncached
+            } else {
+                caching_of(shard, self.codec.redundancy().k)
+            };
             let f = self.drives[shard].as_ref().and_then(|d| {
                 d.open_shard_seeded(&self.data_id, seed, caching)
                     .map_err(|e| crate::drive_failure("shard open failed", &e))
