@@ -293,19 +293,8 @@ impl Drive {
     /// read rarely and not again soon, such as parity: bringing them into the cache would
     /// cost new page-cache pages and push out data that is read.
     pub fn open_shard_uncached(&self, data_id: &str) -> Result<Option<UncachedShard>> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let path = self.shard_path(data_id);
-        let open = |flags: i32| OpenOptions::new().read(true).custom_flags(flags).open(&path);
-        let opened = match open(libc::O_DIRECT) {
-            Ok(file) => Ok(UncachedShard { file, direct: true }),
-            // tmpfs and some other file systems refuse O_DIRECT
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                open(0).map(|file| UncachedShard { file, direct: false })
-            }
-            Err(e) => Err(e),
-        };
-        match opened {
-            Ok(f) => Ok(Some(f)),
+        match open_direct(OpenOptions::new().read(true), &self.shard_path(data_id)) {
+            Ok((file, direct)) => Ok(Some(UncachedShard { file, direct })),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.io_err(e)),
         }
@@ -441,6 +430,17 @@ fn return_stage(buf: Vec<u8>) {
     }
 }
 
+/// Opens `path` with `O_DIRECT` where the file system allows it, the ordinary way where it
+/// does not (tmpfs and some others refuse it); says which.
+fn open_direct(options: &OpenOptions, path: &Path) -> io::Result<(File, bool)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match options.clone().custom_flags(libc::O_DIRECT).open(path) {
+        Ok(f) => Ok((f, true)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok((options.open(path)?, false)),
+        Err(e) => Err(e),
+    }
+}
+
 /// A shard open for reads around the page cache ([`Drive::open_shard_uncached`]).
 pub struct UncachedShard {
     file: File,
@@ -521,20 +521,7 @@ pub struct ShardWriter {
 
 impl ShardWriter {
     fn create(path: PathBuf, rename_to: Option<PathBuf>) -> io::Result<Self> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let open = |flags: i32| {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .custom_flags(flags)
-                .open(&path)
-        };
-        let (file, direct) = match open(libc::O_DIRECT) {
-            Ok(f) => (f, true),
-            // tmpfs and some other file systems refuse O_DIRECT
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (open(0)?, false),
-            Err(e) => return Err(e),
-        };
+        let (file, direct) = open_direct(OpenOptions::new().write(true).create_new(true), &path)?;
         let stage = if direct { take_stage() } else { Vec::new() };
         let offset = stage.as_ptr().align_offset(ALIGN).min(ALIGN);
         Ok(Self {
