@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
+use crate::data::{DataConn, DataHead, DataPool, DataReq};
 use crate::{AUTH_HEADER, ClusterAuth, PREFIX};
 
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -61,6 +62,8 @@ pub struct Client {
     recovered: Arc<Hook>,
     /// Peers being probed.
     probing: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Idle data-channel connections ([`crate::data`]).
+    data: Arc<DataPool>,
 }
 
 /// What to do when a peer answers again.
@@ -110,6 +113,7 @@ impl Client {
             down: Default::default(),
             recovered: Default::default(),
             probing: Default::default(),
+            data: Default::default(),
         }
     }
 
@@ -172,22 +176,7 @@ impl Client {
             });
             Ok::<_, RpcError>(sender)
         };
-        let sender = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                self.mark(addr, true);
-                return Err(e);
-            }
-            Err(_) => {
-                // not refused, just silent (a peer that accepts connections but never
-                // answers): a hang, probed until it answers, not a 1 s hint
-                self.suspect(addr);
-                return Err(unreachable(format!(
-                    "no connection within {} s",
-                    CONNECT_TIMEOUT.as_secs()
-                )));
-            }
-        };
+        let sender = self.connecting(addr, connect).await?;
         self.conns
             .lock()
             .expect("not poisoned")
@@ -195,6 +184,79 @@ impl Client {
             .or_default()
             .sender = Some(sender.clone());
         Ok(sender)
+    }
+
+    /// Bounds establishing a connection to `addr`: a refused or failed attempt marks the
+    /// peer down for [`DOWN_HINT`]; one that neither completes nor is refused within
+    /// [`CONNECT_TIMEOUT`] (a peer that accepts connections but never answers) is a hang,
+    /// probed until it answers.
+    async fn connecting<T>(
+        &self,
+        addr: &str,
+        connect: impl Future<Output = Result<T, RpcError>>,
+    ) -> Result<T, RpcError> {
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => {
+                if !matches!(e, RpcError::Unauthorized(_)) {
+                    self.mark(addr, true);
+                }
+                Err(e)
+            }
+            Err(_) => {
+                self.suspect(addr);
+                Err(RpcError::Unreachable {
+                    addr: addr.to_string(),
+                    reason: format!("no connection within {} s", CONNECT_TIMEOUT.as_secs()),
+                })
+            }
+        }
+    }
+
+    /// A request on a data connection to `addr` ([`crate::data`]), bounded by `timeout` like
+    /// any call; answers other than 200 become errors. Idle connections are reused; one
+    /// that fails (its peer may have closed it) is dropped and the request, a read, is
+    /// sent again on a new connection.
+    pub(crate) async fn data_call(
+        &self,
+        addr: &str,
+        req: &DataReq,
+        timeout: Duration,
+    ) -> Result<(DataHead, Bytes), RpcError> {
+        let call = async {
+            if let Some(mut conn) = self.data.take(addr)
+                && let Ok(answer) = conn.call(req).await
+            {
+                self.data.put(addr, conn);
+                return Ok(answer);
+            }
+            let mut conn = self.connecting(addr, DataConn::open(addr, &self.auth)).await?;
+            let answer = conn.call(req).await.map_err(|e| RpcError::Unreachable {
+                addr: addr.to_string(),
+                reason: format!("data channel: {e}"),
+            })?;
+            self.data.put(addr, conn);
+            Ok(answer)
+        };
+        let (head, body) = match tokio::time::timeout(timeout, call).await {
+            Err(_) => {
+                self.suspect(addr);
+                return Err(RpcError::Timeout {
+                    addr: addr.to_string(),
+                    secs: timeout.as_secs(),
+                });
+            }
+            Ok(answer) => answer?,
+        };
+        self.mark(addr, false);
+        if head.status != 200 {
+            return Err(RpcError::Remote {
+                addr: addr.to_string(),
+                status: head.status,
+                message: head.message,
+            });
+        }
+        Ok((head, body))
     }
 
     /// Whether connecting to `addr` failed within the last [`DOWN_HINT`]. Calls to it are

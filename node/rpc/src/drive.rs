@@ -14,6 +14,7 @@ use ringstore_store::{Drive, Error, Op, Result, ShardWriter, Table, UncachedShar
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use crate::data::DataReq;
 use crate::{Client, RpcError};
 
 /// How long a remote shard write may wait for the peer to take the next frame, and for its
@@ -83,34 +84,6 @@ pub(crate) struct GetReq {
     /// (`None`: all).
     #[serde(default)]
     pub want: Option<u64>,
-}
-
-/// The head of a `/drive/get-with-data` answer; the body goes on with the attached shard
-/// bytes, if any (see [`DriveHandle::get_with_data`]).
-#[derive(Serialize, Deserialize)]
-pub(crate) struct WithData {
-    pub value: Option<ByteBuf>,
-    /// The shard file whose first bytes follow this head.
-    pub data_id: Option<String>,
-}
-
-/// Starts a `/drive/get-with-data` answer: the head's length (4 bytes, little endian) and
-/// the head; the shard bytes are appended as they are (no copy through MessagePack), with
-/// room for `room` of them.
-pub(crate) fn with_data_head(head: &WithData, room: usize) -> Vec<u8> {
-    let head = crate::encode(head);
-    let mut out = Vec::with_capacity(4 + head.len() + room);
-    out.extend_from_slice(&(head.len() as u32).to_le_bytes());
-    out.extend_from_slice(&head);
-    out
-}
-
-fn unframe_with_data(mut body: Bytes) -> std::result::Result<(WithData, Bytes), RpcError> {
-    let bad = || RpcError::Decode("short get-with-data answer".into());
-    let len = u32::from_le_bytes(body.get(..4).ok_or_else(bad)?.try_into().expect("4 bytes")) as usize;
-    let head = body.get(4..4 + len).ok_or_else(bad)?;
-    let head: WithData = crate::decode(head)?;
-    Ok((head, body.split_off(4 + len)))
 }
 
 /// A record value, and when the drive attached them, the first bytes of the shard file it
@@ -231,18 +204,17 @@ impl DriveHandle {
         match self {
             DriveHandle::Local(d) => Ok((d.get(table, key)?, None)),
             DriveHandle::Remote(r) => {
-                let req = crate::encode(&GetReq {
+                let req = DataReq::GetWithData(GetReq {
                     drive: r.id.clone(),
                     table,
                     key: ByteBuf::from(key.to_vec()),
                     want,
                 });
-                let body = r
+                let (head, data) = r
                     .client
-                    .call_raw(&r.addr, "/drive/get-with-data", req)
+                    .data_call(&r.addr, &req, r.client.timeout)
                     .await
                     .map_err(|e| r.err(e))?;
-                let (head, data) = unframe_with_data(body).map_err(|e| r.err(e))?;
                 Ok((
                     head.value.map(ByteBuf::into_vec),
                     head.data_id.map(|id| (id, data)),
@@ -555,21 +527,18 @@ struct ReadAhead {
 impl RemoteSource {
     fn fetch(&self, offset: u64, len: u64, partial: bool) -> Fetch {
         let drive = self.drive.clone();
-        let path = format!(
-            "/shard/{}/{}?offset={offset}&len={len}&partial={}&uncached={}",
-            drive.id, self.data_id, partial as u8, self.uncached as u8
-        );
+        let req = DataReq::Read {
+            drive: drive.id.clone(),
+            data_id: self.data_id.clone(),
+            offset,
+            len,
+            partial,
+            uncached: self.uncached,
+        };
         self.handle.spawn(async move {
-            drive
-                .client
-                .call_raw_with(
-                    &drive.addr,
-                    http::Method::GET,
-                    &path,
-                    Vec::new(),
-                    drive.client.timeout,
-                )
-                .await
+            let client = &drive.client;
+            let (_, bytes) = client.data_call(&drive.addr, &req, client.timeout).await?;
+            Ok(bytes)
         })
     }
 

@@ -9,8 +9,12 @@
 //! inside the namespace (headless Service), and TLS between nodes is a later step.
 //!
 //! Bodies are MessagePack (named fields) except shard data, which streams as raw bytes.
+//! Reads of shard bytes take the data channel instead ([`data`]): plain TCP on the same
+//! port, authenticated with the same token, the bytes sent with `sendfile` from the serving
+//! node's page cache.
 
 mod client;
+pub mod data;
 mod drive;
 mod service;
 
@@ -19,6 +23,7 @@ use std::sync::Arc;
 use axum::response::IntoResponse;
 
 pub use client::{Client, RpcError};
+pub use data::DataService;
 pub use drive::{Caching, DriveHandle, RemoteDrive, ShardSink, ShardSource, WithShard};
 pub use service::{AttachData, DriveService, router as drive_router};
 

@@ -15,9 +15,9 @@ use ringstore_store::Drive;
 use serde_bytes::ByteBuf;
 
 use crate::Caching;
-use crate::drive::{CommitReq, GetReq, ScanReq, ShardReq, ShardSource, WithData, with_data_head};
+use crate::drive::{CommitReq, GetReq, ScanReq, ShardReq};
 
-/// For `/drive/get-with-data`: given a record's value and how many bytes of the record's
+/// For `get-with-data` (on the data channel, [`crate::data`]): given a record's value and how many bytes of the record's
 /// object the reader wants from its start (`None`: all), the shard file the record names
 /// and how many of that file's first bytes to attach (`None`: attach nothing). The object
 /// layer knows what records hold; the drive service only serves the bytes.
@@ -41,8 +41,8 @@ impl DriveService {
         s
     }
 
-    /// Serves `/drive/get-with-data` with `attach` choosing the bytes to attach (without
-    /// it, that call answers the record alone).
+    /// Serves `get-with-data` with `attach` choosing the bytes to attach (without it, that
+    /// call answers the record alone).
     pub fn with_attach(mut self, attach: AttachData) -> Self {
         self.attach = Some(attach);
         self
@@ -53,17 +53,28 @@ impl DriveService {
             drives.into_iter().map(|d| (d.id().to_string(), d)).collect();
     }
 
-    #[expect(clippy::result_large_err, reason = "the error is the ready-made HTTP answer")]
-    fn drive(&self, id: &str) -> Result<Arc<Drive>, Response> {
+    /// The drive `id` of this node, or why there is none as an HTTP status and message.
+    pub(crate) fn find(&self, id: &str) -> Result<Arc<Drive>, (StatusCode, String)> {
         let drives = self.drives.read().expect("not poisoned");
         if drives.is_empty() {
             // not "missing": the drives are served once the node has joined its cluster
-            return Err((StatusCode::SERVICE_UNAVAILABLE, "node is starting").into_response());
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "node is starting".into()));
         }
         drives
             .get(id)
             .cloned()
-            .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no drive {id} on this node")).into_response())
+            .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no drive {id} on this node")))
+    }
+
+    #[expect(clippy::result_large_err, reason = "the error is the ready-made HTTP answer")]
+    fn drive(&self, id: &str) -> Result<Arc<Drive>, Response> {
+        self.find(id).map_err(IntoResponse::into_response)
+    }
+
+    /// The shard bytes to attach to the record `value` for a reader that wants `want` bytes
+    /// of its object ([`AttachData`]); `None` without an attach function.
+    pub(crate) fn attach(&self, value: &[u8], want: Option<u64>) -> Option<(String, u64, Caching)> {
+        self.attach.as_ref().and_then(|f| f(value, want))
     }
 }
 
@@ -76,14 +87,10 @@ pub fn router(service: DriveService) -> Router {
         .route(&format!("{p}/ping"), axum::routing::get(|| async { "pong" }))
         .route(&format!("{p}/drive/commit"), post(commit))
         .route(&format!("{p}/drive/get"), post(get))
-        .route(&format!("{p}/drive/get-with-data"), post(get_with_data))
         .route(&format!("{p}/drive/scan"), post(scan))
         .route(&format!("{p}/shard/patch"), post(patch))
         .route(&format!("{p}/shard/delete"), post(delete))
-        .route(
-            &format!("{p}/shard/{{drive}}/{{data_id}}"),
-            put(write_shard).get(read_shard),
-        )
+        .route(&format!("{p}/shard/{{drive}}/{{data_id}}"), put(write_shard))
         .layer(DefaultBodyLimit::disable())
         .with_state(service)
 }
@@ -159,54 +166,6 @@ async fn get(State(s): State<DriveService>, body: Bytes) -> Response {
     match open::<GetReq>(&s, &body) {
         Ok((req, drive)) => answer(drive.get(req.table, &req.key).map(|v| v.map(ByteBuf::from))),
         Err(r) => r,
-    }
-}
-
-/// A record with the first bytes of the shard it names. The bytes are a help, not part of
-/// the answer's meaning: a shard that is missing, shorter or unreadable is simply not
-/// attached, and the reader finds out on its own.
-async fn get_with_data(State(s): State<DriveService>, body: Bytes) -> Response {
-    let (req, drive) = match open::<GetReq>(&s, &body) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let value = match drive.get(req.table, &req.key) {
-        Ok(v) => v,
-        Err(e) => return storage_error(e),
-    };
-    let wanted = value
-        .as_deref()
-        .and_then(|v| s.attach.as_ref().and_then(|f| f(v, req.want)));
-    let value = value.map(ByteBuf::from);
-    let Some((data_id, len, caching)) = wanted else {
-        return with_data_head(&WithData { value, data_id: None }, 0).into_response();
-    };
-    let answer = tokio::task::spawn_blocking(move || {
-        let len = usize::try_from(len).unwrap_or(0);
-        let mut head = WithData {
-            value,
-            data_id: Some(data_id),
-        };
-        let id = head.data_id.as_deref().expect("set above");
-        let mut out = with_data_head(&head, len);
-        let read = match caching {
-            Caching::Cached => drive
-                .open_shard(id)
-                .map(|f| f.map(|f| Drive::append_frame(&f, 0, len, &mut out))),
-            Caching::Uncached => drive
-                .open_shard_uncached(id)
-                .map(|f| f.map(|f| f.append_frame(0, len, &mut out))),
-        };
-        if let Ok(Some(Ok(true))) = read {
-            return out;
-        }
-        head.data_id = None;
-        with_data_head(&head, 0)
-    })
-    .await;
-    match answer {
-        Ok(out) => out.into_response(),
-        Err(e) => storage_error(e),
     }
 }
 
@@ -295,56 +254,6 @@ async fn write_shard(
     drop(tx);
     match writer.await {
         Ok(Ok(())) => StatusCode::OK.into_response(),
-        Ok(Err(e)) => storage_error(e),
-        Err(e) => storage_error(e),
-    }
-}
-
-#[derive(serde::Deserialize)]
-struct ReadQuery {
-    offset: u64,
-    len: usize,
-    /// Answer with as many of the bytes as the shard holds (read-ahead) instead of 416.
-    #[serde(default)]
-    partial: u8,
-    /// Read around the page cache ([`crate::Caching::Uncached`]).
-    #[serde(default)]
-    uncached: u8,
-}
-
-async fn read_shard(
-    State(s): State<DriveService>,
-    Path((drive, data_id)): Path<(String, String)>,
-    Query(q): Query<ReadQuery>,
-) -> Response {
-    let drive = match s.drive(&drive) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
-    let read = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, String> {
-        let opened = if q.uncached != 0 {
-            drive
-                .open_shard_uncached(&data_id)
-                .map(|f| f.map(ShardSource::LocalUncached))
-        } else {
-            drive.open_shard(&data_id).map(|f| f.map(ShardSource::Local))
-        };
-        let Some(f) = opened.map_err(|e| e.to_string())? else {
-            return Err("missing".into());
-        };
-        let len = if q.partial != 0 {
-            let size = f.local_len().map_err(|e| e.to_string())?;
-            q.len.min(size.saturating_sub(q.offset) as usize)
-        } else {
-            q.len
-        };
-        f.read_frame(q.offset, len).map_err(|e| e.to_string())
-    })
-    .await;
-    match read {
-        Ok(Ok(Some(b))) => b.into_response(),
-        Ok(Ok(None)) => (StatusCode::RANGE_NOT_SATISFIABLE, "shard is shorter").into_response(),
-        Ok(Err(e)) if e == "missing" => (StatusCode::NOT_FOUND, "no such shard").into_response(),
         Ok(Err(e)) => storage_error(e),
         Err(e) => storage_error(e),
     }

@@ -299,8 +299,14 @@ pub async fn import_legacy_buckets(store: &ObjectStore, local: &[Arc<Drive>]) {
 }
 
 /// Serves the internal RPC: HTTP/2 (prior knowledge) with flow-control windows large enough
-/// for many concurrent shard streams, and the peer address recorded for the auth log.
-pub async fn serve_rpc(listener: tokio::net::TcpListener, router: axum::Router) {
+/// for many concurrent shard streams, and the peer address recorded for the auth log; and
+/// on the same port the data channel, for connections that start with its magic (an
+/// HTTP/2 connection starts with `PRI`).
+pub async fn serve_rpc(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    data: ringstore_rpc::DataService,
+) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use tower::ServiceExt;
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -327,8 +333,15 @@ pub async fn serve_rpc(listener: tokio::net::TcpListener, router: axum::Router) 
             }
         };
         let _ = stream.set_nodelay(true);
-        let (router, builder) = (router.clone(), builder.clone());
+        let (router, builder, data) = (router.clone(), builder.clone(), data.clone());
         tokio::spawn(async move {
+            let mut first = [0u8; 1];
+            let peeked = tokio::time::timeout(Duration::from_secs(10), stream.peek(&mut first)).await;
+            if let Ok(Ok(1)) = peeked
+                && first[0] == ringstore_rpc::data::MAGIC[0]
+            {
+                return data.serve(stream, peer);
+            }
             let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
                 router.clone().oneshot(req.map(axum::body::Body::new))

@@ -220,14 +220,20 @@ impl Metrics {
         next: axum::middleware::Next,
     ) -> axum::response::Response {
         if let Some(route) = req.extensions().get::<axum::extract::MatchedPath>() {
-            m.rpc_served
-                .get_or_create(&RpcLabels {
-                    route: route.as_str().to_string(),
-                    method: req.method().to_string(),
-                })
-                .inc();
+            m.count_rpc_route(route.as_str(), req.method().as_str());
         }
         next.run(req).await
+    }
+
+    /// Counts an internal request served, by the route and method it came on (or, for the
+    /// data channel, those of the HTTP call it stands for).
+    pub fn count_rpc_route(&self, route: &str, method: &str) {
+        self.rpc_served
+            .get_or_create(&RpcLabels {
+                route: route.to_string(),
+                method: method.to_string(),
+            })
+            .inc();
     }
 
     /// Samples drives and healing totals, then encodes every metric.

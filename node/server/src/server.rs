@@ -124,7 +124,11 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         let rpc_listener = TcpListener::bind(rpc)
             .await
             .with_context(|| format!("cannot listen on --rpc-address {rpc}"))?;
-        tokio::spawn(crate::cluster::serve_rpc(rpc_listener, router));
+        let counted = metrics.clone();
+        let data = ringstore_rpc::DataService::new(drive_service.clone(), client.auth().clone()).counting(
+            Arc::new(move |route, method| counted.count_rpc_route(route, method)),
+        );
+        tokio::spawn(crate::cluster::serve_rpc(rpc_listener, router, data));
         tracing::info!(rpc = %rpc, advertise = %advertise, seeds = ?args.seeds, "serving cluster RPC");
         // a peer that hung and answers again missed the writes that left it out: every
         // other node (this one included) walks its objects, which rebuilds them there

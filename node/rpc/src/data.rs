@@ -1,0 +1,582 @@
+//! The data channel: shard bytes between nodes, sent from the page cache with `sendfile(2)`.
+//!
+//! Reads of shard bytes (a record with the first window of its shard, and ranges of a
+//! shard) are most of what nodes send each other while serving GETs. Over HTTP/2 each of
+//! them cost the serving node a copy of the bytes from its page cache into its memory and
+//! another into the socket, plus framing and flow control on both ends. On the data
+//! channel the serving node answers with a short head and hands the shard file's pages to
+//! the socket (`sendfile`), as HDFS's DataNode does; the reader verifies every frame's
+//! checksum as for any read, so nothing is trusted that was not checked before.
+//!
+//! The channel shares the RPC port: a connection that starts with [`MAGIC`] is a data
+//! connection, anything else is HTTP/2. After the magic the client sends the cluster token
+//! (64 hex characters) and the server answers one byte: 1 accepted, 0 refused (logged, and
+//! the connection closed). Then any number of requests, one at a time: a 4-byte big-endian
+//! length and a MessagePack [`DataReq`]; each answer is a 4-byte length and a MessagePack
+//! [`DataHead`], followed by `DataHead::len` raw bytes.
+//!
+//! The server gives each data connection a thread of its own: `sendfile` blocks on a disk
+//! read when the pages are not cached, and a connection carries one request at a time.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::StatusCode;
+use ringstore_store::Drive;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::drive::GetReq;
+use crate::{Caching, ClusterAuth, DriveService, RpcError};
+
+/// The first bytes of a data connection (an HTTP/2 connection starts with `PRI * HT`).
+pub const MAGIC: &[u8; 8] = b"RSDATA01";
+
+/// Longest request or answer head accepted (keys are at most 1 KiB).
+const MAX_HEAD: usize = 1 << 20;
+
+/// How long a server thread waits for the next request before closing an idle connection
+/// (clients keep idle connections for reuse and reconnect when one was closed).
+const IDLE: Duration = Duration::from_secs(120);
+
+/// How long the server waits for a reader to take the bytes of an answer.
+const SEND_STALL: Duration = Duration::from_secs(20);
+
+/// Idle connections a client keeps per peer.
+const POOL: usize = 64;
+
+/// What a data connection asks.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum DataReq {
+    /// A record and the first bytes of the shard it names (see
+    /// [`crate::DriveHandle::get_with_data`]).
+    GetWithData(GetReq),
+    /// `len` bytes of a shard from `offset`: all of them, or with `partial` as many as the
+    /// shard holds; with `uncached` read around the node's page cache.
+    Read {
+        drive: String,
+        data_id: String,
+        offset: u64,
+        len: u64,
+        partial: bool,
+        uncached: bool,
+    },
+}
+
+/// The head of an answer; `len` raw bytes follow it.
+#[derive(Serialize, Deserialize, Default)]
+pub(crate) struct DataHead {
+    /// An HTTP status code, with the same meanings as the HTTP routes.
+    pub status: u16,
+    /// What went wrong, when `status` is not 200.
+    pub message: String,
+    /// For `GetWithData`: the record's value, and the shard whose first bytes follow.
+    pub value: Option<ByteBuf>,
+    pub data_id: Option<String>,
+    pub len: u64,
+}
+
+impl DataHead {
+    fn error(status: StatusCode, message: impl std::fmt::Display) -> Self {
+        Self {
+            status: status.as_u16(),
+            message: message.to_string(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Counts the requests a data connection serves, by the route and method of the HTTP
+/// call it stands for (the node's RPC metrics count both kinds the same way).
+pub type CountRequest = Arc<dyn Fn(&'static str, &'static str) + Send + Sync>;
+
+/// The server side: this node's drives, served on data connections.
+#[derive(Clone)]
+pub struct DataService {
+    drives: DriveService,
+    auth: ClusterAuth,
+    count: Option<CountRequest>,
+}
+
+impl DataService {
+    pub fn new(drives: DriveService, auth: ClusterAuth) -> Self {
+        Self {
+            drives,
+            auth,
+            count: None,
+        }
+    }
+
+    /// Calls `count` for every request served.
+    pub fn counting(mut self, count: CountRequest) -> Self {
+        self.count = Some(count);
+        self
+    }
+
+    /// Serves a connection whose first bytes were [`MAGIC`], on a thread of its own.
+    pub fn serve(&self, stream: tokio::net::TcpStream, peer: SocketAddr) {
+        let stream = match stream.into_std().and_then(|s| {
+            s.set_nonblocking(false)?;
+            Ok(s)
+        }) {
+            Ok(s) => s,
+            Err(e) => return tracing::warn!(%peer, error = %e, "data connection unusable"),
+        };
+        let service = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ringstore-data".into())
+            .spawn(move || {
+                if let Err(e) = service.connection(stream, peer) {
+                    tracing::debug!(%peer, error = %e, "data connection ended");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(%peer, error = %e, "no thread for a data connection");
+        }
+    }
+
+    fn connection(&self, mut s: TcpStream, peer: SocketAddr) -> std::io::Result<()> {
+        s.set_read_timeout(Some(IDLE))?;
+        s.set_write_timeout(Some(SEND_STALL))?;
+        let mut hello = [0u8; MAGIC.len() + 64];
+        s.read_exact(&mut hello)?;
+        if hello[..MAGIC.len()] != MAGIC[..] {
+            return Err(std::io::Error::other("not a data connection"));
+        }
+        if !self.auth.accepts(&hello[MAGIC.len()..]) {
+            tracing::warn!(%peer, "refused an internal data connection: wrong cluster secret");
+            return s.write_all(&[0]);
+        }
+        s.write_all(&[1])?;
+        loop {
+            let mut len = [0u8; 4];
+            match s.read_exact(&mut len) {
+                Ok(()) => {}
+                // the client closed it, or it sat idle
+                Err(_) => return Ok(()),
+            }
+            let req = read_head::<DataReq>(&mut s, u32::from_be_bytes(len) as usize)?;
+            self.answer(req, &mut s)?;
+        }
+    }
+
+    fn count(&self, route: &'static str, method: &'static str) {
+        if let Some(c) = &self.count {
+            c(route, method);
+        }
+    }
+
+    fn answer(&self, req: DataReq, s: &mut TcpStream) -> std::io::Result<()> {
+        match req {
+            DataReq::GetWithData(req) => {
+                self.count("/rpc/v1/drive/get-with-data", "POST");
+                let (head, body) = self.get_with_data(req);
+                send(s, &head, body)
+            }
+            DataReq::Read {
+                drive,
+                data_id,
+                offset,
+                len,
+                partial,
+                uncached,
+            } => {
+                self.count("/rpc/v1/shard/{drive}/{data_id}", "GET");
+                let caching = if uncached {
+                    Caching::Uncached
+                } else {
+                    Caching::Cached
+                };
+                let read = self
+                    .drives
+                    .find(&drive)
+                    .map_err(|(status, m)| DataHead::error(status, m))
+                    .and_then(|d| {
+                        Body::open(&d, &data_id, offset, len, partial, caching)
+                            .map_err(|e| DataHead::error(StatusCode::INTERNAL_SERVER_ERROR, e))
+                    });
+                match read {
+                    Ok(Opened::Body(body)) => {
+                        let head = DataHead {
+                            status: 200,
+                            len: body.len(),
+                            ..Default::default()
+                        };
+                        send(s, &head, Some(body))
+                    }
+                    Ok(Opened::Missing) => {
+                        send(s, &DataHead::error(StatusCode::NOT_FOUND, "no such shard"), None)
+                    }
+                    Ok(Opened::Short) => send(
+                        s,
+                        &DataHead::error(StatusCode::RANGE_NOT_SATISFIABLE, "shard is shorter"),
+                        None,
+                    ),
+                    Err(head) => send(s, &head, None),
+                }
+            }
+        }
+    }
+
+    /// A record with the first bytes of the shard it names. The bytes are a help, not part
+    /// of the answer's meaning: a shard that is missing, shorter or unreadable is simply
+    /// not attached, and the reader finds out on its own.
+    fn get_with_data(&self, req: GetReq) -> (DataHead, Option<Body>) {
+        let drive = match self.drives.find(&req.drive) {
+            Ok(d) => d,
+            Err((status, m)) => return (DataHead::error(status, m), None),
+        };
+        let value = match drive.get(req.table, &req.key) {
+            Ok(v) => v,
+            Err(e) => return (DataHead::error(StatusCode::INTERNAL_SERVER_ERROR, e), None),
+        };
+        let body = value
+            .as_deref()
+            .and_then(|v| self.drives.attach(v, req.want))
+            .and_then(
+                |(id, len, caching)| match Body::open(&drive, &id, 0, len, false, caching) {
+                    Ok(Opened::Body(b)) => Some((id, b)),
+                    _ => None,
+                },
+            );
+        let (data_id, body) = body.unzip();
+        let head = DataHead {
+            status: 200,
+            value: value.map(ByteBuf::from),
+            data_id,
+            len: body.as_ref().map_or(0, Body::len),
+            ..Default::default()
+        };
+        (head, body)
+    }
+}
+
+/// The bytes of an answer: a range of a shard file, sent from the page cache, or bytes
+/// read around it.
+enum Body {
+    File {
+        file: std::fs::File,
+        offset: u64,
+        len: u64,
+    },
+    Read(Vec<u8>),
+}
+
+enum Opened {
+    Body(Body),
+    Missing,
+    /// The shard ends before the range does (and the reader wanted all of it).
+    Short,
+}
+
+impl Body {
+    fn open(
+        drive: &Drive,
+        data_id: &str,
+        offset: u64,
+        len: u64,
+        partial: bool,
+        caching: Caching,
+    ) -> Result<Opened, Box<dyn std::error::Error + Send + Sync>> {
+        let fit = |size: u64| {
+            let held = size.saturating_sub(offset);
+            if partial {
+                Some(len.min(held))
+            } else {
+                (held >= len).then_some(len)
+            }
+        };
+        Ok(match caching {
+            Caching::Cached => match drive.open_shard(data_id)? {
+                None => Opened::Missing,
+                Some(file) => match fit(file.metadata()?.len()) {
+                    Some(len) => Opened::Body(Body::File { file, offset, len }),
+                    None => Opened::Short,
+                },
+            },
+            Caching::Uncached => match drive.open_shard_uncached(data_id)? {
+                None => Opened::Missing,
+                Some(shard) => match fit(shard.file_len()?) {
+                    Some(len) => match shard.read_frame(offset, len as usize)? {
+                        Some(bytes) => Opened::Body(Body::Read(bytes)),
+                        None => Opened::Short,
+                    },
+                    None => Opened::Short,
+                },
+            },
+        })
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Body::File { len, .. } => *len,
+            Body::Read(b) => b.len() as u64,
+        }
+    }
+}
+
+/// Writes an answer: its head, then its bytes.
+fn send(s: &mut TcpStream, head: &DataHead, body: Option<Body>) -> std::io::Result<()> {
+    write_head(s, head)?;
+    match body {
+        None => Ok(()),
+        Some(Body::Read(b)) => s.write_all(&b),
+        Some(Body::File {
+            file,
+            mut offset,
+            len,
+        }) => {
+            let end = offset + len;
+            while offset < end {
+                let count = usize::try_from(end - offset).unwrap_or(usize::MAX);
+                let sent = rustix::fs::sendfile(&*s, &file, Some(&mut offset), count)?;
+                if sent == 0 {
+                    // the file shrank under us: the reader cannot be told otherwise
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "shard file ended early",
+                    ));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn write_head<T: Serialize>(s: &mut TcpStream, head: &T) -> std::io::Result<()> {
+    let head = crate::encode(head);
+    let mut out = Vec::with_capacity(4 + head.len());
+    out.extend_from_slice(&(head.len() as u32).to_be_bytes());
+    out.extend_from_slice(&head);
+    s.write_all(&out)
+}
+
+fn read_head<T: serde::de::DeserializeOwned>(s: &mut TcpStream, len: usize) -> std::io::Result<T> {
+    if len > MAX_HEAD {
+        return Err(std::io::Error::other(format!("a {len}-byte request head")));
+    }
+    let mut buf = vec![0u8; len];
+    s.read_exact(&mut buf)?;
+    crate::decode(&buf).map_err(std::io::Error::other)
+}
+
+/// A client's data connection to one peer.
+pub(crate) struct DataConn(tokio::net::TcpStream);
+
+impl DataConn {
+    /// Connects and presents the cluster token.
+    pub(crate) async fn open(addr: &str, auth: &ClusterAuth) -> Result<Self, RpcError> {
+        let unreachable = |reason: String| RpcError::Unreachable {
+            addr: addr.to_string(),
+            reason,
+        };
+        let mut tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| unreachable(format!("connect: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let mut hello = MAGIC.to_vec();
+        hello.extend_from_slice(auth.token().as_bytes());
+        tcp.write_all(&hello)
+            .await
+            .map_err(|e| unreachable(format!("data channel: {e}")))?;
+        match tcp.read_u8().await {
+            Ok(1) => Ok(Self(tcp)),
+            Ok(_) => Err(RpcError::Unauthorized(addr.to_string())),
+            Err(e) => Err(unreachable(format!("data channel refused: {e}"))),
+        }
+    }
+
+    /// One request and its answer. An error leaves the connection unusable.
+    pub(crate) async fn call(&mut self, req: &DataReq) -> std::io::Result<(DataHead, Bytes)> {
+        let req = crate::encode(req);
+        let mut out = Vec::with_capacity(4 + req.len());
+        out.extend_from_slice(&(req.len() as u32).to_be_bytes());
+        out.extend_from_slice(&req);
+        self.0.write_all(&out).await?;
+        let len = self.0.read_u32().await? as usize;
+        if len > MAX_HEAD {
+            return Err(std::io::Error::other(format!("a {len}-byte answer head")));
+        }
+        let mut head = vec![0u8; len];
+        self.0.read_exact(&mut head).await?;
+        let head: DataHead = crate::decode(&head).map_err(std::io::Error::other)?;
+        let len = usize::try_from(head.len).map_err(std::io::Error::other)?;
+        let mut body = BytesMut::with_capacity(len);
+        while body.len() < len {
+            let want = len - body.len();
+            let mut rest = (&mut body).limit(want);
+            if self.0.read_buf(&mut rest).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok((head, body.freeze()))
+    }
+}
+
+/// Idle data connections by peer address.
+#[derive(Default, Debug)]
+pub(crate) struct DataPool(std::sync::Mutex<std::collections::HashMap<String, Vec<tokio::net::TcpStream>>>);
+
+impl DataPool {
+    pub(crate) fn take(&self, addr: &str) -> Option<DataConn> {
+        let mut idle = self.0.lock().expect("not poisoned");
+        idle.get_mut(addr).and_then(Vec::pop).map(DataConn)
+    }
+
+    pub(crate) fn put(&self, addr: &str, conn: DataConn) {
+        let mut idle = self.0.lock().expect("not poisoned");
+        let conns = idle.entry(addr.to_string()).or_default();
+        if conns.len() < POOL {
+            conns.push(conn.0);
+        }
+    }
+}
+
+impl std::fmt::Debug for DataConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataConn")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Client, DriveHandle, RemoteDrive};
+    use ringstore_store::{Op, Table};
+
+    /// A node serving one drive on the data channel, and a handle on that drive as another
+    /// node sees it.
+    async fn serve(secret: &str) -> (tempfile::TempDir, Arc<Drive>, String, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let drive = Arc::new(Drive::open(dir.path()).unwrap());
+        let content: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut w = drive.create_shard("d1").unwrap();
+        w.write(&content).unwrap();
+        w.finish().unwrap();
+        let put = |key: &[u8], value: &[u8]| Op::Put {
+            table: Table::Objects,
+            key: key.to_vec(),
+            value: value.to_vec(),
+        };
+        drive
+            .commit(vec![
+                put(b"k", b"data"),
+                put(b"p", b"parity"),
+                put(b"gone", b"lost"),
+            ])
+            .await
+            .unwrap();
+        // records name shard d1 (or a missing one); the first 200 000 bytes are attached
+        let attach: crate::AttachData = Arc::new(|value: &[u8], want: Option<u64>| {
+            let (id, caching) = match value {
+                b"data" => ("d1", Caching::Cached),
+                b"parity" => ("d1", Caching::Uncached),
+                _ => ("d2", Caching::Cached),
+            };
+            Some((id.to_string(), want.unwrap_or(200_000), caching))
+        });
+        let service = DriveService::new([drive.clone()]).with_attach(attach);
+        let data = DataService::new(service, ClusterAuth::new(secret));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((stream, peer)) = listener.accept().await {
+                data.serve(stream, peer);
+            }
+        });
+        (dir, drive, addr, content)
+    }
+
+    fn remote(drive: &Drive, addr: &str, secret: &str) -> DriveHandle {
+        let client = Client::new(ClusterAuth::new(secret));
+        DriveHandle::Remote(Arc::new(RemoteDrive::new(
+            drive.id().to_string(),
+            "node-a".into(),
+            addr.to_string(),
+            client,
+        )))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_come_with_their_first_shard_bytes() {
+        let (_dir, drive, addr, content) = serve("s3cret").await;
+        let remote = remote(&drive, &addr, "s3cret");
+        for key in [&b"k"[..], b"p"] {
+            let (value, data) = remote.get_with_data(Table::Objects, key, None).await.unwrap();
+            assert!(value.is_some());
+            let (id, bytes) = data.expect("attached");
+            assert_eq!(id, "d1");
+            assert_eq!(&bytes[..], &content[..200_000], "cached and uncached alike");
+        }
+        // a shard that is shorter than the window, or missing, is simply not attached
+        let (value, data) = remote
+            .get_with_data(Table::Objects, b"k", Some(400_000))
+            .await
+            .unwrap();
+        assert_eq!(value.as_deref(), Some(&b"data"[..]));
+        assert!(data.is_none());
+        let (value, data) = remote.get_with_data(Table::Objects, b"gone", None).await.unwrap();
+        assert_eq!(value.as_deref(), Some(&b"lost"[..]));
+        assert!(data.is_none());
+        let (value, data) = remote
+            .get_with_data(Table::Objects, b"nothing", None)
+            .await
+            .unwrap();
+        assert!(value.is_none() && data.is_none());
+        // many calls in parallel, over pooled connections
+        let calls = (0..40).map(|_| remote.get_with_data(Table::Objects, b"k", Some(1000)));
+        for (_, data) in futures::future::try_join_all(calls).await.unwrap() {
+            assert_eq!(&data.unwrap().1[..], &content[..1000]);
+        }
+        // an unknown drive is named in the error
+        let other = DriveHandle::Remote(Arc::new(RemoteDrive::new(
+            "no-such-drive".into(),
+            "node-a".into(),
+            addr.clone(),
+            Client::new(ClusterAuth::new("s3cret")),
+        )));
+        let e = other.get_with_data(Table::Objects, b"k", None).await.unwrap_err();
+        assert!(e.to_string().contains("no drive no-such-drive"), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shard_ranges_are_read_exactly_or_as_far_as_they_go() {
+        let (_dir, drive, addr, content) = serve("s3cret").await;
+        let remote = remote(&drive, &addr, "s3cret");
+        tokio::task::spawn_blocking(move || {
+            for caching in [Caching::Cached, Caching::Uncached] {
+                let src = remote.open_shard_seeded("d1", None, caching).unwrap().unwrap();
+                let got = src.read_bytes(4095, 100_001).unwrap().unwrap();
+                assert_eq!(&got[..], &content[4095..104_096]);
+                // past the end: missing, not an error
+                assert!(src.read_bytes(250_000, 60_000).unwrap().is_none());
+                // read-ahead asks for as much as there is
+                src.prefetch(250_000, 100_000);
+                let got = src.read_bytes(250_000, 50_000).unwrap().unwrap();
+                assert_eq!(&got[..], &content[250_000..]);
+            }
+            let missing = remote
+                .open_shard_seeded("d2", None, Caching::Cached)
+                .unwrap()
+                .unwrap();
+            assert!(missing.read_bytes(0, 10).unwrap().is_none());
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wrong_cluster_secret_is_refused() {
+        let (_dir, drive, addr, _) = serve("s3cret").await;
+        let remote = remote(&drive, &addr, "guess");
+        let e = remote
+            .get_with_data(Table::Objects, b"k", None)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("refused our cluster secret"), "{e}");
+    }
+}
