@@ -46,6 +46,12 @@ const IDLE: Duration = Duration::from_secs(120);
 /// How long the server waits for a reader to take the bytes of an answer.
 const SEND_STALL: Duration = Duration::from_secs(20);
 
+/// How long a new connection may take to present its token.
+const HELLO: Duration = Duration::from_secs(5);
+
+/// Data connections a node serves at once (each has a thread); more are closed at once.
+const MAX_CONNECTIONS: usize = 1024;
+
 /// Idle connections a client keeps per peer.
 const POOL: usize = 64;
 
@@ -100,6 +106,8 @@ pub struct DataService {
     drives: DriveService,
     auth: ClusterAuth,
     count: Option<CountRequest>,
+    /// Connections being served.
+    open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl DataService {
@@ -108,6 +116,7 @@ impl DataService {
             drives,
             auth,
             count: None,
+            open: Default::default(),
         }
     }
 
@@ -126,6 +135,11 @@ impl DataService {
             Ok(s) => s,
             Err(e) => return tracing::warn!(%peer, error = %e, "data connection unusable"),
         };
+        use std::sync::atomic::Ordering;
+        if self.open.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return tracing::warn!(%peer, "refused a data connection: {MAX_CONNECTIONS} are open");
+        }
         let service = self.clone();
         let spawned = std::thread::Builder::new()
             .name("ringstore-data".into())
@@ -133,17 +147,20 @@ impl DataService {
                 if let Err(e) = service.connection(stream, peer) {
                     tracing::debug!(%peer, error = %e, "data connection ended");
                 }
+                service.open.fetch_sub(1, Ordering::Relaxed);
             });
         if let Err(e) = spawned {
+            self.open.fetch_sub(1, Ordering::Relaxed);
             tracing::warn!(%peer, error = %e, "no thread for a data connection");
         }
     }
 
     fn connection(&self, mut s: TcpStream, peer: SocketAddr) -> std::io::Result<()> {
-        s.set_read_timeout(Some(IDLE))?;
+        s.set_read_timeout(Some(HELLO))?;
         s.set_write_timeout(Some(SEND_STALL))?;
         let mut hello = [0u8; MAGIC.len() + 64];
         s.read_exact(&mut hello)?;
+        s.set_read_timeout(Some(IDLE))?;
         if hello[..MAGIC.len()] != MAGIC[..] {
             return Err(std::io::Error::other("not a data connection"));
         }
