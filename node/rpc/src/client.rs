@@ -1,4 +1,5 @@
-//! The client side: one multiplexed HTTP/2 connection per peer, with timeouts on every call.
+//! The client side: one multiplexed HTTP/2 connection per peer, pooled data-channel
+//! connections for shard reads, and timeouts on every call.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -48,7 +49,8 @@ impl RpcError {
 ///
 /// Each peer gets one HTTP/2 connection that every call multiplexes over (hyper's
 /// connection-level API: no pool checkout per request); a connection that closed is
-/// replaced by the next call.
+/// replaced by the next call. Shard reads take data-channel connections ([`crate::data`]),
+/// one per call in flight, kept idle for reuse.
 #[derive(Clone, Debug)]
 pub struct Client {
     conns: Arc<Mutex<HashMap<String, Peer>>>,
@@ -186,8 +188,8 @@ impl Client {
         Ok(sender)
     }
 
-    /// Bounds establishing a connection to `addr`: a refused or failed attempt marks the
-    /// peer down for [`DOWN_HINT`]; one that neither completes nor is refused within
+    /// Bounds establishing a connection to `addr`: an attempt that fails to reach the peer
+    /// (refused, reset) marks it down for [`DOWN_HINT`]; one that neither completes nor is refused within
     /// [`CONNECT_TIMEOUT`] (a peer that accepts connections but never answers) is a hang,
     /// probed until it answers.
     async fn connecting<T>(
@@ -198,7 +200,8 @@ impl Client {
         match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => {
-                if !matches!(e, RpcError::Unauthorized(_)) {
+                // (a peer that answered, if only to refuse, is not down)
+                if matches!(e, RpcError::Unreachable { .. }) {
                     self.mark(addr, true);
                 }
                 Err(e)

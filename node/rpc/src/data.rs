@@ -10,10 +10,11 @@
 //!
 //! The channel shares the RPC port: a connection that starts with [`MAGIC`] is a data
 //! connection, anything else is HTTP/2. After the magic the client sends the cluster token
-//! (64 hex characters) and the server answers one byte: 1 accepted, 0 refused (logged, and
-//! the connection closed). Then any number of requests, one at a time: a 4-byte big-endian
-//! length and a MessagePack [`DataReq`]; each answer is a 4-byte length and a MessagePack
-//! [`DataHead`], followed by `DataHead::len` raw bytes.
+//! (64 hex characters) and the server answers one byte: [`ACCEPTED`], [`REFUSED`] (a wrong
+//! token, logged) or [`BUSY`] (too many data connections open), and closes unless accepted.
+//! Then any number of requests, one at a time: a 4-byte big-endian length and a MessagePack
+//! [`DataReq`]; each answer is a 4-byte length and a MessagePack [`DataHead`], followed by
+//! `DataHead::len` raw bytes.
 //!
 //! The server gives each data connection a thread of its own: `sendfile` blocks on a disk
 //! read when the pages are not cached, and a connection carries one request at a time.
@@ -21,7 +22,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::StatusCode;
@@ -46,14 +47,23 @@ const IDLE: Duration = Duration::from_secs(120);
 /// How long the server waits for a reader to take the bytes of an answer.
 const SEND_STALL: Duration = Duration::from_secs(20);
 
-/// How long a new connection may take to present its token.
+/// How long a new connection may take to present its token (all of it).
 const HELLO: Duration = Duration::from_secs(5);
+
+/// The server's answers to a connection's token.
+pub const ACCEPTED: u8 = 1;
+pub const REFUSED: u8 = 0;
+pub const BUSY: u8 = 2;
 
 /// Data connections a node serves at once (each has a thread); more are closed at once.
 const MAX_CONNECTIONS: usize = 1024;
 
 /// Idle connections a client keeps per peer.
 const POOL: usize = 64;
+
+/// How long a client keeps an idle connection: well within the server's [`IDLE`], so a
+/// pooled connection is rarely one the server already closed.
+const POOL_IDLE: Duration = Duration::from_secs(60);
 
 /// What a data connection asks.
 #[derive(Serialize, Deserialize)]
@@ -106,8 +116,9 @@ pub struct DataService {
     drives: DriveService,
     auth: ClusterAuth,
     count: Option<CountRequest>,
-    /// Connections being served.
+    /// Connections being served, and how many may be.
     open: Arc<std::sync::atomic::AtomicUsize>,
+    limit: usize,
 }
 
 impl DataService {
@@ -117,7 +128,14 @@ impl DataService {
             auth,
             count: None,
             open: Default::default(),
+            limit: MAX_CONNECTIONS,
         }
+    }
+
+    /// Serves at most `limit` connections at once (default [`MAX_CONNECTIONS`]).
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
     }
 
     /// Calls `count` for every request served.
@@ -126,25 +144,46 @@ impl DataService {
         self
     }
 
-    /// Serves a connection whose first bytes were [`MAGIC`], on a thread of its own.
-    pub fn serve(&self, stream: tokio::net::TcpStream, peer: SocketAddr) {
-        let stream = match stream.into_std().and_then(|s| {
-            s.set_nonblocking(false)?;
-            Ok(s)
-        }) {
-            Ok(s) => s,
-            Err(e) => return tracing::warn!(%peer, error = %e, "data connection unusable"),
-        };
+    /// Serves a connection whose first bytes were [`MAGIC`]: checks its token (within
+    /// [`HELLO`]), then serves its requests on a thread of its own.
+    pub async fn serve(&self, mut stream: tokio::net::TcpStream, peer: SocketAddr) {
         use std::sync::atomic::Ordering;
-        if self.open.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
-            self.open.fetch_sub(1, Ordering::Relaxed);
-            return tracing::warn!(%peer, "refused a data connection: {MAX_CONNECTIONS} are open");
+        let mut hello = [0u8; MAGIC.len() + 64];
+        match tokio::time::timeout(HELLO, stream.read_exact(&mut hello)).await {
+            Ok(Ok(_)) if hello[..MAGIC.len()] == MAGIC[..] => {}
+            _ => return tracing::debug!(%peer, "a data connection without a hello"),
         }
+        let answer = if !self.auth.accepts(&hello[MAGIC.len()..]) {
+            tracing::warn!(%peer, "refused an internal data connection: wrong cluster secret");
+            REFUSED
+        } else if self.open.fetch_add(1, Ordering::Relaxed) >= self.limit {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "refused a data connection: {} are open", self.limit);
+            BUSY
+        } else {
+            ACCEPTED
+        };
+        let sent = tokio::time::timeout(SEND_STALL, stream.write_all(&[answer])).await;
+        if answer != ACCEPTED {
+            return;
+        }
+        let stream = match sent
+            .map_err(std::io::Error::other)
+            .and_then(|sent| sent)
+            .and_then(|_| stream.into_std())
+            .and_then(|s| s.set_nonblocking(false).map(|_| s))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                self.open.fetch_sub(1, Ordering::Relaxed);
+                return tracing::debug!(%peer, error = %e, "data connection lost at the start");
+            }
+        };
         let service = self.clone();
         let spawned = std::thread::Builder::new()
             .name("ringstore-data".into())
             .spawn(move || {
-                if let Err(e) = service.connection(stream, peer) {
+                if let Err(e) = service.requests(stream) {
                     tracing::debug!(%peer, error = %e, "data connection ended");
                 }
                 service.open.fetch_sub(1, Ordering::Relaxed);
@@ -155,20 +194,10 @@ impl DataService {
         }
     }
 
-    fn connection(&self, mut s: TcpStream, peer: SocketAddr) -> std::io::Result<()> {
-        s.set_read_timeout(Some(HELLO))?;
-        s.set_write_timeout(Some(SEND_STALL))?;
-        let mut hello = [0u8; MAGIC.len() + 64];
-        s.read_exact(&mut hello)?;
+    /// Serves an accepted connection's requests until it closes or sits idle.
+    fn requests(&self, mut s: TcpStream) -> std::io::Result<()> {
         s.set_read_timeout(Some(IDLE))?;
-        if hello[..MAGIC.len()] != MAGIC[..] {
-            return Err(std::io::Error::other("not a data connection"));
-        }
-        if !self.auth.accepts(&hello[MAGIC.len()..]) {
-            tracing::warn!(%peer, "refused an internal data connection: wrong cluster secret");
-            return s.write_all(&[0]);
-        }
-        s.write_all(&[1])?;
+        s.set_write_timeout(Some(SEND_STALL))?;
         loop {
             let mut len = [0u8; 4];
             match s.read_exact(&mut len) {
@@ -176,8 +205,13 @@ impl DataService {
                 // the client closed it, or it sat idle
                 Err(_) => return Ok(()),
             }
-            let req = read_head::<DataReq>(&mut s, u32::from_be_bytes(len) as usize)?;
-            self.answer(req, &mut s)?;
+            let mut req = vec![0u8; head_len(len)?];
+            s.read_exact(&mut req)?;
+            match crate::decode::<DataReq>(&req) {
+                Ok(req) => self.answer(req, &mut s)?,
+                // framed, so the connection goes on (a request from a newer peer, say)
+                Err(e) => send(&mut s, &DataHead::error(StatusCode::BAD_REQUEST, e), None)?,
+            }
         }
     }
 
@@ -364,21 +398,26 @@ fn send(s: &mut TcpStream, head: &DataHead, body: Option<Body>) -> std::io::Resu
     }
 }
 
-fn write_head<T: Serialize>(s: &mut TcpStream, head: &T) -> std::io::Result<()> {
-    let head = crate::encode(head);
-    let mut out = Vec::with_capacity(4 + head.len());
-    out.extend_from_slice(&(head.len() as u32).to_be_bytes());
-    out.extend_from_slice(&head);
-    s.write_all(&out)
+fn write_head(s: &mut TcpStream, head: &DataHead) -> std::io::Result<()> {
+    s.write_all(&framed(head))
 }
 
-fn read_head<T: serde::de::DeserializeOwned>(s: &mut TcpStream, len: usize) -> std::io::Result<T> {
+/// A message as it goes on the wire: its length (4 bytes, big endian), then MessagePack.
+fn framed<T: Serialize>(message: &T) -> Vec<u8> {
+    let message = crate::encode(message);
+    let mut out = Vec::with_capacity(4 + message.len());
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(&message);
+    out
+}
+
+/// The length of the message that follows a length prefix, if it is not absurd.
+fn head_len(prefix: [u8; 4]) -> std::io::Result<usize> {
+    let len = u32::from_be_bytes(prefix) as usize;
     if len > MAX_HEAD {
-        return Err(std::io::Error::other(format!("a {len}-byte request head")));
+        return Err(std::io::Error::other(format!("a {len}-byte message head")));
     }
-    let mut buf = vec![0u8; len];
-    s.read_exact(&mut buf)?;
-    crate::decode(&buf).map_err(std::io::Error::other)
+    Ok(len)
 }
 
 /// A client's data connection to one peer.
@@ -401,7 +440,12 @@ impl DataConn {
             .await
             .map_err(|e| unreachable(format!("data channel: {e}")))?;
         match tcp.read_u8().await {
-            Ok(1) => Ok(Self(tcp)),
+            Ok(ACCEPTED) => Ok(Self(tcp)),
+            Ok(BUSY) => Err(RpcError::Remote {
+                addr: addr.to_string(),
+                status: StatusCode::SERVICE_UNAVAILABLE.as_u16(),
+                message: "too many data connections are open".into(),
+            }),
             Ok(_) => Err(RpcError::Unauthorized(addr.to_string())),
             Err(e) => Err(unreachable(format!("data channel refused: {e}"))),
         }
@@ -409,16 +453,10 @@ impl DataConn {
 
     /// One request and its answer. An error leaves the connection unusable.
     pub(crate) async fn call(&mut self, req: &DataReq) -> std::io::Result<(DataHead, Bytes)> {
-        let req = crate::encode(req);
-        let mut out = Vec::with_capacity(4 + req.len());
-        out.extend_from_slice(&(req.len() as u32).to_be_bytes());
-        out.extend_from_slice(&req);
-        self.0.write_all(&out).await?;
-        let len = self.0.read_u32().await? as usize;
-        if len > MAX_HEAD {
-            return Err(std::io::Error::other(format!("a {len}-byte answer head")));
-        }
-        let mut head = vec![0u8; len];
+        self.0.write_all(&framed(req)).await?;
+        let mut prefix = [0u8; 4];
+        self.0.read_exact(&mut prefix).await?;
+        let mut head = vec![0u8; head_len(prefix)?];
         self.0.read_exact(&mut head).await?;
         let head: DataHead = crate::decode(&head).map_err(std::io::Error::other)?;
         let len = usize::try_from(head.len).map_err(std::io::Error::other)?;
@@ -434,21 +472,25 @@ impl DataConn {
     }
 }
 
-/// Idle data connections by peer address.
+/// Idle data connections by peer address, with when each was last used.
 #[derive(Default, Debug)]
-pub(crate) struct DataPool(std::sync::Mutex<std::collections::HashMap<String, Vec<tokio::net::TcpStream>>>);
+pub(crate) struct DataPool(std::sync::Mutex<std::collections::HashMap<String, Vec<(DataConn, Instant)>>>);
 
 impl DataPool {
+    /// The most recently used idle connection to `addr`; older ones than [`POOL_IDLE`] are
+    /// closed.
     pub(crate) fn take(&self, addr: &str) -> Option<DataConn> {
         let mut idle = self.0.lock().expect("not poisoned");
-        idle.get_mut(addr).and_then(Vec::pop).map(DataConn)
+        let conns = idle.get_mut(addr)?;
+        conns.retain(|(_, used)| used.elapsed() < POOL_IDLE);
+        conns.pop().map(|(c, _)| c)
     }
 
     pub(crate) fn put(&self, addr: &str, conn: DataConn) {
         let mut idle = self.0.lock().expect("not poisoned");
         let conns = idle.entry(addr.to_string()).or_default();
         if conns.len() < POOL {
-            conns.push(conn.0);
+            conns.push((conn, Instant::now()));
         }
     }
 }
@@ -468,6 +510,10 @@ mod tests {
     /// A node serving one drive on the data channel, and a handle on that drive as another
     /// node sees it.
     async fn serve(secret: &str) -> (tempfile::TempDir, Arc<Drive>, String, Vec<u8>) {
+        serve_at_most(secret, MAX_CONNECTIONS).await
+    }
+
+    async fn serve_at_most(secret: &str, limit: usize) -> (tempfile::TempDir, Arc<Drive>, String, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
         let drive = Arc::new(Drive::open(dir.path()).unwrap());
         let content: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -497,12 +543,13 @@ mod tests {
             Some((id.to_string(), want.unwrap_or(200_000), caching))
         });
         let service = DriveService::new([drive.clone()]).with_attach(attach);
-        let data = DataService::new(service, ClusterAuth::new(secret));
+        let data = DataService::new(service, ClusterAuth::new(secret)).limit(limit);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         tokio::spawn(async move {
             while let Ok((stream, peer)) = listener.accept().await {
-                data.serve(stream, peer);
+                let data = data.clone();
+                tokio::spawn(async move { data.serve(stream, peer).await });
             }
         });
         (dir, drive, addr, content)
@@ -595,5 +642,51 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("refused our cluster secret"), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_node_says_so_and_is_not_taken_for_down() {
+        let (_dir, drive, addr, _) = serve_at_most("s3cret", 1).await;
+        let holder = DataConn::open(&addr, &ClusterAuth::new("s3cret")).await.unwrap();
+        let remote = remote(&drive, &addr, "s3cret");
+        let e = remote
+            .get_with_data(Table::Objects, b"k", None)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("too many data connections"), "{e}");
+        assert!(!remote.is_down());
+        drop(holder);
+        // the slot comes free once the server sees the connection close
+        let mut tries = 0;
+        while remote.get_with_data(Table::Objects, b"k", None).await.is_err() {
+            tries += 1;
+            assert!(tries < 100, "the slot never came free");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_undecodable_request_gets_400_and_the_connection_goes_on() {
+        let (_dir, drive, addr, _) = serve("s3cret").await;
+        let mut conn = DataConn::open(&addr, &ClusterAuth::new("s3cret")).await.unwrap();
+        conn.0.write_all(&[0, 0, 0, 1, 0xc1]).await.unwrap();
+        let mut prefix = [0u8; 4];
+        conn.0.read_exact(&mut prefix).await.unwrap();
+        let mut head = vec![0u8; head_len(prefix).unwrap()];
+        conn.0.read_exact(&mut head).await.unwrap();
+        let head: DataHead = crate::decode(&head).unwrap();
+        assert_eq!(head.status, 400);
+        assert_eq!(head.len, 0);
+        let req = DataReq::GetWithData(GetReq {
+            drive: drive.id().to_string(),
+            table: Table::Objects,
+            key: ByteBuf::from(b"k".to_vec()),
+            want: Some(10),
+        });
+        let (head, bytes) = conn.call(&req).await.unwrap();
+        assert_eq!(
+            (head.status, head.data_id.as_deref(), bytes.len()),
+            (200, Some("d1"), 10)
+        );
     }
 }

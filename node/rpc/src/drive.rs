@@ -1,8 +1,8 @@
 //! A drive as the object service sees it: local (this node's folder) or remote (a drive of
 //! another node, reached over RPC). Metadata calls are async; shard I/O is synchronous and
-//! meant for blocking threads (`spawn_blocking`), where the remote variant drives its HTTP/2
-//! calls with the runtime handle it captured, so the erasure-coding loops stay the same for
-//! both.
+//! meant for blocking threads (`spawn_blocking`), where the remote variant drives its calls
+//! (HTTP/2 streams for shard writes, data-channel requests for reads) with the runtime
+//! handle it captured, so the erasure-coding loops stay the same for both.
 
 use std::fs::File;
 use std::sync::Arc;

@@ -340,7 +340,7 @@ pub async fn serve_rpc(
             if let Ok(Ok(1)) = peeked
                 && first[0] == ringstore_rpc::data::MAGIC[0]
             {
-                return data.serve(stream, peer);
+                return data.serve(stream, peer).await;
             }
             let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
