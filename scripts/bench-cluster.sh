@@ -142,6 +142,13 @@ round() { # N
     rm -rf "$WORK/r$r"
 }
 
+# a round keeps what it wrote until it ends: about 12 GB with 10 s phases on a 2-core
+# machine; a full disk shows up as failed PUTs ("1 shards written durably, 3 needed")
+need_kb=$((16 * 1024 * 1024 * DURATION / 10))
+free_kb="$(df -Pk "$WORK" | awk 'NR == 2 { print $4 }')"
+if [ "$free_kb" -lt "$need_kb" ]; then
+    log "warning: $((free_kb / 1024 / 1024)) GiB free under $WORK; a round may need $((need_kb / 1024 / 1024)) GiB"
+fi
 for r in $(seq "$ROUNDS"); do round "$r"; done
 
 echo
