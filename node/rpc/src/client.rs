@@ -216,6 +216,27 @@ impl Client {
         }
     }
 
+    /// An idle data connection to `addr` from the pool, or a new one.
+    pub(crate) async fn data_conn(&self, addr: &str) -> Result<DataConn, RpcError> {
+        match self.data.take(addr) {
+            Some(conn) => Ok(conn),
+            None => self.connecting(addr, DataConn::open(addr, &self.auth)).await,
+        }
+    }
+
+    /// Keeps a data connection whose last request was answered, for reuse.
+    pub(crate) fn data_idle(&self, addr: &str, conn: DataConn) {
+        self.data.put(addr, conn);
+    }
+
+    /// The error of a data connection to `addr` that broke.
+    pub(crate) fn lost(&self, addr: &str, e: std::io::Error) -> RpcError {
+        RpcError::Unreachable {
+            addr: addr.to_string(),
+            reason: format!("data channel: {e}"),
+        }
+    }
+
     /// A request on a data connection to `addr` ([`crate::data`]), bounded by `timeout` like
     /// any call; answers other than 200 become errors. Idle connections are reused; one
     /// that fails (its peer may have closed it) is dropped and the request, a read, is
@@ -234,10 +255,7 @@ impl Client {
                 return Ok(answer);
             }
             let mut conn = self.connecting(addr, DataConn::open(addr, &self.auth)).await?;
-            let answer = conn.call(req).await.map_err(|e| RpcError::Unreachable {
-                addr: addr.to_string(),
-                reason: format!("data channel: {e}"),
-            })?;
+            let answer = conn.call(req).await.map_err(|e| self.lost(addr, e))?;
             self.data.put(addr, conn);
             Ok(answer)
         };

@@ -16,8 +16,15 @@
 //! [`DataReq`]; each answer is a 4-byte length and a MessagePack [`DataHead`], followed by
 //! `DataHead::len` raw bytes.
 //!
+//! Shard writes take the channel the other way: a [`DataReq::Write`] head, then the shard's
+//! bytes in chunks (a 4-byte big-endian length, then that many bytes), ended by an empty
+//! chunk; the server writes them as they come and answers one head once the shard is
+//! fsynced. A connection that closes before the empty chunk leaves nothing behind (the
+//! writer went away, and its unfinished file is removed).
+//!
 //! The server gives each data connection a thread of its own: `sendfile` blocks on a disk
-//! read when the pages are not cached, and a connection carries one request at a time.
+//! read when the pages are not cached, a shard write blocks on the drive, and a connection
+//! carries one request at a time.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -58,6 +65,9 @@ pub const BUSY: u8 = 2;
 /// Data connections a node serves at once (each has a thread); more are closed at once.
 const MAX_CONNECTIONS: usize = 1024;
 
+/// Longest chunk of a shard write accepted.
+const MAX_CHUNK: usize = 16 << 20;
+
 /// Idle connections a client keeps per peer.
 const POOL: usize = 64;
 
@@ -80,6 +90,13 @@ pub(crate) enum DataReq {
         len: u64,
         partial: bool,
         uncached: bool,
+    },
+    /// A new shard file (`replace`: a replacement that takes the old one's place atomically
+    /// when finished); its bytes follow in chunks (see the module's documentation).
+    Write {
+        drive: String,
+        data_id: String,
+        replace: bool,
     },
 }
 
@@ -270,7 +287,71 @@ impl DataService {
                     Err(head) => send(s, &head, None),
                 }
             }
+            DataReq::Write {
+                drive,
+                data_id,
+                replace,
+            } => {
+                self.count("/rpc/v1/shard/{drive}/{data_id}", "PUT");
+                let head = self.write_shard(&drive, &data_id, replace, s)?;
+                send(s, &head, None)
+            }
         }
+    }
+
+    /// Takes a shard's chunks into a new file until the empty chunk, then fsyncs it. A drive
+    /// that cannot take them does not end the connection: the rest of the chunks are read
+    /// and dropped, and the answer says what failed. An `Err` (the connection broke or sent
+    /// an absurd chunk) drops the unfinished file.
+    fn write_shard(
+        &self,
+        drive: &str,
+        data_id: &str,
+        replace: bool,
+        s: &mut TcpStream,
+    ) -> std::io::Result<DataHead> {
+        let mut writer = self
+            .drives
+            .find(drive)
+            .map_err(|(status, m)| DataHead::error(status, m))
+            .and_then(|d| {
+                if replace {
+                    d.replace_shard(data_id)
+                } else {
+                    d.create_shard(data_id)
+                }
+                .map_err(|e| DataHead::error(StatusCode::INTERNAL_SERVER_ERROR, e))
+            });
+        // one buffer for every chunk: grown once, never cleared again
+        let mut buf = Vec::new();
+        loop {
+            let mut prefix = [0u8; 4];
+            s.read_exact(&mut prefix)?;
+            let len = u32::from_be_bytes(prefix) as usize;
+            if len == 0 {
+                break;
+            }
+            if len > MAX_CHUNK {
+                return Err(std::io::Error::other(format!("a {len}-byte shard chunk")));
+            }
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+            s.read_exact(&mut buf[..len])?;
+            if let Ok(w) = &mut writer
+                && let Err(e) = w.write(&buf[..len])
+            {
+                writer = Err(DataHead::error(StatusCode::INTERNAL_SERVER_ERROR, e));
+            }
+        }
+        Ok(match writer.map(ringstore_store::ShardWriter::finish) {
+            Ok(Ok(())) => DataHead {
+                status: 200,
+                ..Default::default()
+            },
+            Ok(Err(e)) => DataHead::error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            Err(head) => head,
+        })
     }
 
     /// A record with the first bytes of the shard it names. The bytes are a help, not part
@@ -454,11 +535,7 @@ impl DataConn {
     /// One request and its answer. An error leaves the connection unusable.
     pub(crate) async fn call(&mut self, req: &DataReq) -> std::io::Result<(DataHead, Bytes)> {
         self.0.write_all(&framed(req)).await?;
-        let mut prefix = [0u8; 4];
-        self.0.read_exact(&mut prefix).await?;
-        let mut head = vec![0u8; head_len(prefix)?];
-        self.0.read_exact(&mut head).await?;
-        let head: DataHead = crate::decode(&head).map_err(std::io::Error::other)?;
+        let head = self.head().await?;
         let len = usize::try_from(head.len).map_err(std::io::Error::other)?;
         let mut body = BytesMut::with_capacity(len);
         while body.len() < len {
@@ -470,7 +547,44 @@ impl DataConn {
         }
         Ok((head, body.freeze()))
     }
+
+    async fn head(&mut self) -> std::io::Result<DataHead> {
+        let mut prefix = [0u8; 4];
+        self.0.read_exact(&mut prefix).await?;
+        let mut head = vec![0u8; head_len(prefix)?];
+        self.0.read_exact(&mut head).await?;
+        crate::decode(&head).map_err(std::io::Error::other)
+    }
+
+    /// Starts a shard write ([`DataReq::Write`]); its chunks follow.
+    pub(crate) async fn start(&mut self, req: &DataReq) -> std::io::Result<()> {
+        self.0.write_all(&framed(req)).await
+    }
+
+    /// Sends a chunk of a shard write: `chunk` starts with [`CHUNK_HEAD`] bytes that this
+    /// fills with its length, so that it leaves in one write.
+    pub(crate) async fn chunk(&mut self, chunk: &mut [u8]) -> std::io::Result<()> {
+        let len = u32::try_from(chunk.len() - CHUNK_HEAD).map_err(std::io::Error::other)?;
+        chunk[..CHUNK_HEAD].copy_from_slice(&len.to_be_bytes());
+        self.0.write_all(chunk).await
+    }
+
+    /// Ends a shard write and waits for the server's answer (after its fsync).
+    pub(crate) async fn end(&mut self) -> std::io::Result<DataHead> {
+        self.0.write_all(&[0u8; CHUNK_HEAD]).await?;
+        self.head().await
+    }
+
+    /// Whether the peer closed this idle connection (or it broke): it has nothing to read
+    /// while idle, so anything but "would block" means it is not usable.
+    fn closed(&self) -> bool {
+        let mut byte = [0u8; 1];
+        !matches!(self.0.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
 }
+
+/// The bytes a shard-write chunk starts with (its length).
+pub(crate) const CHUNK_HEAD: usize = 4;
 
 /// Idle data connections by peer address, with when each was last used.
 #[derive(Default, Debug)]
@@ -482,7 +596,7 @@ impl DataPool {
     pub(crate) fn take(&self, addr: &str) -> Option<DataConn> {
         let mut idle = self.0.lock().expect("not poisoned");
         let conns = idle.get_mut(addr)?;
-        conns.retain(|(_, used)| used.elapsed() < POOL_IDLE);
+        conns.retain(|(c, used)| used.elapsed() < POOL_IDLE && !c.closed());
         conns.pop().map(|(c, _)| c)
     }
 
@@ -631,6 +745,70 @@ mod tests {
         })
         .await
         .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shards_are_written_whole_or_not_at_all() {
+        let (_dir, drive, addr, _) = serve("s3cret").await;
+        let remote = remote(&drive, &addr, "s3cret");
+        let unknown = DriveHandle::Remote(Arc::new(RemoteDrive::new(
+            "no-such-drive".into(),
+            "node-a".into(),
+            addr.clone(),
+            Client::new(ClusterAuth::new("s3cret")),
+        )));
+        let d = drive.clone();
+        tokio::task::spawn_blocking(move || {
+            let stored = |id: &str| {
+                d.open_shard(id).unwrap().map(|mut f| {
+                    let mut v = Vec::new();
+                    f.read_to_end(&mut v).unwrap();
+                    v
+                })
+            };
+            let bytes: Vec<u8> = (0..700_000u32).map(|i| (i * 13 % 241) as u8).collect();
+            // pieces smaller and larger than a chunk, and a checksum-sized one
+            let write = |id: &str, replace: bool, data: &[u8]| {
+                let mut w = remote.create_shard(id, replace).unwrap();
+                for piece in [&data[..4], &data[4..100_000], &data[100_000..]] {
+                    w.write(piece).unwrap();
+                }
+                w
+            };
+            write("s0001", false, &bytes).finish().unwrap();
+            assert_eq!(stored("s0001").as_deref(), Some(&bytes[..]));
+            // a replacement takes the old shard's place once finished
+            let other: Vec<u8> = bytes.iter().rev().copied().collect();
+            write("s0001", true, &other[..300_000]).finish().unwrap();
+            assert_eq!(stored("s0001").as_deref(), Some(&other[..300_000]));
+            // a writer that goes away leaves nothing behind, and an unfinished
+            // replacement leaves the old shard as it was
+            drop(write("s0002", false, &bytes));
+            drop(write("s0001", true, &bytes));
+            let files = |dir: &str| {
+                let dir = d.root().join(".ringstore").join("data").join(dir);
+                std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0)
+            };
+            let mut tries = 0;
+            while files("02") > 0 || files("01") > 1 {
+                tries += 1;
+                assert!(tries < 100, "an abandoned write left a file behind");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert_eq!(files("01"), 1, "the shard itself is where it is looked for");
+            assert_eq!(stored("s0001").as_deref(), Some(&other[..300_000]));
+            // a drive the node does not have: the whole shard is taken and the answer says so
+            let e = write_err(&unknown, &bytes);
+            assert!(e.contains("no drive no-such-drive"), "{e}");
+        })
+        .await
+        .unwrap();
+    }
+
+    fn write_err(drive: &DriveHandle, data: &[u8]) -> String {
+        let mut w = drive.create_shard("s0003", false).unwrap();
+        w.write(data).unwrap();
+        w.finish().unwrap_err().to_string()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! A drive as the object service sees it: local (this node's folder) or remote (a drive of
 //! another node, reached over RPC). Metadata calls are async; shard I/O is synchronous and
 //! meant for blocking threads (`spawn_blocking`), where the remote variant drives its calls
-//! (HTTP/2 streams for shard writes, data-channel requests for reads) with the runtime
+//! (data-channel requests for shard reads and writes) with the runtime
 //! handle it captured, so the erasure-coding loops stay the same for both.
 
 use std::fs::File;
@@ -9,12 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use ringstore_store::{Drive, Error, Op, Result, ShardWriter, Table, UncachedShard};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::data::DataReq;
+use crate::data::{CHUNK_HEAD, DataConn, DataReq};
 use crate::{Client, RpcError};
 
 /// How long a remote shard write may wait for the peer to take the next frame, and for its
@@ -264,43 +263,31 @@ impl DriveHandle {
             }
             DriveHandle::Remote(r) => {
                 let handle = tokio::runtime::Handle::current();
-                // `Some(bytes)` is data and `None` the end of the shard; a sender dropped before
-                // the end (the PUT failed) turns into a body error, so the peer discards the
-                // partial file instead of keeping it
-                let (tx, rx) = tokio::sync::mpsc::channel::<Option<Bytes>>(4);
-                type BoxError = Box<dyn std::error::Error + Send + Sync>;
-                let frames = futures::stream::unfold(Some(rx), |rx| async move {
-                    let mut rx = rx?;
-                    match rx.recv().await {
-                        Some(Some(b)) => Some((Ok::<_, BoxError>(hyper::body::Frame::data(b)), Some(rx))),
-                        Some(None) => None,
-                        None => Some((Err(BoxError::from("shard write abandoned")), None)),
+                let req = DataReq::Write {
+                    drive: r.id.clone(),
+                    data_id: data_id.to_string(),
+                    replace,
+                };
+                let conn = handle.block_on(async {
+                    let started = async {
+                        let mut conn = r.client.data_conn(&r.addr).await?;
+                        conn.start(&req).await.map_err(|e| r.client.lost(&r.addr, e))?;
+                        Ok::<_, RpcError>(conn)
+                    };
+                    match tokio::time::timeout(SHARD_STALL, started).await {
+                        Ok(started) => started.map_err(|e| r.err(e)),
+                        Err(_) => Err(Error::Remote {
+                            drive: format!("{} (node {})", r.id, r.node),
+                            reason: stalled(r, "took no shard"),
+                        }),
                     }
-                });
-                let body = http_body_util::StreamBody::new(frames).boxed();
-                let path = format!("/shard/{}/{}?replace={}", r.id, data_id, replace as u8);
-                let remote = r.clone();
-                let response = handle.spawn(async move {
-                    remote
-                        .client
-                        .send(
-                            &remote.addr,
-                            http::Method::PUT,
-                            &path,
-                            body,
-                            Duration::from_secs(3600),
-                        )
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| remote.err(e))
-                });
-                Ok(ShardSink::Remote {
-                    tx: Some(tx),
-                    buf: Vec::with_capacity(SEND_AT + 64),
-                    response,
+                })?;
+                Ok(ShardSink::Remote(RemoteSink {
+                    conn: Some(conn),
+                    buf: chunk_buffer(),
                     handle,
                     drive: r.clone(),
-                })
+                }))
             }
         }
     }
@@ -380,41 +367,62 @@ impl DriveHandle {
 /// A shard being written.
 pub enum ShardSink {
     Local(ShardWriter),
-    Remote {
-        tx: Option<tokio::sync::mpsc::Sender<Option<Bytes>>>,
-        /// Written bytes not sent yet: frames and their checksums leave in one message.
-        buf: Vec<u8>,
-        response: tokio::task::JoinHandle<Result<()>>,
-        handle: tokio::runtime::Handle,
-        drive: Arc<RemoteDrive>,
-    },
+    Remote(RemoteSink),
+}
+
+/// A shard being written on another node, over a data connection ([`crate::data`]);
+/// dropped unfinished, it closes the connection and the peer removes the partial file.
+pub struct RemoteSink {
+    conn: Option<DataConn>,
+    /// Written bytes not sent yet, after room for the chunk's length: frames and their
+    /// checksums leave in one chunk.
+    buf: Vec<u8>,
+    handle: tokio::runtime::Handle,
+    drive: Arc<RemoteDrive>,
 }
 
 /// Bytes gathered before a remote shard write sends them (one frame).
 const SEND_AT: usize = 256 * 1024;
 
-/// Sends one message of a remote shard (`None` ends it), waiting at most `SHARD_STALL`.
-fn send_remote(
+fn chunk_buffer() -> Vec<u8> {
+    let mut buf = Vec::with_capacity(CHUNK_HEAD + SEND_AT + 64);
+    buf.resize(CHUNK_HEAD, 0);
+    buf
+}
+
+/// What went wrong with a peer that did not keep up with a shard write within
+/// [`SHARD_STALL`]; it is suspected of hanging. Within the runtime.
+fn stalled(drive: &RemoteDrive, what: &str) -> String {
+    drive.client.suspect(&drive.addr);
+    format!("node {} {what} for {} s", drive.node, SHARD_STALL.as_secs())
+}
+
+/// Runs one step of a remote shard write on `conn`, waiting at most [`SHARD_STALL`].
+fn remote_step<T>(
     handle: &tokio::runtime::Handle,
-    tx: &tokio::sync::mpsc::Sender<Option<Bytes>>,
+    conn: &mut Option<DataConn>,
     drive: &RemoteDrive,
-    msg: Option<Bytes>,
-) -> std::io::Result<()> {
+    what: &str,
+    step: impl AsyncFnOnce(&mut DataConn) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let c = conn
+        .as_mut()
+        .ok_or_else(|| std::io::Error::other("shard write already failed"))?;
     // the timer is created inside `block_on`: callers may be plain threads
-    match handle.block_on(async { tokio::time::timeout(SHARD_STALL, tx.send(msg)).await }) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(std::io::Error::other(format!(
-            "node {} stopped taking the shard",
-            drive.node
-        ))),
-        Err(_) => {
-            let _runtime = handle.enter();
-            drive.client.suspect(&drive.addr);
+    let done = handle.block_on(async { tokio::time::timeout(SHARD_STALL, step(c)).await });
+    match done {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            *conn = None;
             Err(std::io::Error::other(format!(
-                "node {} took no data for {} s",
-                drive.node,
-                SHARD_STALL.as_secs()
+                "node {} stopped taking the shard: {e}",
+                drive.node
             )))
+        }
+        Err(_) => {
+            *conn = None;
+            let _runtime = handle.enter();
+            Err(std::io::Error::other(stalled(drive, what)))
         }
     }
 }
@@ -423,20 +431,16 @@ impl ShardSink {
     pub fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
         match self {
             ShardSink::Local(w) => w.write(data),
-            ShardSink::Remote {
-                tx,
+            ShardSink::Remote(RemoteSink {
+                conn,
                 buf,
                 handle,
                 drive,
-                ..
-            } => {
-                let sender = tx
-                    .as_ref()
-                    .ok_or_else(|| std::io::Error::other("shard already finished"))?;
+            }) => {
                 buf.extend_from_slice(data);
-                if buf.len() >= SEND_AT {
-                    let bytes = Bytes::from(std::mem::replace(buf, Vec::with_capacity(SEND_AT + 64)));
-                    send_remote(handle, sender, drive, Some(bytes))?;
+                if buf.len() >= CHUNK_HEAD + SEND_AT {
+                    remote_step(handle, conn, drive, "took no data", async |c| c.chunk(buf).await)?;
+                    buf.truncate(CHUNK_HEAD);
                 }
                 Ok(())
             }
@@ -447,41 +451,34 @@ impl ShardSink {
     pub fn finish(self) -> std::io::Result<()> {
         match self {
             ShardSink::Local(w) => w.finish(),
-            ShardSink::Remote {
-                tx,
-                buf,
-                response,
+            ShardSink::Remote(RemoteSink {
+                mut conn,
+                mut buf,
                 handle,
                 drive,
-            } => {
-                let sent = match &tx {
-                    Some(tx) => if buf.is_empty() {
-                        Ok(())
-                    } else {
-                        send_remote(&handle, tx, &drive, Some(Bytes::from(buf)))
-                    }
-                    .and_then(|_| send_remote(&handle, tx, &drive, None)),
-                    None => Err(std::io::Error::other("shard already finished")),
-                };
-                if let Err(e) = sent {
-                    response.abort();
-                    return Err(e);
+            }) => {
+                if buf.len() > CHUNK_HEAD {
+                    remote_step(&handle, &mut conn, &drive, "took no data", async |c| {
+                        c.chunk(&mut buf).await
+                    })?;
                 }
-                drop(tx);
-                match handle.block_on(async { tokio::time::timeout(SHARD_STALL, response).await }) {
-                    Ok(Ok(Ok(()))) => Ok(()),
-                    Ok(Ok(Err(e))) => Err(std::io::Error::other(e.to_string())),
-                    Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
-                    Err(_) => {
-                        let _runtime = handle.enter();
-                        drive.client.suspect(&drive.addr);
-                        Err(std::io::Error::other(format!(
-                            "node {} did not confirm the shard within {} s",
-                            drive.node,
-                            SHARD_STALL.as_secs()
-                        )))
-                    }
+                let head = remote_step(
+                    &handle,
+                    &mut conn,
+                    &drive,
+                    "did not confirm the shard",
+                    async |c| c.end().await,
+                )?;
+                if let Some(c) = conn {
+                    drive.client.data_idle(&drive.addr, c);
                 }
+                if head.status != 200 {
+                    return Err(std::io::Error::other(format!(
+                        "node {} could not write the shard: {}",
+                        drive.node, head.message
+                    )));
+                }
+                Ok(())
             }
         }
     }

@@ -4,12 +4,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{post, put};
+use axum::routing::post;
 use bytes::Bytes;
-use futures::StreamExt;
 use http::StatusCode;
 use ringstore_store::Drive;
 use serde_bytes::ByteBuf;
@@ -90,7 +88,6 @@ pub fn router(service: DriveService) -> Router {
         .route(&format!("{p}/drive/scan"), post(scan))
         .route(&format!("{p}/shard/patch"), post(patch))
         .route(&format!("{p}/shard/delete"), post(delete))
-        .route(&format!("{p}/shard/{{drive}}/{{data_id}}"), put(write_shard))
         .layer(DefaultBodyLimit::disable())
         .with_state(service)
 }
@@ -196,65 +193,5 @@ async fn delete(State(s): State<DriveService>, body: Bytes) -> Response {
     match open::<ShardReq>(&s, &body) {
         Ok((req, drive)) => answer(blocking(move || drive.delete_shard(&req.data_id)).await),
         Err(r) => r,
-    }
-}
-
-#[derive(serde::Deserialize)]
-struct WriteQuery {
-    #[serde(default)]
-    replace: u8,
-}
-
-/// Streams the request body into a new shard file and answers once it is fsynced. A body
-/// that ends with an error (the writer went away) leaves nothing behind.
-async fn write_shard(
-    State(s): State<DriveService>,
-    Path((drive, data_id)): Path<(String, String)>,
-    Query(q): Query<WriteQuery>,
-    body: Body,
-) -> Response {
-    let drive = match s.drive(&drive) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
-    // `Some(bytes)` carries data, `None` says the body ended whole; a closed channel without
-    // it means the body was cut off, and the unfinished writer removes its file when dropped
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Bytes>>(4);
-    let writer = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let mut w = if q.replace != 0 {
-            drive.replace_shard(&data_id)
-        } else {
-            drive.create_shard(&data_id)
-        }
-        .map_err(|e| e.to_string())?;
-        loop {
-            match rx.blocking_recv() {
-                Some(Some(b)) => w.write(&b).map_err(|e| e.to_string())?,
-                Some(None) => return w.finish().map_err(|e| e.to_string()),
-                None => return Err("shard body cut off".into()),
-            }
-        }
-    });
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(b) => {
-                if tx.send(Some(b)).await.is_err() {
-                    break; // the writer failed; its error says why
-                }
-            }
-            Err(e) => {
-                drop(tx);
-                let _ = writer.await;
-                return bad_request(format!("shard body cut off: {e}"));
-            }
-        }
-    }
-    let _ = tx.send(None).await;
-    drop(tx);
-    match writer.await {
-        Ok(Ok(())) => StatusCode::OK.into_response(),
-        Ok(Err(e)) => storage_error(e),
-        Err(e) => storage_error(e),
     }
 }
