@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Cluster benchmark, all in one run on this machine (release build):
-#   1. baseline: one node with 4 drive folders, EC 2+2;
+#   1. baseline: one node with 4 drive folders, EC 2+2 (first in odd rounds, last in even ones);
 #   2. a 4-node cluster (one drive each, EC 2+2) on 127.0.0.21-24, the load generator's
 #      workers spread over the four nodes;
 #   3. the same cluster with one node killed (load on the three survivors).
-# Each phase PUTs then GETs (verified) 4 KiB and 1 MiB objects; the summary prints the
+# Each phase PUTs then GETs (verified) 4 KiB and 1 MiB objects, then GETs them again
+# ("reget": the same reads once the data shards are in the page cache); the summary prints the
 # cluster's throughput as a share of the single node's and of the healthy cluster's, and
 # the server processes' CPU time per operation (user + system, all nodes together): on a
 # shared machine it drifts much less than throughput, and shows what each setup costs.
@@ -69,20 +70,35 @@ server_ticks() { # PID...
 
 # Appends a loadgen JSON line to the results, with its setup, round and the servers' CPU
 # time per operation during that phase.
-record() { # LABEL ROUND TICKS JSON
+record() { # LABEL ROUND TICKS JSON [OP]
     python3 - "$@" >>"$RESULTS" <<'EOF'
 import json, os, sys
 label, rnd, ticks, line = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 r = json.loads(line)
+if len(sys.argv) > 5:
+    r["op"] = sys.argv[5]
 hz = os.sysconf("SC_CLK_TCK")
 cpu = ticks * 1000 / hz / r["ops"] if r["ops"] else 0
 print(json.dumps({"setup": label, "round": rnd, **r, "server_cpu_ms": round(cpu, 3)}))
 EOF
 }
 
+# Empties the page cache before a setup, where this user may (root): on a virtual machine the
+# first reads of fresh objects (GET, not reget) cost several times more CPU when the kernel
+# hands out page-cache pages the host has reclaimed than when it reuses pages freed moments
+# ago, so without this the setup that follows a large free (the previous one's data) reads
+# cheaply and the one that does not pays.
+fresh_cache() {
+    sync
+    if [ -w /proc/sys/vm/drop_caches ]; then
+        echo 1 >/proc/sys/vm/drop_caches
+    fi
+}
+
 run_load() { # LABEL ENDPOINTS ROUND SERVER_PID...
-    local label="$1" endpoints="$2" r="$3" size t0 t1 t2 put get written
+    local label="$1" endpoints="$2" r="$3" size t0 t1 t2 t3 put get reget written
     shift 3
+    fresh_cache
     for size in 4KiB 1MiB; do
         log "round $r, $label: $size, concurrency $CONC, ${DURATION}s per phase"
         t0=$(server_ticks "$@")
@@ -95,15 +111,21 @@ run_load() { # LABEL ENDPOINTS ROUND SERVER_PID...
             --duration "$DURATION" --ops get --population "$written" --prefix "$label" --json |
             grep '^{')
         t2=$(server_ticks "$@")
+        # the first GETs of fresh objects fill the page cache, whose cost on a virtual machine
+        # varies with the memory the kernel hands out; the second pass reads cached shards
+        reget=$("$LOADGEN" --endpoint "$endpoints" --size "$size" --concurrency "$CONC" \
+            --duration "$DURATION" --ops get --population "$written" --prefix "$label" --json |
+            grep '^{')
+        t3=$(server_ticks "$@")
         record "$label" "$r" $((t1 - t0)) "$put"
         record "$label" "$r" $((t2 - t1)) "$get"
+        record "$label" "$r" $((t3 - t2)) "$reget" reget
     done
 }
 
-round() { # N
-    local r="$1" port i ip single_pid
-    local -a S3 RPC NODES
-    # 1. single node, 4 drives
+# 1. single node, 4 drives
+single_setup() { # ROUND
+    local r="$1" port single_pid
     port=$(free_port 127.0.0.1)
     mkdir -p "$WORK/r$r/single/"d{1,2,3,4}
     "$BIN" server --address "127.0.0.1:$port" --redundancy 2+2 \
@@ -115,8 +137,13 @@ round() { # N
     wait_ready "127.0.0.1:$port"
     run_load single "http://127.0.0.1:$port" "$r" "$single_pid"
     kill "$single_pid"; wait "$single_pid" 2>/dev/null || true
+    rm -rf "$WORK/r$r/single"
+}
 
-    # 2. four nodes
+# 2. four nodes, then 3. one of them down
+cluster_setups() { # ROUND
+    local r="$1" i ip
+    local -a S3 RPC NODES
     for i in 0 1 2 3; do
         ip="127.0.0.$((21 + i))"
         S3[i]="$ip:$(free_port "$ip")"
@@ -139,11 +166,24 @@ round() { # N
     run_load degraded "http://${S3[0]},http://${S3[1]},http://${S3[2]}" "$r" "${NODES[@]:0:3}"
     for i in 0 1 2; do kill "${NODES[i]}" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    rm -rf "$WORK/r$r"/n*
+}
+
+# Which setup goes first alternates between rounds, so that what is left of the effect
+# fresh_cache works against (or all of it, for a user who cannot drop the cache) does not
+# always favour the same setup.
+round() { # N
+    local r="$1"
+    if [ $((r % 2)) = 1 ]; then
+        single_setup "$r"; cluster_setups "$r"
+    else
+        cluster_setups "$r"; single_setup "$r"
+    fi
     rm -rf "$WORK/r$r"
 }
 
-# a round keeps what it wrote until it ends: about 12 GB with 10 s phases on a 2-core
-# machine; a full disk shows up as failed PUTs ("1 shards written durably, 3 needed")
+# a setup keeps what it wrote until it ends: the cluster and degraded ones about 12 GB with
+# 10 s phases on a 2-core machine; a full disk shows up as failed PUTs ("1 shards written durably, 3 needed")
 need_kb=$((16 * 1024 * 1024 * DURATION / 10))
 free_kb="$(df -Pk "$WORK" | awk 'NR == 2 { print $4 }')"
 if [ "$free_kb" -lt "$need_kb" ]; then
@@ -182,7 +222,7 @@ if len(rounds) > 1:
     print("per round: cluster / single, degraded / cluster")
     for setup, base in (("cluster", "single"), ("degraded", "cluster")):
         for size in ("4KiB", "1MiB"):
-            for op in ("put", "get"):
+            for op in ("put", "get", "reget"):
                 vals = [ratio(by.get((n, setup, size, op), 0), by.get((n, base, size, op), 0)) for n in rounds]
                 print(f"  {setup:<9} {size:<5} {op:<4} " + " ".join(f"{v:.2f}" for v in vals))
     # a round whose ratio stands out: did the machine slow down, or did the servers work harder?
