@@ -301,6 +301,15 @@ async fn three_nodes_start_together_and_serve_from_any_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_survive_one_killed_under_load_without_losing_writes() {
+    let mut cluster = TestCluster::start(3, 1, &["--redundancy", "2+1"]);
+    // a follower, so that the load meets the node failure and not also an election
+    let leader = cluster.leader(0).expect("a leader");
+    let victim = (leader + 1) % 3;
+    survive_kills_under_load(&mut cluster, &[victim]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn six_nodes_survive_two_killed_under_load_without_losing_writes() {
     let mut cluster = TestCluster::start(6, 1, &["--redundancy", "4+2"]);
     let status = cluster.status(0);
@@ -308,67 +317,73 @@ async fn six_nodes_survive_two_killed_under_load_without_losing_writes() {
     let voters = status["cluster"]["voters"].as_array().unwrap().len();
     let learners = status["cluster"]["learners"].as_array().unwrap().len();
     assert_eq!((voters, learners), (5, 1), "{status}");
+    // two of five voters at most, so a Raft majority always remains
+    survive_kills_under_load(&mut cluster, &[4, 5]).await;
+}
 
-    let clients: Vec<Client> = cluster.nodes.iter().map(|n| impatient(&n.client())).collect();
+/// Runs PUT/GET load through the nodes other than `victims`, kills the victims with SIGKILL
+/// in the middle of it, and checks that no acknowledged write is lost or damaged: with the
+/// victims down and after they return. Then, once the other nodes' healing passes are done,
+/// kills as many *other* nodes and reads everything through a returned victim, which needs
+/// the shards of the objects written while it was away rebuilt on it.
+async fn survive_kills_under_load(cluster: &mut TestCluster, victims: &[usize]) {
+    let n = cluster.nodes.len();
+    let others: Vec<usize> = (0..n).filter(|i| !victims.contains(i)).collect();
+    let clients: Vec<Client> = others
+        .iter()
+        .map(|i| impatient(&cluster.nodes[*i].client()))
+        .collect();
     clients[0]
         .create_bucket()
         .bucket("load")
         .send()
         .await
         .expect("bucket");
-    // load goes through nodes 0..3; nodes 4 and 5 are the victims
-    let load = Load::start(clients[..4].to_vec(), "load", 8);
+    let load = Load::start(clients.clone(), "load", 8);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = load.acked();
-    // never kill the leader's majority: kill two non-leader nodes among 4 and 5
-    cluster.nodes[4].kill9();
-    cluster.nodes[5].kill9();
+    for v in victims {
+        cluster.nodes[*v].kill9();
+    }
     let killed_at = load.acked();
     tokio::time::sleep(Duration::from_secs(6)).await;
     let during = load.acked() - killed_at;
     let (acked, gets_ok, gets_failed) = load.finish().await;
     eprintln!(
-        "acknowledged writes: {before} before the kill, {during} with two nodes down, {} total; \
-         read-back GETs ok {gets_ok}, failed {gets_failed}",
+        "{n} nodes, {} killed: acknowledged writes {before} before the kill, {during} with \
+         them down, {} total; read-back GETs ok {gets_ok}, failed {gets_failed}",
+        victims.len(),
         acked.len()
     );
-    assert!(
-        during > 20,
-        "writes continue with two of six nodes down ({during})"
-    );
+    assert!(during > 20, "writes continue with {victims:?} down ({during})");
     assert_eq!(gets_failed, 0, "GETs keep succeeding");
-    // every acknowledged write reads back with the nodes still down...
-    let bad = check_all(&clients[1], "load", &acked).await;
-    assert!(bad.is_empty(), "lost or damaged with 2 nodes down: {bad:?}");
-    let mut listed = list_keys(&clients[2], "load").await;
-    listed.sort();
     let mut want = acked.clone();
     want.sort();
+    // every acknowledged write reads back with the victims still down...
+    let bad = check_all(&clients[1 % clients.len()], "load", &acked).await;
+    assert!(bad.is_empty(), "lost or damaged with {victims:?} down: {bad:?}");
+    let listed = sorted(&list_keys(clients.last().unwrap(), "load").await);
     assert_eq!(
         listed, want,
-        "the listing with two nodes down holds exactly the acknowledged writes"
+        "the listing with {victims:?} down holds exactly the acknowledged writes"
     );
     // ...and after they return
-    cluster.nodes[4].restart();
-    cluster.nodes[5].restart();
-    let c5 = cluster.nodes[5].client();
-    let bad = check_all(&c5, "load", &acked).await;
+    for v in victims {
+        cluster.nodes[*v].restart();
+    }
+    let back = cluster.nodes[victims[0]].client();
+    let bad = check_all(&back, "load", &acked).await;
     assert!(bad.is_empty(), "lost or damaged after the restart: {bad:?}");
-    let mut listed = list_keys(&c5, "load").await;
-    listed.sort();
-    let mut want = acked.clone();
-    want.sort();
+    let listed = sorted(&list_keys(&back, "load").await);
     assert_eq!(listed, want, "the listing holds exactly the acknowledged writes");
 
-    // the returning nodes get what they missed: once the peers' healing passes are done,
-    // everything reads back with two *other* nodes down, which needs the shards rebuilt on
-    // nodes 4 and 5 for the objects written while they were away
+    // the returning nodes get what they missed
     eventually(
         Duration::from_secs(120),
         "the peers' healing passes finish",
         async || {
-            for i in 0..4 {
-                let h = cluster.status(i)["healing"].clone();
+            for i in &others {
+                let h = cluster.status(*i)["healing"].clone();
                 if h["scrub_passes"].as_u64() < Some(1) || h["scrub_running"] == true {
                     return Err(format!("node {i}: {h}"));
                 }
@@ -377,9 +392,10 @@ async fn six_nodes_survive_two_killed_under_load_without_losing_writes() {
         },
     )
     .await;
-    cluster.nodes[0].kill9();
-    cluster.nodes[1].kill9();
-    let bad = check_all(&cluster.nodes[4].client(), "load", &acked).await;
+    for i in &others[..victims.len()] {
+        cluster.nodes[*i].kill9();
+    }
+    let bad = check_all(&back, "load", &acked).await;
     assert!(bad.is_empty(), "not repaired onto the returning nodes: {bad:?}");
 }
 
