@@ -216,12 +216,14 @@ impl Client {
         }
     }
 
-    /// An idle data connection to `addr` from the pool, or a new one.
+    /// An idle data connection to `addr` from the pool, if there is one.
+    pub(crate) fn data_pooled(&self, addr: &str) -> Option<DataConn> {
+        self.data.take(addr)
+    }
+
+    /// A new data connection to `addr`.
     pub(crate) async fn data_conn(&self, addr: &str) -> Result<DataConn, RpcError> {
-        match self.data.take(addr) {
-            Some(conn) => Ok(conn),
-            None => self.connecting(addr, DataConn::open(addr, &self.auth)).await,
-        }
+        self.connecting(addr, DataConn::open(addr, &self.auth)).await
     }
 
     /// Keeps a data connection whose last request was answered, for reuse.
@@ -248,13 +250,13 @@ impl Client {
         timeout: Duration,
     ) -> Result<(DataHead, Bytes), RpcError> {
         let call = async {
-            if let Some(mut conn) = self.data.take(addr)
+            if let Some(mut conn) = self.data_pooled(addr)
                 && let Ok(answer) = conn.call(req).await
             {
                 self.data.put(addr, conn);
                 return Ok(answer);
             }
-            let mut conn = self.connecting(addr, DataConn::open(addr, &self.auth)).await?;
+            let mut conn = self.data_conn(addr).await?;
             let answer = conn.call(req).await.map_err(|e| self.lost(addr, e))?;
             self.data.put(addr, conn);
             Ok(answer)

@@ -100,6 +100,22 @@ pub(crate) enum DataReq {
     },
 }
 
+impl DataReq {
+    /// The most bytes a sound answer can carry: what a read asked for, a read-ahead window
+    /// (a few frames) for a record with data, none for a write. A peer that announces more
+    /// is not believed, and nothing is allocated for it.
+    fn most_answered(&self) -> u64 {
+        match self {
+            DataReq::Read { len, .. } => *len,
+            DataReq::GetWithData(_) => MAX_ATTACHED,
+            DataReq::Write { .. } => 0,
+        }
+    }
+}
+
+/// The most shard bytes a record may come with (its first read-ahead window is about 1 MiB).
+const MAX_ATTACHED: u64 = 64 << 20;
+
 /// The head of an answer; `len` raw bytes follow it.
 #[derive(Serialize, Deserialize, Default)]
 pub(crate) struct DataHead {
@@ -196,17 +212,18 @@ impl DataService {
                 return tracing::debug!(%peer, error = %e, "data connection lost at the start");
             }
         };
+        // the connection's slot comes free however its thread ends, a panic included
+        let slot = Slot(self.open.clone());
         let service = self.clone();
         let spawned = std::thread::Builder::new()
             .name("ringstore-data".into())
             .spawn(move || {
+                let _slot = slot;
                 if let Err(e) = service.requests(stream) {
                     tracing::debug!(%peer, error = %e, "data connection ended");
                 }
-                service.open.fetch_sub(1, Ordering::Relaxed);
             });
         if let Err(e) = spawned {
-            self.open.fetch_sub(1, Ordering::Relaxed);
             tracing::warn!(%peer, error = %e, "no thread for a data connection");
         }
     }
@@ -226,8 +243,13 @@ impl DataService {
             s.read_exact(&mut req)?;
             match crate::decode::<DataReq>(&req) {
                 Ok(req) => self.answer(req, &mut s)?,
-                // framed, so the connection goes on (a request from a newer peer, say)
-                Err(e) => send(&mut s, &DataHead::error(StatusCode::BAD_REQUEST, e), None)?,
+                // a request from a newer peer, say: answered, then the connection is closed,
+                // since a body (a shard write's chunks) may follow that would be taken for
+                // requests
+                Err(e) => {
+                    send(&mut s, &DataHead::error(StatusCode::BAD_REQUEST, e), None)?;
+                    return Ok(());
+                }
             }
         }
     }
@@ -465,7 +487,10 @@ fn send(s: &mut TcpStream, head: &DataHead, body: Option<Body>) -> std::io::Resu
             let end = offset + len;
             while offset < end {
                 let count = usize::try_from(end - offset).unwrap_or(usize::MAX);
-                let sent = rustix::fs::sendfile(&*s, &file, Some(&mut offset), count)?;
+                let sent = match rustix::fs::sendfile(&*s, &file, Some(&mut offset), count) {
+                    Err(rustix::io::Errno::INTR) => continue,
+                    sent => sent?,
+                };
                 if sent == 0 {
                     // the file shrank under us: the reader cannot be told otherwise
                     return Err(std::io::Error::new(
@@ -476,6 +501,15 @@ fn send(s: &mut TcpStream, head: &DataHead, body: Option<Body>) -> std::io::Resu
             }
             Ok(())
         }
+    }
+}
+
+/// One of [`DataService`]'s connection slots, given back when dropped.
+struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -536,6 +570,13 @@ impl DataConn {
     pub(crate) async fn call(&mut self, req: &DataReq) -> std::io::Result<(DataHead, Bytes)> {
         self.0.write_all(&framed(req)).await?;
         let head = self.head().await?;
+        let most = req.most_answered();
+        if head.len > most {
+            return Err(std::io::Error::other(format!(
+                "a {}-byte answer to a request for at most {most}",
+                head.len
+            )));
+        }
         let len = usize::try_from(head.len).map_err(std::io::Error::other)?;
         let mut body = BytesMut::with_capacity(len);
         while body.len() < len {
@@ -602,6 +643,11 @@ impl DataPool {
 
     pub(crate) fn put(&self, addr: &str, conn: DataConn) {
         let mut idle = self.0.lock().expect("not poisoned");
+        // connections to peers no longer called would otherwise stay until taken
+        idle.retain(|_, conns| {
+            conns.retain(|(_, used)| used.elapsed() < POOL_IDLE);
+            !conns.is_empty()
+        });
         let conns = idle.entry(addr.to_string()).or_default();
         if conns.len() < POOL {
             conns.push((conn, Instant::now()));
@@ -797,9 +843,20 @@ mod tests {
             }
             assert_eq!(files("01"), 1, "the shard itself is where it is looked for");
             assert_eq!(stored("s0001").as_deref(), Some(&other[..300_000]));
+            // one piece larger than the largest chunk the peer takes goes in several
+            let huge: Vec<u8> = (0..(17u32 << 20)).map(|i| (i % 239) as u8).collect();
+            let mut w = remote.create_shard("s0004", false).unwrap();
+            w.write(&huge).unwrap();
+            w.finish().unwrap();
+            assert!(stored("s0004").as_deref() == Some(&huge[..]), "a 17 MiB piece");
             // a drive the node does not have: the whole shard is taken and the answer says so
             let e = write_err(&unknown, &bytes);
             assert!(e.contains("no drive no-such-drive"), "{e}");
+            // ids that are not plain names are refused by the peer's drive
+            let mut w = remote.create_shard("../../escape", false).unwrap();
+            w.write(&bytes[..10]).unwrap();
+            let e = w.finish().unwrap_err().to_string();
+            assert!(e.contains("not a shard id"), "{e}");
         })
         .await
         .unwrap();
@@ -844,7 +901,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_undecodable_request_gets_400_and_the_connection_goes_on() {
+    async fn an_undecodable_request_gets_400_and_the_connection_is_closed() {
         let (_dir, drive, addr, _) = serve("s3cret").await;
         let mut conn = DataConn::open(&addr, &ClusterAuth::new("s3cret")).await.unwrap();
         conn.0.write_all(&[0, 0, 0, 1, 0xc1]).await.unwrap();
@@ -855,6 +912,10 @@ mod tests {
         let head: DataHead = crate::decode(&head).unwrap();
         assert_eq!(head.status, 400);
         assert_eq!(head.len, 0);
+        // closed: what follows might have been a body, not requests
+        let after = conn.0.read_u8().await;
+        assert!(after.is_err(), "the connection goes on: {after:?}");
+        let mut conn = DataConn::open(&addr, &ClusterAuth::new("s3cret")).await.unwrap();
         let req = DataReq::GetWithData(GetReq {
             drive: drive.id().to_string(),
             table: Table::Objects,

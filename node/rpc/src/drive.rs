@@ -270,6 +270,13 @@ impl DriveHandle {
                 };
                 let conn = handle.block_on(async {
                     let started = async {
+                        // an idle connection the peer has just closed fails here: then a
+                        // new one is tried (nothing of the shard was sent yet)
+                        if let Some(mut conn) = r.client.data_pooled(&r.addr)
+                            && conn.start(&req).await.is_ok()
+                        {
+                            return Ok(conn);
+                        }
                         let mut conn = r.client.data_conn(&r.addr).await?;
                         conn.start(&req).await.map_err(|e| r.client.lost(&r.addr, e))?;
                         Ok::<_, RpcError>(conn)
@@ -437,10 +444,14 @@ impl ShardSink {
                 handle,
                 drive,
             }) => {
-                buf.extend_from_slice(data);
-                if buf.len() >= CHUNK_HEAD + SEND_AT {
-                    remote_step(handle, conn, drive, "took no data", async |c| c.chunk(buf).await)?;
-                    buf.truncate(CHUNK_HEAD);
+                // in pieces, so that no chunk grows past twice `SEND_AT`, whatever the
+                // caller hands over at once
+                for piece in data.chunks(SEND_AT) {
+                    buf.extend_from_slice(piece);
+                    if buf.len() >= CHUNK_HEAD + SEND_AT {
+                        remote_step(handle, conn, drive, "took no data", async |c| c.chunk(buf).await)?;
+                        buf.truncate(CHUNK_HEAD);
+                    }
                 }
                 Ok(())
             }
@@ -469,7 +480,11 @@ impl ShardSink {
                     "did not confirm the shard",
                     async |c| c.end().await,
                 )?;
-                if let Some(c) = conn {
+                // (after a refusal the peer read every chunk and the connection is in step,
+                // but only a connection whose last exchange went as planned is kept)
+                if let Some(c) = conn
+                    && head.status == 200
+                {
                     drive.client.data_idle(&drive.addr, c);
                 }
                 if head.status != 200 {

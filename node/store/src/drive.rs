@@ -260,28 +260,38 @@ impl Drive {
         Ok(out)
     }
 
-    fn shard_path(&self, data_id: &str) -> PathBuf {
-        let dir = data_id.get(data_id.len().saturating_sub(2)..).unwrap_or("00");
-        self.root.join(".ringstore").join("data").join(dir).join(data_id)
+    /// Where shard `data_id` lives. Ids come from peers too, so anything but a plain name
+    /// (letters, digits, `-`, `_`; at most 128 bytes) is refused: no `..` or `/` can reach
+    /// outside the data folder.
+    fn shard_path(&self, data_id: &str) -> Result<PathBuf> {
+        let plain = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+        if data_id.is_empty() || data_id.len() > 128 || !data_id.bytes().all(plain) {
+            return Err(self.io_err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not a shard id: {data_id:?}"),
+            )));
+        }
+        let dir = &data_id[data_id.len().saturating_sub(2)..];
+        Ok(self.root.join(".ringstore").join("data").join(dir).join(data_id))
     }
 
     /// Starts writing the shard of data file `data_id` held by this drive.
     pub fn create_shard(&self, data_id: &str) -> Result<ShardWriter> {
-        let path = self.shard_path(data_id);
+        let path = self.shard_path(data_id)?;
         ShardWriter::create(path, None).map_err(|e| self.io_err(e))
     }
 
     /// Starts writing a replacement for a shard; it takes the shard's place atomically
     /// when finished, and leaves the old one untouched when not.
     pub fn replace_shard(&self, data_id: &str) -> Result<ShardWriter> {
-        let target = self.shard_path(data_id);
+        let target = self.shard_path(data_id)?;
         let path = target.with_extension(format!("repair-{}", hex::encode(rand::random::<[u8; 6]>())));
         ShardWriter::create(path, Some(target)).map_err(|e| self.io_err(e))
     }
 
     /// Opens a shard for reading; `Ok(None)` when the file does not exist.
     pub fn open_shard(&self, data_id: &str) -> Result<Option<File>> {
-        match File::open(self.shard_path(data_id)) {
+        match File::open(self.shard_path(data_id)?) {
             Ok(f) => Ok(Some(f)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.io_err(e)),
@@ -293,7 +303,7 @@ impl Drive {
     /// read rarely and not again soon, such as parity: bringing them into the cache would
     /// cost new page-cache pages and push out data that is read.
     pub fn open_shard_uncached(&self, data_id: &str) -> Result<Option<UncachedShard>> {
-        match open_direct(OpenOptions::new().read(true), &self.shard_path(data_id)) {
+        match open_direct(OpenOptions::new().read(true), &self.shard_path(data_id)?) {
             Ok((file, direct)) => Ok(Some(UncachedShard { file, direct })),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.io_err(e)),
@@ -327,7 +337,7 @@ impl Drive {
 
     /// Writes a single frame at `offset` of an existing shard (used by repair of one stripe).
     pub fn patch_shard(&self, data_id: &str, offset: u64, frame: &[u8]) -> Result<()> {
-        let path = self.shard_path(data_id);
+        let path = self.shard_path(data_id)?;
         let f = OpenOptions::new()
             .write(true)
             .open(&path)
@@ -338,7 +348,7 @@ impl Drive {
 
     /// Removes a shard file; missing files are fine.
     pub fn delete_shard(&self, data_id: &str) -> Result<()> {
-        match fs::remove_file(self.shard_path(data_id)) {
+        match fs::remove_file(self.shard_path(data_id)?) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(self.io_err(e)),
@@ -830,6 +840,30 @@ mod tests {
     }
 
     #[test]
+    fn shard_ids_that_are_not_plain_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Drive::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join("outside"), b"not a shard").unwrap();
+        let long = "a".repeat(129);
+        for bad in ["", "../../outside", "a/b", "..", "x.y", long.as_str()] {
+            let refused = |r: Result<()>| {
+                let e = r.expect_err(bad).to_string();
+                assert!(e.contains("not a shard id"), "{bad:?}: {e}");
+            };
+            refused(d.create_shard(bad).map(|_| ()));
+            refused(d.replace_shard(bad).map(|_| ()));
+            refused(d.open_shard(bad).map(|_| ()));
+            refused(d.open_shard_uncached(bad).map(|_| ()));
+            refused(d.patch_shard(bad, 0, b"x"));
+            refused(d.delete_shard(bad));
+        }
+        assert_eq!(std::fs::read(dir.path().join("outside")).unwrap(), b"not a shard");
+        let ok = "0123456789abcdef_p-1a";
+        d.create_shard(ok).unwrap().finish().unwrap();
+        assert!(d.open_shard(ok).unwrap().is_some());
+    }
+
+    #[test]
     fn unfinished_shard_is_removed_and_finished_one_reads_back() {
         let dir = tempfile::tempdir().unwrap();
         let d = Drive::open(dir.path()).unwrap();
@@ -843,14 +877,17 @@ mod tests {
         w.write(b"world").unwrap();
         w.finish().unwrap();
         // direct I/O pads the tail; the file must still have its logical length
-        assert_eq!(std::fs::metadata(d.shard_path("aa02")).unwrap().len(), 11);
+        assert_eq!(
+            std::fs::metadata(d.shard_path("aa02").unwrap()).unwrap().len(),
+            11
+        );
         let big: Vec<u8> = (0..3_000_001u32).map(|i| (i % 251) as u8).collect();
         let mut w = d.create_shard("aa03").unwrap();
         for piece in big.chunks(262_143) {
             w.write(piece).unwrap();
         }
         w.finish().unwrap();
-        assert_eq!(std::fs::read(d.shard_path("aa03")).unwrap(), big);
+        assert_eq!(std::fs::read(d.shard_path("aa03").unwrap()).unwrap(), big);
         let f = d.open_shard("aa02").unwrap().unwrap();
         assert_eq!(Drive::read_frame(&f, 6, 5).unwrap().unwrap(), b"world");
         assert_eq!(Drive::read_frame(&f, 6, 50).unwrap(), None);
