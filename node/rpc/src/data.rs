@@ -629,28 +629,48 @@ pub(crate) const CHUNK_HEAD: usize = 4;
 
 /// Idle data connections by peer address, with when each was last used.
 #[derive(Default, Debug)]
-pub(crate) struct DataPool(std::sync::Mutex<std::collections::HashMap<String, Vec<(DataConn, Instant)>>>);
+pub(crate) struct DataPool(std::sync::Mutex<Idle>);
+
+#[derive(Default, Debug)]
+struct Idle {
+    /// Per peer, oldest first (each is put back as it is used).
+    by_peer: std::collections::HashMap<String, Vec<(DataConn, Instant)>>,
+    /// When connections older than [`POOL_IDLE`] were last closed for every peer.
+    swept: Option<Instant>,
+}
 
 impl DataPool {
-    /// The most recently used idle connection to `addr`; older ones than [`POOL_IDLE`] are
-    /// closed.
+    /// The most recently used idle connection to `addr` that is still open. One older
+    /// than [`POOL_IDLE`] is closed, and so are all before it.
     pub(crate) fn take(&self, addr: &str) -> Option<DataConn> {
         let mut idle = self.0.lock().expect("not poisoned");
-        let conns = idle.get_mut(addr)?;
-        conns.retain(|(c, used)| used.elapsed() < POOL_IDLE && !c.closed());
-        conns.pop().map(|(c, _)| c)
+        let conns = idle.by_peer.get_mut(addr)?;
+        while let Some((conn, used)) = conns.pop() {
+            if used.elapsed() >= POOL_IDLE {
+                conns.clear();
+                return None;
+            }
+            if !conn.closed() {
+                return Some(conn);
+            }
+        }
+        None
     }
 
     pub(crate) fn put(&self, addr: &str, conn: DataConn) {
+        let now = Instant::now();
         let mut idle = self.0.lock().expect("not poisoned");
-        // connections to peers no longer called would otherwise stay until taken
-        idle.retain(|_, conns| {
-            conns.retain(|(_, used)| used.elapsed() < POOL_IDLE);
-            !conns.is_empty()
-        });
-        let conns = idle.entry(addr.to_string()).or_default();
+        // connections to peers no longer called would otherwise stay open for good
+        if idle.swept.is_none_or(|at| now - at >= POOL_IDLE) {
+            idle.by_peer.retain(|_, conns| {
+                conns.retain(|(_, used)| now - *used < POOL_IDLE);
+                !conns.is_empty()
+            });
+            idle.swept = Some(now);
+        }
+        let conns = idle.by_peer.entry(addr.to_string()).or_default();
         if conns.len() < POOL {
-            conns.push((conn, Instant::now()));
+            conns.push((conn, now));
         }
     }
 }
@@ -898,6 +918,31 @@ mod tests {
             assert!(tries < 100, "the slot never came free");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pool_hands_out_the_newest_open_connection() {
+        let (_dir, drive, addr, _) = serve("s3cret").await;
+        let auth = ClusterAuth::new("s3cret");
+        let open = DataConn::open(&addr, &auth).await.unwrap();
+        // a connection the server closed: it answers an undecodable request, then closes
+        let mut shut = DataConn::open(&addr, &auth).await.unwrap();
+        shut.0.write_all(&[0, 0, 0, 1, 0xc1]).await.unwrap();
+        assert_eq!(shut.head().await.unwrap().status, 400);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let pool = DataPool::default();
+        pool.put(&addr, open);
+        pool.put(&addr, shut);
+        let mut conn = pool.take(&addr).expect("the open connection");
+        let req = DataReq::GetWithData(GetReq {
+            drive: drive.id().to_string(),
+            table: Table::Objects,
+            key: ByteBuf::from(b"k".to_vec()),
+            want: Some(10),
+        });
+        assert_eq!(conn.call(&req).await.unwrap().0.status, 200);
+        assert!(pool.take(&addr).is_none(), "the closed one is not handed out");
+        assert!(pool.take("127.0.0.1:1").is_none());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -480,18 +480,16 @@ impl ShardSink {
                     "did not confirm the shard",
                     async |c| c.end().await,
                 )?;
-                // (after a refusal the peer read every chunk and the connection is in step,
-                // but only a connection whose last exchange went as planned is kept)
-                if let Some(c) = conn
-                    && head.status == 200
-                {
-                    drive.client.data_idle(&drive.addr, c);
-                }
                 if head.status != 200 {
+                    // (the peer read every chunk, so the connection is in step, but only
+                    // one whose last exchange went as planned is kept)
                     return Err(std::io::Error::other(format!(
                         "node {} could not write the shard: {}",
                         drive.node, head.message
                     )));
+                }
+                if let Some(c) = conn {
+                    drive.client.data_idle(&drive.addr, c);
                 }
                 Ok(())
             }
