@@ -8,7 +8,7 @@ PYTHON_ENV := .venv
 
 IMAGE_TAG ?= dev
 
-.PHONY: help build run test test-rust test-clients e2e e2e-up control-plane generate verify-packaging \
+.PHONY: help build run test test-rust test-clients test-linearizability linearizability e2e e2e-up control-plane generate verify-packaging \
 	images kind-up kind-e2e kind-down bench bench-cluster lint fix clean
 
 help: ## List the targets
@@ -20,7 +20,7 @@ build: ## Build the release binaries (ringstore, ringstore-operator, ringstore-l
 run: ## Run a single-node store on $(DATA) at $(ADDRESS) (credentials printed on first start)
 	$(CARGO) run --release -p ringstore-server --bin ringstore -- server --data $(DATA) --address $(ADDRESS)
 
-test: test-rust test-clients verify-packaging ## Run every test: unit, integration, operator e2e, S3 clients, packaging
+test: test-rust test-clients test-linearizability verify-packaging ## Run every test: unit, integration, operator e2e, S3 clients, linearizability, packaging
 
 # Every cargo command here builds the whole workspace with the same features, so the
 # binaries the e2e runs (target/debug/ringstore, ringstore-operator) are built once.
@@ -63,6 +63,25 @@ test-clients: $(PYTHON_ENV)/.ready ## Smoke tests with boto3 and the AWS CLI aga
 	$(CARGO) test --workspace --no-run
 	PATH="$(CURDIR)/$(PYTHON_ENV)/bin:$$PATH" $(PYTHON_ENV)/bin/python e2e/s3-clients/smoke.py \
 		--binary "$${CARGO_TARGET_DIR:-target}/debug/ringstore"
+
+# The linearizability run: real nodes, boto3 clients, a nemesis, and Porcupine judging the
+# history of every key. LIN_ARGS passes more options to e2e/linearizability/run.py.
+LIN_NODES ?= 5
+LIN_DURATION ?= 300
+LIN_NEMESIS ?= kill,stop,clock,clock-back
+LIN_ARGS ?=
+LIN_BIN = $${CARGO_TARGET_DIR:-target}/debug
+
+linearizability: $(PYTHON_ENV)/.ready ## Porcupine-checked history under kill -9, SIGSTOP and clock faults (LIN_NODES=5 LIN_DURATION=300 LIN_ARGS=...)
+	$(CARGO) test --workspace --no-run
+	cd e2e/linearizability/checker && go build -o "$(CURDIR)/$(LIN_BIN)/lincheck" .
+	$(PYTHON_ENV)/bin/python e2e/linearizability/run.py --binary "$(LIN_BIN)/ringstore" \
+		--checker "$(LIN_BIN)/lincheck" --nodes $(LIN_NODES) --duration $(LIN_DURATION) \
+		--nemesis $(LIN_NEMESIS) $(LIN_ARGS)
+
+test-linearizability: ## The bounded form CI runs: 3 and 5 nodes, 75 s each, every fault kind
+	$(MAKE) --no-print-directory linearizability LIN_NODES=3 LIN_DURATION=75 LIN_ARGS="--ip-block 7 $(LIN_ARGS)"
+	$(MAKE) --no-print-directory linearizability LIN_NODES=5 LIN_DURATION=75 LIN_ARGS="--ip-block 8 --conditional $(LIN_ARGS)"
 
 $(PYTHON_ENV)/.ready: e2e/s3-clients/requirements.txt
 	python3 -m venv $(PYTHON_ENV)

@@ -105,7 +105,9 @@ impl ObjectStore {
             }
         }
         if rec.deleted {
-            // spread the deletion marker, then drop it once every drive has it
+            // spread the deletion marker, then drop it once every drive has it: a drive that
+            // did not answer, or holds a newer version we cannot read, may hold the deleted
+            // object still, and without the marker it would bring the object back
             let marker = rec.for_shard(0, None).encode();
             for &i in &stale {
                 let d = slots[i].expect("resolved");
@@ -117,7 +119,9 @@ impl ObjectStore {
                     }])
                     .await?;
             }
-            self.drop_marker_everywhere(&okey, &rec).await;
+            if unreachable.is_empty() && ahead.is_empty() {
+                self.drop_marker_everywhere(bucket, key, &rec).await;
+            }
             return Ok(!stale.is_empty());
         }
         let mut fixed = false;
@@ -125,7 +129,9 @@ impl ObjectStore {
         if rec.parts.len() == 1 && inline.iter().any(Option::is_some) {
             let part = &rec.parts[0];
             if part.size > 0 {
-                let decoded = inner.codec.decode(part.size as usize, inline.clone())?;
+                let decoded = inner
+                    .codec_for(rec.redundancy())?
+                    .decode(part.size as usize, inline.clone())?;
                 for (i, frame) in decoded.repaired {
                     inline[i] = Some(frame);
                     if !stale.contains(&i) && !ahead.contains(&i) && !unreachable.contains(&i) {
@@ -161,16 +167,20 @@ impl ObjectStore {
         Ok(fixed)
     }
 
-    pub(crate) async fn drop_marker_everywhere(&self, okey: &[u8], marker: &ObjectRecord) {
+    /// Removes a deletion marker that every drive of its set holds (the caller knows they
+    /// do). Kept while older layouts place the key elsewhere (their drives may hold the
+    /// deleted version) or a drive of the set left the cluster.
+    pub(crate) async fn drop_marker_everywhere(&self, bucket: &str, key: &str, marker: &ObjectRecord) {
         let inner = self.inner();
         let slots = inner.resolve(&marker.drives);
-        if slots.iter().any(Option::is_none) {
+        if slots.iter().any(Option::is_none) || !inner.older_partition_drives(bucket, key).is_empty() {
             return;
         }
+        let okey = object_key(bucket, key);
         let ops = slots.iter().flatten().map(|d| {
             inner.drives[*d].commit(vec![Op::DeleteIfVersion {
                 table: Table::Objects,
-                key: okey.to_vec(),
+                key: okey.clone(),
                 version: marker.version,
             }])
         });
@@ -353,7 +363,7 @@ impl Inner {
             for s in 0..geometry.stripes() {
                 reader.ahead(s);
                 let frames = reader.all_frames(s);
-                let decoded = inner.codec.decode(geometry.stripe_len(s), frames.clone())?;
+                let decoded = reader.codec().decode(geometry.stripe_len(s), frames.clone())?;
                 for (i, w) in writers.iter_mut() {
                     let rebuilt = decoded
                         .repaired

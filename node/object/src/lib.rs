@@ -12,6 +12,8 @@
 //! used only when a data shard is missing or corrupt. Damage found on the way is repaired in
 //! the background.
 
+#[cfg(feature = "faults")]
+mod faults;
 mod heal;
 mod list;
 mod multipart;
@@ -423,11 +425,24 @@ impl Inner {
         })
     }
 
+    /// The codec for objects stored with `redundancy` (an object's record says which it was
+    /// written with; a layout may have a different one).
+    pub(crate) fn codec_for(&self, redundancy: Redundancy) -> Result<Arc<Codec>> {
+        if self.codec.redundancy() == redundancy {
+            return Ok(self.codec.clone());
+        }
+        Ok(Arc::new(Codec::new(redundancy)?))
+    }
+
     pub(crate) fn block_size(&self) -> usize {
         ringstore_erasure::block_size(self.codec.redundancy().k)
     }
 
-    /// A fresh version, strictly increasing on this node.
+    /// A fresh version: above every version this node drew or saw, and at least its wall
+    /// clock (a hybrid logical clock). Clocks only break ties between writes that never met:
+    /// a write raises its version above what it replaces when a drive answers with a newer
+    /// one (see `commit_version`), so a clock that is behind, or stepped back across a
+    /// restart, cannot order a later write before an acknowledged one.
     pub(crate) fn now(&self) -> Version {
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -449,6 +464,18 @@ impl Inner {
                 Err(p) => prev = p,
             }
         }
+    }
+
+    /// A fresh version above `seen` (and above everything else this node saw).
+    pub(crate) fn after(&self, seen: Version) -> Version {
+        self.observe(seen);
+        self.now()
+    }
+
+    /// Moves the clock past a version read from a drive, so that versions drawn later order
+    /// after it whatever this node's wall clock says.
+    pub(crate) fn observe(&self, seen: Version) {
+        self.clock.fetch_max(seen.ts_nanos, Ordering::Relaxed);
     }
 
     /// A listing asks every drive; it is complete when no partition can have lost a read
@@ -509,12 +536,50 @@ impl Inner {
         need: usize,
         writes: impl IntoIterator<Item = (usize, Vec<Op>)>,
     ) -> Result<Vec<Option<Vec<u8>>>> {
-        let commits: Vec<_> = self
-            .reachable(writes.into_iter().collect(), need)
+        let writes = self.reachable(writes.into_iter().collect(), need);
+        #[cfg(feature = "faults")]
+        if what == "object record" {
+            return self.faulty_record_commit(what, need, writes).await;
+        }
+        let commits: Vec<_> = writes
             .into_iter()
             .map(|(d, ops)| self.drives[d].commit_replacing(ops))
             .collect();
         Ok(quorum(what, need, commits).await?.into_iter().flatten().collect())
+    }
+
+    /// A record commit with the fault points of `RINGSTORE_FAULTS` (see `faults.rs`): the
+    /// drives are written one after another so that the point where it stops is exact.
+    #[cfg(feature = "faults")]
+    async fn faulty_record_commit(
+        &self,
+        what: &str,
+        need: usize,
+        writes: Vec<(usize, Vec<Op>)>,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        let f = faults::get();
+        let mut results = Vec::new();
+        let mut committed = 0;
+        for (d, ops) in writes {
+            if f.record_commits.is_some_and(|n| committed >= n) {
+                results.push(Err(ringstore_store::Error::Unusable {
+                    path: self.drives[d].id().to_string(),
+                    reason: "fault injected: record commit refused".into(),
+                }));
+                continue;
+            }
+            let r = self.drives[d].commit_replacing(ops).await;
+            if r.is_ok() {
+                committed += 1;
+                if f.crash_after_record_commits == Some(committed) {
+                    tracing::error!("fault injected: crash after {committed} record commits");
+                    std::process::abort();
+                }
+            }
+            results.push(r);
+        }
+        let ready: Vec<_> = results.into_iter().map(futures::future::ready).collect();
+        Ok(quorum(what, need, ready).await?.into_iter().flatten().collect())
     }
 
     /// Drive indexes of the ids a record names that this layout knows.

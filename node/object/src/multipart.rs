@@ -365,7 +365,7 @@ impl ObjectStore {
         for p in &record.parts {
             stored.remove(&p.number);
         }
-        self.commit_version(bucket, key, &record, None, &ok).await?;
+        let record = self.commit_version(bucket, key, &record, None, &ok).await?;
         for p in stored.values() {
             inner.delete_data(&upload.drives, &p.data_id).await;
         }

@@ -29,6 +29,10 @@ pub struct Found {
     pub(crate) stale: bool,
     /// Drives of the set that did not answer the lookup.
     pub(crate) unanswered: usize,
+    /// Drives known to hold the newest version.
+    pub(crate) holders: usize,
+    /// Drives (by index in the layout view) that answered without the newest version.
+    pub(crate) lacking: Vec<usize>,
     /// First bytes of shard files, by shard index, that remote drives attached to their
     /// records (lookups for a read): `(data_id, bytes from offset 0)`.
     pub(crate) first: Vec<Option<(String, Bytes)>>,
@@ -124,19 +128,26 @@ impl ObjectStore {
         let okey = object_key(bucket, key);
         let drives = inner.partition_drives(bucket, key);
         let width = drives.len();
-        if let Some(found) = find_on(inner, bucket, key, &okey, &drives, width, how).await? {
-            return Ok(Some(found));
-        }
-        let how = Reading {
-            everywhere: true,
-            ..how
-        };
-        for old in inner.older_partition_drives(bucket, key) {
-            if let Some(found) = find_on(inner, bucket, key, &okey, &old, width, how).await? {
-                return Ok(Some(found));
+        let mut found = find_on(inner, bucket, key, &okey, &drives, width, how).await?;
+        if found.is_none() {
+            let how = Reading {
+                everywhere: true,
+                ..how
+            };
+            for old in inner.older_partition_drives(bucket, key) {
+                found = find_on(inner, bucket, key, &okey, &old, width, how).await?;
+                if found.is_some() {
+                    break;
+                }
             }
         }
-        Ok(None)
+        if let Some(found) = &mut found {
+            inner.observe(found.record.version);
+            if !how.everywhere {
+                inner.confirm(&okey, found).await?;
+            }
+        }
+        Ok(found)
     }
 
     /// Streams the bytes `range` (inclusive start, exclusive end) of a found object.
@@ -147,7 +158,7 @@ impl ObjectStore {
         }
         if rec.parts.len() == 1 && found.inline.iter().any(Option::is_some) {
             let part = &rec.parts[0];
-            let codec = &self.inner().codec;
+            let codec = self.inner().codec_for(rec.redundancy())?;
             let mut bytes = Bytes::new();
             if part.size > 0 {
                 let decoded = codec.decode_data(part.size as usize, found.inline.clone())?;
@@ -201,6 +212,69 @@ impl ObjectStore {
     }
 }
 
+impl Inner {
+    /// Makes the version a lookup found durable on a write quorum before it is returned: a
+    /// read repair, as ABD registers do. A version held by fewer drives is a write still
+    /// in flight or one that failed part way (its client got an error); returning it
+    /// without this would let a later read through other drives return the version it
+    /// replaced after this one returned the newer (a read going back in time). Fails with a
+    /// quorum error (503, retryable) when the repair cannot reach a write quorum.
+    pub(crate) async fn confirm(&self, okey: &[u8], found: &mut Found) -> Result<()> {
+        let rec = &found.record;
+        let need = rec.redundancy().write_quorum();
+        if found.holders >= need {
+            return Ok(());
+        }
+        let slots = self.resolve(&rec.drives);
+        let mut frames = found.inline.clone();
+        if rec.parts.len() == 1 && rec.parts[0].size > 0 && frames.iter().any(Option::is_some) {
+            let decoded = self
+                .codec_for(rec.redundancy())?
+                .decode(rec.parts[0].size as usize, frames.clone())?;
+            for (i, f) in decoded.repaired {
+                frames[i] = Some(f);
+            }
+        }
+        let writes = found.lacking.iter().filter_map(|d| {
+            let shard = slots.iter().position(|s| *s == Some(*d))?;
+            let value = rec
+                .for_shard(shard, frames.get(shard).cloned().flatten())
+                .encode();
+            Some(
+                self.drives[*d].commit_replacing(vec![ringstore_store::Op::PutIfNewer {
+                    table: Table::Objects,
+                    key: okey.to_vec(),
+                    value,
+                }]),
+            )
+        });
+        let took = futures::future::join_all(writes)
+            .await
+            .into_iter()
+            .filter(|r| match r {
+                Ok(replaced) => replaced
+                    .first()
+                    .and_then(|old| old.as_deref())
+                    .and_then(Version::from_bytes)
+                    .is_none_or(|old| old < rec.version),
+                Err(e) => {
+                    crate::drive_failure("read repair failed on a drive", e);
+                    false
+                }
+            })
+            .count();
+        found.holders += took;
+        if found.holders < need {
+            return Err(Error::Quorum(format!(
+                "the newest version is on {} drives and could not be written to {need}",
+                found.holders
+            )));
+        }
+        found.lacking.clear();
+        Ok(())
+    }
+}
+
 /// How a lookup asks the drives of a partition.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Reading {
@@ -222,15 +296,22 @@ async fn find_on(
     width: usize,
     how: Reading,
 ) -> Result<Option<Found>> {
-    let need = inner.codec.redundancy().read_quorum();
-    let (first, rest) = quorum_first(inner, drives, need, okey);
+    let r = inner.codec.redundancy();
+    let need = r.read_quorum();
+    // A version is returned without a write-back only when a write quorum of drives is
+    // known to hold it: then every later read quorum meets it. So the first round asks a
+    // write quorum (as many drives as a read quorum when `R >= W`).
+    let (first, rest) = quorum_first(inner, drives, need.max(r.write_quorum()), okey);
+    let order: Vec<usize> = first.iter().chain(&rest).map(|s| drives[*s]).collect();
+    // the first k drives asked (the data shards' unless one is down) attach the first
+    // bytes of their shards: those are the shards the read goes on to fetch
     let ask = |slots: Vec<usize>| {
-        futures::future::join_all(slots.into_iter().map(|d| {
+        futures::future::join_all(slots.into_iter().enumerate().map(|(at, d)| {
             let drive = &inner.drives[drives[d]];
             async move {
                 match how.with_data {
-                    Some(want) => drive.get_with_data(Table::Objects, okey, want).await,
-                    None => drive.get(Table::Objects, okey).await.map(|v| (v, None)),
+                    Some(want) if at < r.k => drive.get_with_data(Table::Objects, okey, want).await,
+                    _ => drive.get(Table::Objects, okey).await.map(|v| (v, None)),
                 }
             }
         }))
@@ -259,18 +340,27 @@ async fn find_on(
     let mut answered = 0;
     let mut empty = 0;
     let mut records: Vec<ObjectRecord> = Vec::with_capacity(width);
-    for read in answers {
+    // per drive that answered: the version it holds
+    let mut held: Vec<(usize, Option<Version>)> = Vec::with_capacity(width);
+    for (read, d) in answers.zip(order) {
         match read {
             Ok(Some(bytes)) => {
                 answered += 1;
                 match ObjectRecord::decode(&bytes) {
-                    Ok(r) => records.push(r),
-                    Err(e) => tracing::warn!(error = %e, "unreadable object record"),
+                    Ok(r) => {
+                        held.push((d, Some(r.version)));
+                        records.push(r);
+                    }
+                    Err(e) => {
+                        held.push((d, None));
+                        tracing::warn!(error = %e, "unreadable object record");
+                    }
                 }
             }
             Ok(None) => {
                 answered += 1;
                 empty += 1;
+                held.push((d, None));
             }
             Err(e) => crate::drive_failure("object record read failed", &e),
         }
@@ -304,6 +394,12 @@ async fn find_on(
         // them now would only fail (they get the object when they are back)
         stale: holders + unknown < width,
         unanswered: unknown,
+        holders,
+        lacking: held
+            .into_iter()
+            .filter(|(_, v)| *v != Some(newest))
+            .map(|(d, _)| d)
+            .collect(),
         record,
         inline,
         first: attached,
@@ -358,6 +454,7 @@ fn agreed(
     if frames > 0 && frames < first.k {
         return None;
     }
+    let holders = records.len();
     let mut record = records.swap_remove(0);
     record.inline = None;
     Some(Found {
@@ -365,6 +462,8 @@ fn agreed(
         key: key.to_string(),
         record,
         inline,
+        holders,
+        lacking: Vec::new(),
         stale: false,
         // the drives not asked count as unanswered: their frames are not missing
         unanswered: width - answers.len(),
@@ -487,7 +586,10 @@ impl PartReader {
             (*i >= rec.k, remote && seeds[*i].is_none())
         });
         let mut reader = Self {
-            codec: inner.codec.clone(),
+            // a record's own k+m always makes a codec (it was made with one to write it)
+            codec: inner
+                .codec_for(rec.redundancy())
+                .unwrap_or_else(|_| inner.codec.clone()),
             geometry: rec.geometry(part),
             drives,
             files: (0..width).map(|_| None).collect(),
@@ -602,6 +704,10 @@ impl PartReader {
     /// Every frame of a stripe, read from all shards (used by repair).
     pub(crate) fn all_frames(&mut self, stripe: u64) -> Vec<Option<Vec<u8>>> {
         (0..self.files.len()).map(|i| self.frame(i, stripe)).collect()
+    }
+
+    pub(crate) fn codec(&self) -> Arc<Codec> {
+        self.codec.clone()
     }
 
     pub(crate) fn geometry(&self) -> Geometry {

@@ -20,8 +20,10 @@ pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
 /// committed. Returns the additional checksum to store, or an error that aborts the write.
 pub type Verify = Box<dyn FnOnce(&[u8; 16], u64) -> Result<Option<StoredChecksum>> + Send>;
 
-/// Checked against the current version right before commit (conditional writes).
-pub type Precondition = Box<dyn FnOnce(Option<&ObjectRecord>) -> Result<()> + Send>;
+/// Checked against the current live version (`None`: the key has none) of a conditional
+/// write; an error (usually [`Error::PreconditionFailed`]) refuses the write. It may be
+/// called again when a concurrent write changed the key in between.
+pub type Precondition = Box<dyn Fn(Option<&ObjectRecord>) -> Result<()> + Send + Sync>;
 
 /// The metadata of an object being written.
 #[derive(Debug, Clone, Default)]
@@ -79,20 +81,7 @@ impl ObjectStore {
             }],
             ..inner.new_record(version, inner.drive_ids(&drives))
         };
-        let checked = match verify(&written.md5, written.size) {
-            Ok(checksum) => match precondition {
-                Some(pre) => match self.lookup(bucket, key).await {
-                    Ok(current) => {
-                        let current = current.filter(|f| !f.record.deleted);
-                        pre(current.as_ref().map(|f| &f.record)).map(|_| checksum)
-                    }
-                    Err(e) => Err(e),
-                },
-                None => Ok(checksum),
-            },
-            Err(e) => Err(e),
-        };
-        let checksum = match checked {
+        let checksum = match verify(&written.md5, written.size) {
             Ok(c) => c,
             Err(e) => {
                 if written.inline.is_none() {
@@ -102,12 +91,49 @@ impl ObjectStore {
             }
         };
         let record = ObjectRecord { checksum, ..record };
-        self.commit_version(bucket, key, &record, written.inline, &written.ok)
-            .await?;
-        Ok(record)
+        match precondition {
+            None => {
+                self.commit_version(bucket, key, &record, written.inline, &written.ok)
+                    .await
+            }
+            Some(pre) => {
+                let result = self
+                    .commit_conditional(
+                        bucket,
+                        key,
+                        record.clone(),
+                        written.inline.as_ref(),
+                        &written.ok,
+                        &pre,
+                    )
+                    .await;
+                if let Err(Conditional::Refused(_)) = &result
+                    && written.inline.is_none()
+                {
+                    // no record of this write exists anywhere: its shards are garbage
+                    inner.delete_data(&record.drives, &data_id).await;
+                }
+                result.map_err(Conditional::into_error)
+            }
+        }
     }
 
-    /// Commits `record` as the newest version of `bucket/key` and retires what it replaced.
+    /// Commits `record` as the newest version of `bucket/key` and retires what it replaced;
+    /// answers the record as committed (its version may have been raised).
+    ///
+    /// Versions do not trust clocks. Each drive's commit answers the record it held before,
+    /// and when some drive held a newer version than ours, the record is committed again
+    /// with a version above the newest one seen. Every acknowledged write is on a write
+    /// quorum, which meets the write quorum this commit needs, so a write that starts after
+    /// another was acknowledged always ends above it, however far behind this node's clock
+    /// is. Only a version still newer than the raised one, from a write that overlapped
+    /// ours, wins over it. The raise happens once: two overlapping writers cannot outbid
+    /// each other for ever.
+    ///
+    /// A commit that reaches fewer than `W` drives fails with a retryable error and leaves
+    /// the shards in place: the drives that did commit may hold the newest record, which a
+    /// later read or heal completes (the write then took effect) or a newer version
+    /// replaces (its data is retired then).
     pub(crate) async fn commit_version(
         &self,
         bucket: &str,
@@ -115,54 +141,55 @@ impl ObjectStore {
         record: &ObjectRecord,
         inline: Option<Vec<Vec<u8>>>,
         ok: &[bool],
-    ) -> Result<()> {
+    ) -> Result<ObjectRecord> {
         let inner = &self.inner();
         let okey = object_key(bucket, key);
         let slots = inner.resolve(&record.drives);
-        let writes = slots
-            .iter()
-            .enumerate()
-            .filter(|(i, d)| d.is_some() && ok[*i])
-            .map(|(i, d)| {
-                let frame = inline.as_ref().map(|f| f[i].clone());
-                let value = record.for_shard(i, frame).encode();
-                (
-                    d.expect("filtered"),
-                    vec![Op::PutIfNewer {
-                        table: Table::Objects,
-                        key: okey.clone(),
-                        value,
-                    }],
-                )
-            });
         let need = record.redundancy().write_quorum();
-        // each drive answers the record it held, so no read is needed before or after
-        let replaced = match inner.commit_quorum_replacing("object record", need, writes).await {
-            Ok(r) => r,
-            Err(e) => {
-                // A failed PUT's shards are garbage; a failed Complete's parts still belong to
-                // the upload, which a retried Complete will use.
-                if record.parts.iter().all(|p| p.number == 0) {
-                    for p in &record.parts {
-                        inner.delete_data(&record.drives, &p.data_id).await;
-                    }
-                }
-                return Err(e);
+        let mut record = record.clone();
+        let mut olds: Vec<ObjectRecord> = Vec::new();
+        for raise in [true, false] {
+            let writes = slots
+                .iter()
+                .enumerate()
+                .filter(|(i, d)| d.is_some() && ok[*i])
+                .map(|(i, d)| {
+                    let frame = inline.as_ref().map(|f| f[i].clone());
+                    let value = record.for_shard(i, frame).encode();
+                    (
+                        d.expect("filtered"),
+                        vec![Op::PutIfNewer {
+                            table: Table::Objects,
+                            key: okey.clone(),
+                            value,
+                        }],
+                    )
+                });
+            // each drive answers the record it held, so no read is needed before or after
+            let replaced = inner
+                .commit_quorum_replacing("object record", need, writes)
+                .await?;
+            let found: Vec<ObjectRecord> = replaced
+                .iter()
+                .flatten()
+                .filter_map(|b| ObjectRecord::decode(b).ok())
+                .collect();
+            let newest = found.iter().map(|r| r.version).max();
+            olds.extend(found);
+            match newest {
+                Some(v) if raise && v > record.version => record.version = inner.after(v),
+                _ => break,
             }
-        };
-        let mut olds: Vec<ObjectRecord> = replaced
-            .iter()
-            .flatten()
-            .filter_map(|b| ObjectRecord::decode(b).ok())
-            .collect();
+        }
         olds.sort_by_key(|r| r.version);
         olds.dedup_by_key(|r| r.version);
         // The data of the versions this one replaced is no longer reachable by new readers;
         // GETs already streaming it keep going (see `retire_data`).
-        // Versions can share data files (concurrent Completes of one multipart upload), so
-        // only data the other version does not reference is removed.
+        // Versions can share data files (concurrent Completes of one multipart upload, and
+        // this write's own record before its version was raised), so only data the other
+        // version does not reference is removed.
         for prev in olds.iter().filter(|p| p.version < record.version) {
-            inner.retire_data(&without_data_of(prev, record));
+            inner.retire_data(&without_data_of(prev, &record));
         }
         // A concurrent writer with a newer version reached some drive first: if it won
         // overall, ours is garbage. (One that commits after us retires ours itself.)
@@ -170,11 +197,200 @@ impl ObjectStore {
             && let Ok(Some(now)) = self.lookup(bucket, key).await
             && now.record.version > record.version
         {
-            for p in &without_data_of(record, &now.record).parts {
+            for p in &without_data_of(&record, &now.record).parts {
                 inner.delete_data(&record.drives, &p.data_id).await;
             }
         }
-        Ok(())
+        Ok(record)
+    }
+}
+
+/// How long a conditional writer holds its lease on a key at most, and how long it waits
+/// for one.
+const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// How a conditional commit failed.
+#[derive(Debug)]
+pub(crate) enum Conditional {
+    /// Nothing of this write was committed anywhere (the precondition failed, or the key
+    /// was busy): its data may be removed.
+    Refused(Error),
+    /// Some drives may hold the new record: the write may or may not take effect.
+    Maybe(Error),
+}
+
+impl Conditional {
+    pub(crate) fn into_error(self) -> Error {
+        match self {
+            Conditional::Refused(e) | Conditional::Maybe(e) => e,
+        }
+    }
+}
+
+impl ObjectStore {
+    /// Commits `record` as the newest version of `bucket/key` only if `pre` holds for the
+    /// current version, atomically across the cluster (If-None-Match and If-Match PUTs and
+    /// DELETEs, which lock files such as Terraform's depend on).
+    ///
+    /// Two layers. Correctness: a compare-and-swap on every drive of the set
+    /// ([`Op::PutIfVersion`], expecting the version the lookup found, which is confirmed on a
+    /// write quorum); the write succeeds when a write quorum took it. Two writes expecting
+    /// the same version cannot both reach a write quorum, and one that landed in between
+    /// makes the drives refuse. A write that no drive took is retried from the lookup (the
+    /// precondition is judged again, usually failing now); a write that some drives took
+    /// but not a quorum is reported as a retryable error and left in place, because a
+    /// reader may already have seen it (and repaired it onto a quorum). Liveness: writers of
+    /// one key first take a lease on a write quorum of its drives, so concurrent
+    /// conditional writers take turns instead of splitting the drives between them. Leases
+    /// live in the drives' memory and expire on their own monotonic clocks; a lost lease
+    /// costs only a retry, never correctness.
+    pub(crate) async fn commit_conditional(
+        &self,
+        bucket: &str,
+        key: &str,
+        record: ObjectRecord,
+        inline: Option<&Vec<Vec<u8>>>,
+        ok: &[bool],
+        pre: &Precondition,
+    ) -> Result<ObjectRecord, Conditional> {
+        let inner = &self.inner();
+        let okey = object_key(bucket, key);
+        let slots = inner.resolve(&record.drives);
+        let present: Vec<usize> = slots.iter().flatten().copied().collect();
+        let need = record.redundancy().write_quorum();
+        let owner = inner
+            .lease(&okey, &present, need)
+            .await
+            .map_err(Conditional::Refused)?;
+        let result = async {
+            for _ in 0..4 {
+                let current = self.lookup(bucket, key).await.map_err(Conditional::Refused)?;
+                let live = current.as_ref().filter(|f| !f.record.deleted);
+                pre(live.map(|f| &f.record)).map_err(Conditional::Refused)?;
+                let expected = current.as_ref().map(|f| f.record.version);
+                let mut rec = record.clone();
+                rec.version = match expected {
+                    Some(v) => inner.after(v),
+                    None => inner.now(),
+                };
+                let writes = slots.iter().enumerate().filter_map(|(i, d)| {
+                    let d = (*d).filter(|_| ok[i])?;
+                    let frame = inline.map(|f| f[i].clone());
+                    Some(inner.drives[d].commit_replacing(vec![Op::PutIfVersion {
+                        table: Table::Objects,
+                        key: okey.clone(),
+                        value: rec.for_shard(i, frame).encode(),
+                        expected,
+                    }]))
+                });
+                let (mut took, mut unknown) = (0, 0);
+                let mut olds = Vec::new();
+                for r in futures::future::join_all(writes).await {
+                    match r {
+                        Ok(replaced) => {
+                            let old = replaced.into_iter().next().flatten();
+                            let version = old.as_deref().and_then(ringstore_store::Version::from_bytes);
+                            if version <= expected {
+                                took += 1;
+                                olds.extend(old.and_then(|b| ObjectRecord::decode(&b).ok()));
+                            } else if let Some(v) = version {
+                                inner.observe(v);
+                            }
+                        }
+                        Err(e) => {
+                            crate::drive_failure("conditional record write failed on a drive", &e);
+                            unknown += 1;
+                        }
+                    }
+                }
+                if took >= need {
+                    olds.sort_by_key(|r| r.version);
+                    olds.dedup_by_key(|r| r.version);
+                    for prev in &olds {
+                        inner.retire_data(&without_data_of(prev, &rec));
+                    }
+                    return Ok(rec);
+                }
+                if took > 0 || unknown > 0 {
+                    return Err(Conditional::Maybe(Error::Quorum(format!(
+                        "the conditional write reached {took} drives, {need} needed; it may \
+                         or may not take effect"
+                    ))));
+                }
+                // every drive holds a write that landed after the lookup: judge again
+            }
+            Err(Conditional::Refused(Error::Quorum(
+                "the key kept changing under the conditional write".into(),
+            )))
+        }
+        .await;
+        inner.release(&okey, &present, owner).await;
+        result
+    }
+
+    /// Deletes `bucket/key` only if `pre` holds for its current version (If-Match), as
+    /// atomically as [`ObjectStore::commit_conditional`].
+    pub async fn delete_object_if(&self, bucket: &str, key: &str, pre: Precondition) -> Result<()> {
+        self.require_bucket(bucket).await?;
+        let inner = &self.inner();
+        let drives = inner.partition_drives(bucket, key);
+        let marker = ObjectRecord {
+            deleted: true,
+            ..inner.new_record(inner.now(), inner.drive_ids(&drives))
+        };
+        let ok = vec![true; drives.len()];
+        self.commit_conditional(bucket, key, marker, None, &ok, &pre)
+            .await
+            .map(|_| ())
+            .map_err(Conditional::into_error)
+    }
+}
+
+impl Inner {
+    /// Takes the lease on `okey` on at least `need` of `drives` (see
+    /// [`ObjectStore::commit_conditional`]), waiting in randomised turns while others hold it.
+    async fn lease(&self, okey: &[u8], drives: &[usize], need: usize) -> Result<u128> {
+        let owner: u128 = rand::random();
+        let deadline = tokio::time::Instant::now() + LEASE_WAIT;
+        let mut pause = std::time::Duration::from_millis(2);
+        loop {
+            let asks = drives.iter().map(|d| {
+                self.drives[*d].commit_replacing(vec![Op::Lease {
+                    key: okey.to_vec(),
+                    owner,
+                    ttl_ms: LEASE_TTL.as_millis() as u64,
+                }])
+            });
+            let granted = futures::future::join_all(asks)
+                .await
+                .iter()
+                .filter(|r| r.as_ref().is_ok_and(|r| r.first().is_some_and(Option::is_none)))
+                .count();
+            if granted >= need {
+                return Ok(owner);
+            }
+            // give back what we got, so that one of the others can finish
+            self.release(okey, drives, owner).await;
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Quorum(
+                    "another conditional write of this key is in progress; retry".into(),
+                ));
+            }
+            let jitter = rand::random::<u64>() % (pause.as_micros() as u64 + 1);
+            tokio::time::sleep(pause + std::time::Duration::from_micros(jitter)).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(100));
+        }
+    }
+
+    async fn release(&self, okey: &[u8], drives: &[usize], owner: u128) {
+        let releases = drives.iter().map(|d| {
+            self.drives[*d].commit(vec![Op::Release {
+                key: okey.to_vec(),
+                owner,
+            }])
+        });
+        let _ = futures::future::join_all(releases).await;
     }
 }
 
@@ -387,9 +603,11 @@ impl ObjectStore {
         }
         let inner = &self.inner();
         let drives = inner.partition_drives(bucket, key);
+        // above the version it deletes, whatever this node's clock says (the lookup read a
+        // read quorum, so that version is at least the newest acknowledged one)
         let marker = ObjectRecord {
             deleted: true,
-            ..inner.new_record(inner.now(), inner.drive_ids(&drives))
+            ..inner.new_record(inner.after(prev.record.version), inner.drive_ids(&drives))
         };
         let okey = object_key(bucket, key);
         let value = marker.encode();
@@ -425,7 +643,7 @@ impl ObjectStore {
         inner.retire_data(&prev.record);
         // the marker only needs to outlive drives that missed it; drop it once all have it
         if acked == drives.len() && older.is_empty() {
-            self.drop_marker_everywhere(&okey, &marker).await;
+            self.drop_marker_everywhere(bucket, key, &marker).await;
         }
         Ok(())
     }

@@ -434,10 +434,26 @@ impl S3 for RingstoreS3 {
         &self,
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
-        self.store
-            .delete_object(&req.input.bucket, &req.input.key)
-            .await
-            .map_err(s3_err)?;
+        let input = req.input;
+        match input.if_match {
+            // a conditional delete compares and swaps like a conditional PUT
+            Some(m) => {
+                let pre: ringstore_object::Precondition =
+                    Box::new(move |current: Option<&ObjectRecord>| match current {
+                        Some(c) if m.is_any() || m.as_etag().is_some_and(|e| e.value() == c.etag) => Ok(()),
+                        _ => Err(Error::PreconditionFailed),
+                    });
+                self.store
+                    .delete_object_if(&input.bucket, &input.key, pre)
+                    .await
+                    .map_err(s3_err)?;
+            }
+            None => self
+                .store
+                .delete_object(&input.bucket, &input.key)
+                .await
+                .map_err(s3_err)?,
+        }
         ok(DeleteObjectOutput::default())
     }
 

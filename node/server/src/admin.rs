@@ -230,6 +230,64 @@ struct LayoutRequest {
     redundancy: Option<String>,
 }
 
+/// Whether the data plane can serve `next` after `current`: data does not move between
+/// layouts yet, so objects stay where the layout they were written under placed them. A
+/// new redundancy would leave every existing object with a different `k+m` than the
+/// partition's quorums, and a removed node takes its shards with it; both are refused
+/// until the migrator moves data. Adding nodes is served: reads fall back to the older
+/// placements.
+fn servable(
+    current: &ringstore_ring::Layout,
+    next: &ringstore_ring::Layout,
+) -> Result<(), (&'static str, String)> {
+    if next.redundancy != current.redundancy {
+        return Err((
+            "RedundancyChangeUnsupported",
+            format!(
+                "the redundancy cannot change yet: the cluster stores data as {} and does not \
+                 re-encode existing objects to {}",
+                current.redundancy, next.redundancy
+            ),
+        ));
+    }
+    let removed: Vec<&str> = current
+        .nodes
+        .iter()
+        .filter(|n| !next.nodes.iter().any(|m| m.name == n.name))
+        .map(|n| n.name.as_str())
+        .collect();
+    if !removed.is_empty() {
+        return Err((
+            "NodeRemovalUnsupported",
+            format!(
+                "nodes cannot leave the layout yet (their data is not moved off them): {}",
+                removed.join(", ")
+            ),
+        ));
+    }
+    let shrunk: Vec<&str> = current
+        .nodes
+        .iter()
+        .filter(|n| {
+            next.nodes
+                .iter()
+                .find(|m| m.name == n.name)
+                .is_some_and(|m| n.drives.iter().any(|d| !m.drives.iter().any(|e| e.id == d.id)))
+        })
+        .map(|n| n.name.as_str())
+        .collect();
+    if !shrunk.is_empty() {
+        return Err((
+            "DriveRemovalUnsupported",
+            format!(
+                "drives cannot leave the layout yet (their data is not moved off them): on {}",
+                shrunk.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
 async fn apply_layout(state: &AppState, req: Request) -> Response {
     let Some(cluster) = &state.cluster else {
         return error(
@@ -294,6 +352,9 @@ async fn apply_layout(state: &AppState, req: Request) -> Response {
     };
     if layout.nodes == current.nodes && layout.redundancy == current.redundancy {
         return Json(layout_doc(state)).into_response();
+    }
+    if let Err((code, message)) = servable(&current, &layout) {
+        return error(StatusCode::BAD_REQUEST, code, &message);
     }
     if let Err(e) = layout.placement() {
         return error(StatusCode::BAD_REQUEST, "InvalidLayout", &e.to_string());

@@ -24,7 +24,7 @@ pub struct DriveInfo {
     pub drive_id: String,
 }
 
-/// What a commit answers: per operation, the value a `PutIfNewer` found before it (`None`
+/// What a commit answers: per operation, the value a `PutIfNewer` or `PutIfVersion` found before it (`None`
 /// for other operations and for keys that were absent).
 pub type Replaced = Vec<Option<Vec<u8>>>;
 type Reply = tokio_oneshot::Sender<Result<Replaced>>;
@@ -38,6 +38,8 @@ pub struct Drive {
     db: std::sync::Arc<Database>,
     commits: Option<mpsc::SyncSender<(Vec<Op>, Reply)>>,
     committer: Option<std::thread::JoinHandle<()>>,
+    /// Leases on object keys ([`Op::Lease`]): owner and expiry.
+    leases: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (u128, std::time::Instant)>>,
 }
 
 impl Drop for Drive {
@@ -133,6 +135,7 @@ impl Drive {
             db,
             commits: Some(tx),
             committer: Some(committer),
+            leases: Default::default(),
         })
     }
 
@@ -212,6 +215,18 @@ impl Drive {
     /// learns which version it replaced (or that a newer one was already there) without
     /// reading first.
     pub async fn commit_replacing(&self, ops: Vec<Op>) -> Result<Replaced> {
+        if let [op @ (Op::Lease { .. } | Op::Release { .. })] = ops.as_slice() {
+            return Ok(vec![self.lease(op)]);
+        }
+        if ops
+            .iter()
+            .any(|o| matches!(o, Op::Lease { .. } | Op::Release { .. }))
+        {
+            return Err(Error::Unusable {
+                path: self.root.display().to_string(),
+                reason: "a lease must be the only operation of its commit".into(),
+            });
+        }
         let (tx, rx) = tokio_oneshot::channel();
         let closed = || Error::Closed(self.root.display().to_string());
         self.commits
@@ -220,6 +235,35 @@ impl Drive {
             .send((ops, tx))
             .map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
+    }
+
+    /// Applies a lease operation: `None` when granted or released, the holder's id when
+    /// another owner holds the key.
+    fn lease(&self, op: &Op) -> Option<Vec<u8>> {
+        let now = std::time::Instant::now();
+        let mut leases = self.leases.lock().expect("not poisoned");
+        if leases.len() > 4096 {
+            leases.retain(|_, (_, until)| *until > now);
+        }
+        match op {
+            Op::Lease { key, owner, ttl_ms } => match leases.get(key) {
+                Some((holder, until)) if holder != owner && *until > now => {
+                    Some(holder.to_be_bytes().to_vec())
+                }
+                _ => {
+                    let until = now + std::time::Duration::from_millis((*ttl_ms).min(60_000));
+                    leases.insert(key.clone(), (*owner, until));
+                    None
+                }
+            },
+            Op::Release { key, owner } => {
+                if leases.get(key).is_some_and(|(holder, _)| holder == owner) {
+                    leases.remove(key);
+                }
+                None
+            }
+            _ => None,
+        }
     }
 
     /// Reads one value.
@@ -665,9 +709,29 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<Replace
                     replaced.push(old);
                     continue;
                 }
+                Op::PutIfVersion {
+                    table,
+                    key,
+                    value,
+                    expected,
+                } => {
+                    let t = &mut tables[idx(table)];
+                    let old = t.get(key.as_slice())?.map(|v| v.value().to_vec());
+                    let take = match &old {
+                        Some(old) => Version::from_bytes(old) <= *expected,
+                        None => true,
+                    };
+                    if take {
+                        t.insert(key.as_slice(), value.as_slice())?;
+                    }
+                    replaced.push(old);
+                    continue;
+                }
                 Op::Put { table, key, value } => {
                     tables[idx(table)].insert(key.as_slice(), value.as_slice())?;
                 }
+                // handled in memory by `Drive::lease` before anything is queued
+                Op::Lease { .. } | Op::Release { .. } => {}
                 Op::Delete { table, key } => {
                     tables[idx(table)].remove(key.as_slice())?;
                 }
@@ -813,6 +877,80 @@ mod tests {
         assert_eq!(d.id(), id);
         assert!(!d.formatted_now(), "a drive in use is not formatted again");
         assert_eq!(&d.get(Table::Objects, b"b\0k").unwrap().unwrap()[24..], b"five");
+    }
+
+    #[test]
+    fn put_if_version_takes_only_over_the_expected_version_or_older() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Drive::open(dir.path()).unwrap();
+        let v = |ts| Version { ts_nanos: ts, id: 7 };
+        let cas = |ts, expected: Option<u64>| Op::PutIfVersion {
+            table: Table::Objects,
+            key: b"b\0k".to_vec(),
+            value: versioned(ts, format!("v{ts}").as_bytes()),
+            expected: expected.map(v),
+        };
+        let held = || d.get(Table::Objects, b"b\0k").unwrap().map(|b| b[24..].to_vec());
+        // absent: only "expected absent" or any expectation takes it
+        assert_eq!(
+            block_on(d.commit_replacing(vec![cas(5, None)])).unwrap(),
+            vec![None]
+        );
+        assert_eq!(held().as_deref(), Some(&b"v5"[..]));
+        // another create of the same key is refused, and told what is there
+        let answer = block_on(d.commit_replacing(vec![cas(6, None)])).unwrap();
+        assert_eq!(answer[0].as_deref().map(|b| &b[24..]), Some(&b"v5"[..]));
+        assert_eq!(held().as_deref(), Some(&b"v5"[..]));
+        // a swap expecting an older version than the one held is refused
+        block_on(d.commit(vec![cas(7, Some(4))])).unwrap();
+        assert_eq!(held().as_deref(), Some(&b"v5"[..]));
+        // expecting the held version, or a newer one this drive missed, takes it
+        block_on(d.commit(vec![cas(8, Some(5))])).unwrap();
+        assert_eq!(held().as_deref(), Some(&b"v8"[..]));
+        block_on(d.commit(vec![cas(10, Some(9))])).unwrap();
+        assert_eq!(held().as_deref(), Some(&b"v10"[..]));
+    }
+
+    #[test]
+    fn a_lease_has_one_owner_until_released_or_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Drive::open(dir.path()).unwrap();
+        let lease = |owner, ttl_ms| {
+            block_on(d.commit_replacing(vec![Op::Lease {
+                key: b"b\0k".to_vec(),
+                owner,
+                ttl_ms,
+            }]))
+            .unwrap()[0]
+                .is_none()
+        };
+        let release = |owner| {
+            block_on(d.commit(vec![Op::Release {
+                key: b"b\0k".to_vec(),
+                owner,
+            }]))
+            .unwrap()
+        };
+        assert!(lease(1, 10_000), "a free key is granted");
+        assert!(!lease(2, 10_000), "a held key is refused");
+        assert!(lease(1, 10_000), "the holder renews");
+        release(2);
+        assert!(!lease(2, 10_000), "only the holder releases");
+        release(1);
+        assert!(lease(2, 1), "released, the key is granted to the next");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(lease(3, 10_000), "an expired lease is taken over");
+        let mixed = block_on(d.commit(vec![
+            Op::Release {
+                key: b"b\0k".to_vec(),
+                owner: 3,
+            },
+            Op::Delete {
+                table: Table::Objects,
+                key: b"b\0k".to_vec(),
+            },
+        ]));
+        assert!(mixed.is_err(), "a lease cannot share a commit");
     }
 
     #[test]

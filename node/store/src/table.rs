@@ -75,6 +75,19 @@ pub enum Op {
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
+    /// Store `value` (whose version must be above `expected`) only if the stored value is
+    /// absent or no newer than `expected` (`None`: only if absent): one drive's half of a
+    /// compare-and-swap. A drive that missed `expected` (it holds an older version) takes
+    /// the value too; a drive where another write landed after `expected` refuses it.
+    /// Answers the value found, as `PutIfNewer` does.
+    PutIfVersion {
+        table: Table,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        expected: Option<Version>,
+    },
     /// Store unconditionally.
     Put {
         table: Table,
@@ -82,6 +95,23 @@ pub enum Op {
         key: Vec<u8>,
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,
+    },
+    /// Take the lease on a key of the objects table for `owner` for `ttl_ms`, unless
+    /// another owner holds an unexpired one (answered with a non-empty value). Leases live
+    /// in the drive's memory, on its own monotonic clock, and end with the process: they
+    /// make conditional writers of one key take turns, while correctness rests on
+    /// `PutIfVersion`. Must be the only operation of its commit.
+    Lease {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        owner: u128,
+        ttl_ms: u64,
+    },
+    /// Give a lease back (nothing when another owner holds it).
+    Release {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        owner: u128,
     },
     /// Remove the key.
     Delete {

@@ -134,6 +134,30 @@ impl Server {
         c.wait().expect("wait")
     }
 
+    /// Sets an environment variable for the next start (replacing an earlier value).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.remove_env(key);
+        self.extra_env.push((key.to_string(), value.to_string()));
+    }
+
+    /// Removes an environment variable set for this server.
+    pub fn remove_env(&mut self, key: &str) {
+        self.extra_env.retain(|(k, _)| k != key);
+    }
+
+    /// Runs the server with its wall clock moved by `seconds` (libfaketime preloaded into
+    /// the server process itself; timers keep real time). 0 gives it the true clock.
+    pub fn set_clock_offset(&mut self, seconds: i64) {
+        for k in ["LD_PRELOAD", "FAKETIME", "FAKETIME_DONT_FAKE_MONOTONIC"] {
+            self.remove_env(k);
+        }
+        if seconds != 0 {
+            self.set_env("LD_PRELOAD", libfaketime());
+            self.set_env("FAKETIME", &format!("{seconds:+}"));
+            self.set_env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
+    }
+
     /// Starts the process again on the same folders and address.
     pub fn restart(&mut self) {
         self.kill9();
@@ -195,6 +219,19 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The libfaketime library (Debian package `faketime`), which moves a process's wall clock.
+pub fn libfaketime() -> &'static str {
+    const PLACES: [&str; 3] = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ];
+    PLACES
+        .iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("clock tests need libfaketime: install the Debian package faketime")
 }
 
 /// An S3 client for any endpoint, path-style, as a user would configure it.
