@@ -198,7 +198,7 @@ pub fn layout_step(obs: &Observation) -> Option<Vec<String>> {
         return None;
     }
     let expected: Vec<String> = obs.expected_pods().into_iter().collect();
-    if admin.layout_nodes() == expected {
+    if admin.layout_nodes() == expected || !stranded(obs).is_empty() {
         return None;
     }
     let online: BTreeSet<&str> = admin
@@ -246,6 +246,21 @@ pub fn unhealthy(obs: &Observation, scrubbing: &[String]) -> Option<String> {
         ));
     }
     None
+}
+
+/// Servers in the cluster's layout that no pool has any more (a pool deleted or shrunk).
+/// The data plane cannot take them out of the layout yet (their data does not move), so
+/// the layout is left as it is and the status says why.
+pub fn stranded(obs: &Observation) -> Vec<String> {
+    let Ok(admin) = &obs.admin else {
+        return vec![];
+    };
+    let expected = obs.expected_pods();
+    admin
+        .layout_nodes()
+        .into_iter()
+        .filter(|n| !expected.contains(n))
+        .collect()
 }
 
 /// The pod a rolling upgrade restarts next: the first outdated pod, the Raft leader last (to
@@ -436,6 +451,17 @@ pub fn tenant_status(
             false,
             "ClusterDegraded",
             "the cluster reports nodes or drives offline (see Degraded)",
+            generation,
+        ),
+        (Ok(_), true) if !stranded(obs).is_empty() => cond(
+            "Ready",
+            false,
+            "ServersRemovalUnsupported",
+            format!(
+                "{} are in the cluster's layout but in no pool: servers cannot leave a \
+                 layout yet (their data does not move); restore the pool or its servers",
+                stranded(obs).join(", ")
+            ),
             generation,
         ),
         (Ok(_), true) if !layout_matches => cond(
@@ -848,6 +874,26 @@ mod tests {
             1,
         );
         assert_eq!(layout_step(&obs(pods, Ok(a3))), None);
+    }
+
+    #[test]
+    fn servers_that_left_every_pool_stay_in_the_layout_and_status_says_why() {
+        let (tenant, pools) = t();
+        let pods: Vec<PodView> = (0..4).map(|i| pod(&format!("t-a-{i}"), true, "r2")).collect();
+        let nodes: Vec<String> = (0..6).map(|i| format!("t-a-{i}")).collect();
+        let refs: Vec<(&str, bool, bool)> = nodes.iter().map(|n| (n.as_str(), true, true)).collect();
+        let o = obs(pods, Ok(admin(&refs, 2)));
+        assert_eq!(stranded(&o), ["t-a-4", "t-a-5"]);
+        assert_eq!(layout_step(&o), None, "no layout that drops servers is proposed");
+        let r = rollout(&o, &["a".into()]);
+        let s = tenant_status(&tenant, &pools, &["s".into()], &o, &r, &Activity::default());
+        let ready = &s.conditions[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "ServersRemovalUnsupported")
+        );
+        assert!(ready.message.contains("t-a-4, t-a-5"), "{}", ready.message);
+        assert!(stranded(&healthy()).is_empty());
     }
 
     #[test]

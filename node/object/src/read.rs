@@ -29,10 +29,11 @@ pub struct Found {
     pub(crate) stale: bool,
     /// Drives of the set that did not answer the lookup.
     pub(crate) unanswered: usize,
-    /// Drives known to hold the newest version.
+    /// How many drives are known to hold the newest version.
     pub(crate) holders: usize,
-    /// Drives (by index in the layout view) that answered without the newest version.
-    pub(crate) lacking: Vec<usize>,
+    /// Those drives (by index in the layout view), when the lookup asked beyond its first
+    /// round (a first round that agreed holds a write quorum: nothing to repair).
+    pub(crate) holding: Vec<usize>,
     /// First bytes of shard files, by shard index, that remote drives attached to their
     /// records (lookups for a read): `(data_id, bytes from offset 0)`.
     pub(crate) first: Vec<Option<(String, Bytes)>>,
@@ -226,8 +227,35 @@ impl Inner {
             return Ok(());
         }
         let slots = self.resolve(&rec.drives);
+        // the record's own drives that the lookup did not see holding it: they may differ
+        // from the placement it asked (an object written under an older layout), so they
+        // are asked first, and written only where the version is missing
+        let unseen: Vec<(usize, usize)> = slots
+            .iter()
+            .enumerate()
+            .filter_map(|(shard, d)| Some((shard, (*d).filter(|d| !found.holding.contains(d))?)))
+            .collect();
+        let asked = futures::future::join_all(
+            unseen
+                .iter()
+                .map(|(_, d)| self.drives[*d].get(Table::Objects, okey)),
+        )
+        .await;
+        let mut held = 0;
+        let mut missing = Vec::new();
+        for ((shard, d), answer) in unseen.into_iter().zip(asked) {
+            match answer.map(|v| v.as_deref().and_then(Version::from_bytes)) {
+                Ok(Some(v)) if v == rec.version => held += 1,
+                Ok(_) => missing.push((shard, d)),
+                Err(e) => crate::drive_failure("read repair: record read failed", &e),
+            }
+        }
         let mut frames = found.inline.clone();
-        if rec.parts.len() == 1 && rec.parts[0].size > 0 && frames.iter().any(Option::is_some) {
+        if !missing.is_empty()
+            && rec.parts.len() == 1
+            && rec.parts[0].size > 0
+            && frames.iter().any(Option::is_some)
+        {
             let decoded = self
                 .codec_for(rec.redundancy())?
                 .decode(rec.parts[0].size as usize, frames.clone())?;
@@ -235,18 +263,15 @@ impl Inner {
                 frames[i] = Some(f);
             }
         }
-        let writes = found.lacking.iter().filter_map(|d| {
-            let shard = slots.iter().position(|s| *s == Some(*d))?;
+        let writes = missing.iter().map(|(shard, d)| {
             let value = rec
-                .for_shard(shard, frames.get(shard).cloned().flatten())
+                .for_shard(*shard, frames.get(*shard).cloned().flatten())
                 .encode();
-            Some(
-                self.drives[*d].commit_replacing(vec![ringstore_store::Op::PutIfNewer {
-                    table: Table::Objects,
-                    key: okey.to_vec(),
-                    value,
-                }]),
-            )
+            self.drives[*d].commit_replacing(vec![ringstore_store::Op::PutIfNewer {
+                table: Table::Objects,
+                key: okey.to_vec(),
+                value,
+            }])
         });
         let took = futures::future::join_all(writes)
             .await
@@ -256,21 +281,21 @@ impl Inner {
                     .first()
                     .and_then(|old| old.as_deref())
                     .and_then(Version::from_bytes)
-                    .is_none_or(|old| old < rec.version),
+                    .is_none_or(|old| old <= rec.version),
                 Err(e) => {
                     crate::drive_failure("read repair failed on a drive", e);
                     false
                 }
             })
             .count();
-        found.holders += took;
+        let took = took + held;
+        found.holders = found.holding.len() + took;
         if found.holders < need {
             return Err(Error::Quorum(format!(
                 "the newest version is on {} drives and could not be written to {need}",
                 found.holders
             )));
         }
-        found.lacking.clear();
         Ok(())
     }
 }
@@ -395,9 +420,9 @@ async fn find_on(
         stale: holders + unknown < width,
         unanswered: unknown,
         holders,
-        lacking: held
+        holding: held
             .into_iter()
-            .filter(|(_, v)| *v != Some(newest))
+            .filter(|(_, v)| *v == Some(newest))
             .map(|(d, _)| d)
             .collect(),
         record,
@@ -463,7 +488,7 @@ fn agreed(
         record,
         inline,
         holders,
-        lacking: Vec::new(),
+        holding: Vec::new(),
         stale: false,
         // the drives not asked count as unanswered: their frames are not missing
         unanswered: width - answers.len(),

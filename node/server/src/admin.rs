@@ -250,22 +250,26 @@ fn servable(
             ),
         ));
     }
-    let removed: Vec<&str> = current
+    let leaving = |code, what: &str, names: Vec<String>| {
+        if names.is_empty() {
+            return Ok(());
+        }
+        Err((
+            code,
+            format!(
+                "{what} cannot leave the layout yet (their data is not moved off them): {}",
+                names.join(", ")
+            ),
+        ))
+    };
+    let removed: Vec<String> = current
         .nodes
         .iter()
         .filter(|n| !next.nodes.iter().any(|m| m.name == n.name))
-        .map(|n| n.name.as_str())
+        .map(|n| n.name.clone())
         .collect();
-    if !removed.is_empty() {
-        return Err((
-            "NodeRemovalUnsupported",
-            format!(
-                "nodes cannot leave the layout yet (their data is not moved off them): {}",
-                removed.join(", ")
-            ),
-        ));
-    }
-    let shrunk: Vec<&str> = current
+    leaving("NodeRemovalUnsupported", "nodes", removed)?;
+    let shrunk: Vec<String> = current
         .nodes
         .iter()
         .filter(|n| {
@@ -274,17 +278,9 @@ fn servable(
                 .find(|m| m.name == n.name)
                 .is_some_and(|m| n.drives.iter().any(|d| !m.drives.iter().any(|e| e.id == d.id)))
         })
-        .map(|n| n.name.as_str())
+        .map(|n| format!("on {}", n.name))
         .collect();
-    if !shrunk.is_empty() {
-        return Err((
-            "DriveRemovalUnsupported",
-            format!(
-                "drives cannot leave the layout yet (their data is not moved off them): on {}",
-                shrunk.join(", ")
-            ),
-        ));
-    }
+    leaving("DriveRemovalUnsupported", "drives", shrunk)?;
     Ok(())
 }
 

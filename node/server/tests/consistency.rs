@@ -8,21 +8,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use common::{Server, TestCluster, get_bytes, pattern, status};
+use common::{Server, TestCluster, get_bytes, no_retry, pattern, status};
 
 /// Above the inline limit (128 KiB): the object has shard files.
 const LARGE: usize = 300 * 1024;
-
-fn no_retry(c: &Client) -> Client {
-    Client::from_conf(
-        c.config()
-            .to_builder()
-            .retry_config(RetryConfig::disabled())
-            .build(),
-    )
-}
 
 async fn put(c: &Client, bucket: &str, key: &str, data: &[u8]) -> Result<(), String> {
     c.put_object()
@@ -42,6 +32,23 @@ async fn read(c: &Client, bucket: &str, key: &str) -> Option<Vec<u8>> {
         Err(e) if status(&e) == 404 => None,
         Err(e) => panic!("GET {key}: {e:?}"),
     }
+}
+
+/// Reads `key` after a write of `new` over `old` failed or was cut short: it must read as
+/// one of them, whole, and the same again (a read never goes back).
+async fn old_or_new(c: &Client, key: &str, old: &[u8], new: &[u8]) -> Vec<u8> {
+    let got = read(c, "bkt", key).await.expect("the key still exists");
+    assert!(
+        got == old || got == new,
+        "{key}: neither the old nor the new version ({} bytes)",
+        got.len()
+    );
+    assert_eq!(
+        read(c, "bkt", key).await.as_ref(),
+        Some(&got),
+        "{key} reads the same twice"
+    );
+    got
 }
 
 /// A value that tells which write it came from, small or large.
@@ -181,18 +188,7 @@ async fn a_record_commit_on_too_few_drives_leaves_old_or_new_readable() {
     server.restart();
     let c = server.client();
     for (key, len) in [("small", 1000), ("large", LARGE)] {
-        let got = read(&c, "bkt", key).await.expect("the key still exists");
-        assert!(
-            got == value(1, len) || got == value(2, len),
-            "{key}: neither the old nor the new version ({} bytes)",
-            got.len()
-        );
-        // and the same answer again: a read never goes back
-        assert_eq!(
-            read(&c, "bkt", key).await,
-            Some(got),
-            "{key} reads the same twice"
-        );
+        old_or_new(&c, key, &value(1, len), &value(2, len)).await;
         put(&c, "bkt", key, &value(3, len)).await.unwrap();
         assert_eq!(
             read(&c, "bkt", key).await,
@@ -222,18 +218,7 @@ async fn a_crash_between_record_commits_leaves_old_or_new_readable() {
         assert!(!server.running(), "the fault point aborted the process");
         server.remove_env("RINGSTORE_FAULTS");
         server.restart();
-        let c = server.client();
-        let got = read(&c, "bkt", key).await.expect("the key still exists");
-        assert!(
-            got == value(1, len) || got == value(2, len),
-            "{key}: neither the old nor the new version ({} bytes)",
-            got.len()
-        );
-        assert_eq!(
-            read(&c, "bkt", key).await,
-            Some(got),
-            "{key} reads the same twice"
-        );
+        old_or_new(&server.client(), key, &value(1, len), &value(2, len)).await;
     }
 }
 

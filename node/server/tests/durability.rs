@@ -14,10 +14,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
-use common::{Server, content_for, get_bytes, md5_hex, pattern};
+use common::{Server, content_for, get_bytes, md5_hex, no_retry, pattern};
 use md5::{Digest, Md5};
 
 /// Objects up to this size live inside the metadata records (no shard files).
@@ -25,16 +24,6 @@ const INLINE_MAX: usize = 128 * 1024;
 const MIB: usize = 1024 * 1024;
 
 // ---- helpers ------------------------------------------------------------------------------
-
-/// The same client without retries, so a dead server fails requests at once.
-fn no_retry(c: &Client) -> Client {
-    Client::from_conf(
-        c.config()
-            .to_builder()
-            .retry_config(RetryConfig::disabled())
-            .build(),
-    )
-}
 
 async fn put_bytes(c: &Client, bucket: &str, key: &str, data: Vec<u8>) {
     let md5 = md5_hex(&data);

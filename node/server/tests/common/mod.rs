@@ -221,6 +221,16 @@ impl Drop for Server {
     }
 }
 
+/// The same client without retries, so a dead server fails requests at once.
+pub fn no_retry(c: &Client) -> Client {
+    Client::from_conf(
+        c.config()
+            .to_builder()
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+            .build(),
+    )
+}
+
 /// The libfaketime library (Debian package `faketime`), which moves a process's wall clock.
 pub fn libfaketime() -> &'static str {
     const PLACES: [&str; 3] = [
