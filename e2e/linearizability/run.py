@@ -228,8 +228,10 @@ def client_loop(cid, nodes, keys, args, history, stop_at, errors, etags):
         try:
             if op == "get":
                 try:
-                    body = c.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-                    rec["read"] = value_of(body)
+                    got = c.get_object(Bucket=BUCKET, Key=key)
+                    rec["read"] = value_of(got["Body"].read())
+                    with etags["lock"]:
+                        etags["of"][key] = (rec["read"], got["ETag"])
                 except Exception as e:
                     if classify(e) != "missing":
                         raise
@@ -242,17 +244,16 @@ def client_loop(cid, nodes, keys, args, history, stop_at, errors, etags):
                 if op == "put_if_absent":
                     extra["IfNoneMatch"] = "*"
                 elif op == "put_if_match":
+                    # the ETag of the value last seen for the key: often still current
                     with etags["lock"]:
-                        known = [(v, t) for v, t in etags["of"].items() if v.startswith(key + "=")]
+                        known = etags["of"].get(key)
                     if not known:
                         continue
-                    match, etag = rng.choice(known)
-                    rec["match"] = match.split("=", 1)[1]
-                    extra["IfMatch"] = etag
+                    rec["match"], extra["IfMatch"] = known
                 large = rng.random() < args.large_fraction
                 out = c.put_object(Bucket=BUCKET, Key=key, Body=body_for(value, large), **extra)
                 with etags["lock"]:
-                    etags["of"][f"{key}={value}"] = out["ETag"]
+                    etags["of"][key] = (value, out["ETag"])
             rec["result"] = "ok"
         except Unexpected as e:
             rec["result"] = "unknown"

@@ -4,15 +4,21 @@
 //!
 //! - `record-commits=N`: an object record commit (PUT, Complete) reaches at most `N`
 //!   drives; the others fail as if their drive had answered with an error;
+//! - `record-commit-offset=K`: with `record-commits`, the first `K` drives of the set are
+//!   refused too, so that the commit reaches drives `K..K+N`;
 //! - `crash-after-record-commits=N`: the process aborts as soon as `N` drives committed an
-//!   object record, as a crash between the per-drive commits would.
+//!   object record, as a crash between the per-drive commits would;
+//! - `conditional-pause-ms=N`: a conditional write waits `N` ms between its lookup and its
+//!   compare-and-swap, so that a test can land another write in between.
 
 use std::sync::OnceLock;
 
 #[derive(Debug, Default)]
 pub(crate) struct Faults {
     pub record_commits: Option<usize>,
+    pub record_commit_offset: usize,
     pub crash_after_record_commits: Option<usize>,
+    pub conditional_pause_ms: u64,
 }
 
 /// The settings of this process.
@@ -31,10 +37,13 @@ pub(crate) fn get() -> &'static Faults {
             match point.trim() {
                 "record-commits" => f.record_commits = Some(value),
                 "crash-after-record-commits" => f.crash_after_record_commits = Some(value),
+                "record-commit-offset" => f.record_commit_offset = value,
+                "conditional-pause-ms" => f.conditional_pause_ms = value as u64,
                 other => panic!("RINGSTORE_FAULTS: unknown fault point {other:?}"),
             }
         }
-        if f.record_commits.is_some() || f.crash_after_record_commits.is_some() {
+        if f.record_commits.is_some() || f.crash_after_record_commits.is_some() || f.conditional_pause_ms > 0
+        {
             tracing::warn!(faults = ?f, "fault injection is on");
         }
         f

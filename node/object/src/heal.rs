@@ -14,6 +14,9 @@ use crate::read::PartReader;
 use crate::record::ObjectRecord;
 use crate::{Error, Inner, ObjectStore, Result, object_key};
 
+/// How long a deletion marker is kept after the delete (by the version's clock).
+pub(crate) const MARKER_GRACE: Duration = Duration::from_secs(24 * 3600);
+
 #[derive(Default)]
 pub(crate) struct Counters {
     objects_checked: AtomicU64,
@@ -119,7 +122,8 @@ impl ObjectStore {
                     }])
                     .await?;
             }
-            if unreachable.is_empty() && ahead.is_empty() {
+            let age = inner.now().ts_nanos.saturating_sub(rec.version.ts_nanos);
+            if unreachable.is_empty() && ahead.is_empty() && age > MARKER_GRACE.as_nanos() as u64 {
                 self.drop_marker_everywhere(bucket, key, &rec).await;
             }
             return Ok(!stale.is_empty());
@@ -170,6 +174,12 @@ impl ObjectStore {
     /// Removes a deletion marker that every drive of its set holds (the caller knows they
     /// do). Kept while older layouts place the key elsewhere (their drives may hold the
     /// deleted version) or a drive of the set left the cluster.
+    ///
+    /// Removing a marker is the only thing that lowers the version a drive holds for a key:
+    /// a write still in flight with a version below the marker (drawn before the delete, its
+    /// commit delayed) would then land and bring back data the delete retired. So markers
+    /// are kept for [`MARKER_GRACE`] after the delete, far longer than any request runs,
+    /// like the grace period of tombstones elsewhere.
     pub(crate) async fn drop_marker_everywhere(&self, bucket: &str, key: &str, marker: &ObjectRecord) {
         let inner = self.inner();
         let slots = inner.resolve(&marker.drives);

@@ -13,7 +13,7 @@
 //! the background.
 
 #[cfg(feature = "faults")]
-mod faults;
+pub(crate) mod faults;
 mod heal;
 mod list;
 mod multipart;
@@ -472,6 +472,20 @@ impl Inner {
         self.now()
     }
 
+    /// The version of a conditional write replacing `expected`: the lowest versions above
+    /// it (same time, a larger id drawn at random), so that any write which saw `expected`
+    /// and landed before the compare-and-swap orders above it, and a compare-and-swap that
+    /// lost on some drives cannot later win over such a write. `None` (no record at all)
+    /// gives the lowest versions there are.
+    pub(crate) fn successor(expected: Option<Version>) -> Version {
+        let base = expected.unwrap_or_default();
+        let step = 1 + (rand::random::<u64>() >> 1) as u128;
+        Version {
+            ts_nanos: base.ts_nanos,
+            id: base.id.saturating_add(step),
+        }
+    }
+
     /// Moves the clock past a version read from a drive, so that versions drawn later order
     /// after it whatever this node's wall clock says.
     pub(crate) fn observe(&self, seen: Version) {
@@ -560,8 +574,8 @@ impl Inner {
         let f = faults::get();
         let mut results = Vec::new();
         let mut committed = 0;
-        for (d, ops) in writes {
-            if f.record_commits.is_some_and(|n| committed >= n) {
+        for (at, (d, ops)) in writes.into_iter().enumerate() {
+            if at < f.record_commit_offset || f.record_commits.is_some_and(|n| committed >= n) {
                 results.push(Err(ringstore_store::Error::Unusable {
                     path: self.drives[d].id().to_string(),
                     reason: "fault injected: record commit refused".into(),
@@ -607,6 +621,8 @@ impl Inner {
             parts: vec![],
             shard: 0,
             inline: None,
+            modified: None,
+            swap: None,
         }
     }
 

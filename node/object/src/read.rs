@@ -221,11 +221,11 @@ impl Inner {
     /// replaced after this one returned the newer (a read going back in time). Fails with a
     /// quorum error (503, retryable) when the repair cannot reach a write quorum.
     pub(crate) async fn confirm(&self, okey: &[u8], found: &mut Found) -> Result<()> {
-        let rec = &found.record;
-        let need = rec.redundancy().write_quorum();
+        let need = found.record.redundancy().write_quorum();
         if found.holders >= need {
             return Ok(());
         }
+        let rec = found.record.clone();
         let slots = self.resolve(&rec.drives);
         // the record's own drives that the lookup did not see holding it: they may differ
         // from the placement it asked (an object written under an older layout), so they
@@ -250,53 +250,114 @@ impl Inner {
                 Err(e) => crate::drive_failure("read repair: record read failed", &e),
             }
         }
-        let mut frames = found.inline.clone();
-        if !missing.is_empty()
-            && rec.parts.len() == 1
-            && rec.parts[0].size > 0
-            && frames.iter().any(Option::is_some)
+        let frames = self.all_frames(&rec, &found.inline)?;
+        // a conditional write is copied only by its own compare-and-swap
+        let op = |value: Vec<u8>| match rec.swap {
+            Some(expected) => ringstore_store::Op::PutIfVersion {
+                table: Table::Objects,
+                key: okey.to_vec(),
+                value,
+                expected: Some(expected),
+            },
+            None => ringstore_store::Op::PutIfNewer {
+                table: Table::Objects,
+                key: okey.to_vec(),
+                value,
+            },
+        };
+        let took = |old: Option<Version>| match (old, rec.swap) {
+            (None, _) => true,
+            (Some(old), Some(expected)) => old <= expected || old == rec.version,
+            (Some(old), None) => old <= rec.version,
+        };
+        let writes = missing.iter().map(|(shard, d)| {
+            let value = rec.for_shard(*shard, frames[*shard].clone()).encode();
+            self.drives[*d].commit_replacing(vec![op(value)])
+        });
+        let mut newest_seen = None;
+        for r in futures::future::join_all(writes).await {
+            match r {
+                Ok(replaced) => {
+                    let old = replaced
+                        .first()
+                        .and_then(|o| o.as_deref())
+                        .and_then(Version::from_bytes);
+                    if took(old) {
+                        held += 1;
+                    } else {
+                        newest_seen = newest_seen.max(old);
+                    }
+                }
+                Err(e) => crate::drive_failure("read repair failed on a drive", &e),
+            }
+        }
+        found.holders = found.holding.len() + held;
+        if found.holders >= need {
+            return Ok(());
+        }
+        // Drives that refused hold a newer version the lookup passed over (inline frames on
+        // too few drives: a write cut short). They would refuse this version for ever, so it
+        // is written again, the same object under a version above theirs: the key's value
+        // does not change, and a writer still working on the newer version outbids it.
+        if let (Some(newer), None) = (newest_seen, rec.swap)
+            && newer > rec.version
         {
+            let mut again = rec.clone();
+            again.version = self.after(newer);
+            again.modified = Some(rec.modified_nanos());
+            let writes = slots.iter().enumerate().filter_map(|(shard, d)| {
+                let value = again.for_shard(shard, frames[shard].clone()).encode();
+                Some(
+                    self.drives[(*d)?].commit_replacing(vec![ringstore_store::Op::PutIfNewer {
+                        table: Table::Objects,
+                        key: okey.to_vec(),
+                        value,
+                    }]),
+                )
+            });
+            let took = futures::future::join_all(writes)
+                .await
+                .into_iter()
+                .filter(|r| {
+                    r.as_ref().is_ok_and(|replaced| {
+                        replaced
+                            .first()
+                            .and_then(|o| o.as_deref())
+                            .and_then(Version::from_bytes)
+                            .is_none_or(|old| old <= again.version)
+                    })
+                })
+                .count();
+            if took >= need {
+                found.record = again;
+                found.holders = took;
+                return Ok(());
+            }
+        }
+        Err(Error::Quorum(format!(
+            "the newest version is on {} drives and could not be written to {need}",
+            found.holders
+        )))
+    }
+
+    /// Every shard's inline frame of `rec` (rebuilt from those in `inline`), or none for an
+    /// object with shard files.
+    fn all_frames(&self, rec: &ObjectRecord, inline: &[Option<Vec<u8>>]) -> Result<Vec<Option<Vec<u8>>>> {
+        let width = rec.drives.len();
+        let mut frames: Vec<Option<Vec<u8>>> = (0..width).map(|i| inline.get(i).cloned().flatten()).collect();
+        if rec.parts.len() == 1 && rec.parts[0].size == 0 && frames.iter().any(Option::is_some) {
+            frames = vec![Some(Vec::new()); width];
+        } else if rec.parts.len() == 1 && frames.iter().any(Option::is_some) {
             let decoded = self
                 .codec_for(rec.redundancy())?
-                .decode(rec.parts[0].size as usize, frames.clone())?;
+                .decode(rec.parts[0].size as usize, frames.clone())
+                // too few frames answered: out of reach, not damaged
+                .map_err(|e| Error::Quorum(format!("inline object: {e}")))?;
             for (i, f) in decoded.repaired {
                 frames[i] = Some(f);
             }
         }
-        let writes = missing.iter().map(|(shard, d)| {
-            let value = rec
-                .for_shard(*shard, frames.get(*shard).cloned().flatten())
-                .encode();
-            self.drives[*d].commit_replacing(vec![ringstore_store::Op::PutIfNewer {
-                table: Table::Objects,
-                key: okey.to_vec(),
-                value,
-            }])
-        });
-        let took = futures::future::join_all(writes)
-            .await
-            .into_iter()
-            .filter(|r| match r {
-                Ok(replaced) => replaced
-                    .first()
-                    .and_then(|old| old.as_deref())
-                    .and_then(Version::from_bytes)
-                    .is_none_or(|old| old <= rec.version),
-                Err(e) => {
-                    crate::drive_failure("read repair failed on a drive", e);
-                    false
-                }
-            })
-            .count();
-        let took = took + held;
-        found.holders = found.holding.len() + took;
-        if found.holders < need {
-            return Err(Error::Quorum(format!(
-                "the newest version is on {} drives and could not be written to {need}",
-                found.holders
-            )));
-        }
-        Ok(())
+        Ok(frames)
     }
 }
 
@@ -397,8 +458,15 @@ async fn find_on(
         )));
     }
     let unknown = width - records.len() - empty;
-    let Some(newest) = newest_readable(&records, unknown) else {
-        return Ok(None);
+    let write_quorum = inner.codec.redundancy().write_quorum();
+    let newest = loop {
+        let Some(newest) = newest_readable(&records, unknown) else {
+            return Ok(None);
+        };
+        if !lost_swap(&records, newest, width, write_quorum) {
+            break newest;
+        }
+        records.retain(|r| r.version != newest);
     };
     let mut inline = vec![None; width];
     let mut holders = 0;
@@ -494,6 +562,21 @@ fn agreed(
         unanswered: width - answers.len(),
         first: Vec::new(),
     })
+}
+
+/// Whether `version` is a conditional write that lost its compare-and-swap for good: more
+/// drives than a write quorum can spare hold a competing version between the one it
+/// replaced and its own (another conditional write of the same version), so it can never
+/// reach a write quorum, and it is passed over.
+fn lost_swap(records: &[ObjectRecord], version: Version, width: usize, write_quorum: usize) -> bool {
+    let Some(swap) = records.iter().find(|r| r.version == version).and_then(|r| r.swap) else {
+        return false;
+    };
+    let refusing = records
+        .iter()
+        .filter(|r| r.version > swap && r.version < version)
+        .count();
+    refusing > width - write_quorum
 }
 
 /// The newest version among `records` (one per drive of an object's set) whose data can be

@@ -64,6 +64,15 @@ pub struct ObjectRecord {
     /// This drive's shard frames when the object is stored inline.
     #[serde(with = "serde_bytes_opt")]
     pub inline: Option<Vec<u8>>,
+    /// Wall-clock time of the write (ns), when it differs from the version's time: a
+    /// conditional write's version sits just above the version it replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified: Option<u64>,
+    /// For a conditional write: the version it replaces by compare-and-swap (the default
+    /// version when the key had none). Such a record may be copied to another drive only
+    /// by the same compare-and-swap, so that one that lost on some drives never wins later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap: Option<Version>,
 }
 
 impl ObjectRecord {
@@ -80,7 +89,7 @@ impl ObjectRecord {
     }
 
     pub fn modified_nanos(&self) -> u64 {
-        self.version.ts_nanos
+        self.modified.unwrap_or(self.version.ts_nanos)
     }
 
     /// Encodes with the version in front, as [`ringstore_store::Op::PutIfNewer`] expects.
@@ -171,6 +180,8 @@ mod tests {
             parts: vec![],
             shard: 3,
             inline: None,
+            modified: None,
+            swap: None,
         }
     }
 
@@ -251,6 +262,8 @@ mod tests {
             parts: vec![],
             shard: 1,
             inline: Some(vec![1, 2, 3, 255]),
+            modified: Some(7),
+            swap: Some(Version { ts_nanos: 41, id: 3 }),
         };
         let bytes = rec.encode();
         assert_eq!(ObjectRecord::decode(&bytes).unwrap(), rec);

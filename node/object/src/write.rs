@@ -266,14 +266,18 @@ impl ObjectStore {
         let result = async {
             for _ in 0..4 {
                 let current = self.lookup(bucket, key).await.map_err(Conditional::Refused)?;
+                #[cfg(feature = "faults")]
+                if crate::faults::get().conditional_pause_ms > 0 {
+                    let pause = crate::faults::get().conditional_pause_ms;
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                }
                 let live = current.as_ref().filter(|f| !f.record.deleted);
                 pre(live.map(|f| &f.record)).map_err(Conditional::Refused)?;
                 let expected = current.as_ref().map(|f| f.record.version);
                 let mut rec = record.clone();
-                rec.version = match expected {
-                    Some(v) => inner.after(v),
-                    None => inner.now(),
-                };
+                rec.version = Inner::successor(expected);
+                rec.modified = Some(inner.now().ts_nanos);
+                rec.swap = Some(expected.unwrap_or_default());
                 let writes = slots.iter().enumerate().filter_map(|(i, d)| {
                     let d = (*d).filter(|_| ok[i])?;
                     let frame = inline.map(|f| f[i].clone());
@@ -621,7 +625,7 @@ impl ObjectStore {
                 }],
             )
         });
-        let acked = inner
+        inner
             .commit_quorum("deletion", marker.redundancy().write_quorum(), writes)
             .await?;
         // where older layouts placed the key, records of it may remain (layout changes do not
@@ -641,10 +645,8 @@ impl ObjectStore {
             }
         }
         inner.retire_data(&prev.record);
-        // the marker only needs to outlive drives that missed it; drop it once all have it
-        if acked == drives.len() && older.is_empty() {
-            self.drop_marker_everywhere(bucket, key, &marker).await;
-        }
+        // the marker stays (the scrubber drops it after a grace period): see
+        // `drop_marker_everywhere`
         Ok(())
     }
 }
