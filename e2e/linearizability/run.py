@@ -255,11 +255,13 @@ def client_loop(cid, nodes, keys, args, history, stop_at, errors, etags):
                 with etags["lock"]:
                     etags["of"][key] = (value, out["ETag"])
             rec["result"] = "ok"
-        except Unexpected as e:
-            rec["result"] = "unknown"
-            errors.append(f"client {cid} {op} {key}: {e}")
         except Exception as e:
-            rec["result"] = classify(e)
+            try:
+                rec["result"] = classify(e)
+            except Unexpected as u:
+                # an answer no fault explains (a 4xx for a valid request): the run fails
+                rec["result"] = "unknown"
+                errors.append(f"client {cid} {op} {key}: {u}")
         rec["ret"] = time.monotonic_ns()
         history.add(rec)
 
