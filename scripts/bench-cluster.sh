@@ -14,7 +14,8 @@
 # BENCH_ROUNDS (default 1: how many times the three setups run, one after the other; with
 # more, the table shows medians and each round's ratios are printed, because a shared
 # machine's disk and CPU drift between phases), BENCH_TMPDIR (parent of the temporary data
-# folder).
+# folder), BENCH_SERVER (a ringstore binary to measure instead of building this tree's: for
+# A/B runs against another commit).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -51,9 +52,16 @@ EOF
 }
 
 cd "$ROOT"
-log "building server and loadgen (release)"
-cargo build --release -p ringstore-server -p ringstore-loadgen
-BIN="$TARGET_DIR/release/ringstore"
+if [ -n "${BENCH_SERVER:-}" ]; then
+    # A/B runs: a server binary built elsewhere (another commit), the same load generator
+    log "building loadgen (release); server: $BENCH_SERVER"
+    cargo build --release -p ringstore-loadgen
+    BIN="$BENCH_SERVER"
+else
+    log "building server and loadgen (release)"
+    cargo build --release -p ringstore-server -p ringstore-loadgen
+    BIN="$TARGET_DIR/release/ringstore"
+fi
 LOADGEN="$TARGET_DIR/release/ringstore-loadgen"
 export RINGSTORE_ACCESS_KEY="RS$(random_hex 9 | tr 'a-f' 'A-F')"
 export RINGSTORE_SECRET_KEY="$(random_hex 20)"

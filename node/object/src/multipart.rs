@@ -350,12 +350,7 @@ impl ObjectStore {
             });
         }
         let object_checksum = checksum(&infos)?;
-        // above the key's current version wherever it is placed: the upload's drives may be
-        // an older layout's placement, which a newer PUT of the key did not use
-        let version = match self.lookup(bucket, key).await? {
-            Some(current) => inner.after(current.record.version),
-            None => inner.now(),
-        };
+        let version = inner.now();
         let record = ObjectRecord {
             size,
             etag: format!("{}-{}", hex::encode(md5s.finalize()), parts.len()),

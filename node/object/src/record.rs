@@ -268,6 +268,20 @@ mod tests {
         let bytes = rec.encode();
         assert_eq!(ObjectRecord::decode(&bytes).unwrap(), rec);
         // inline bytes are stored compactly, not as an integer array
-        assert!(bytes.len() < 200, "{}", bytes.len());
+        let big = ObjectRecord {
+            inline: Some(vec![255; 1000]),
+            ..rec.clone()
+        };
+        let grown = big.encode().len() - bytes.len();
+        assert!(grown < 1000 + 8, "996 more inline bytes took {grown} more bytes");
+        // a plain write's record carries neither the conditional fields nor their names
+        let plain = ObjectRecord {
+            modified: None,
+            swap: None,
+            ..rec
+        };
+        let encoded = plain.encode();
+        assert!(!encoded.windows(4).any(|w| w == b"swap"), "no swap field");
+        assert_eq!(ObjectRecord::decode(&encoded).unwrap(), plain);
     }
 }
