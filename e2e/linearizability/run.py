@@ -210,7 +210,8 @@ def client_loop(cid, nodes, keys, args, history, stop_at, errors, etags):
     seq = 0
     while time.time() < stop_at:
         key = rng.choice(keys)
-        c = rng.choice(clients)
+        via = rng.randrange(len(clients))
+        c = clients[via]
         r = rng.random()
         if r < 0.45:
             op = "get"
@@ -224,7 +225,7 @@ def client_loop(cid, nodes, keys, args, history, stop_at, errors, etags):
             op = "put_if_match"
         seq += 1
         value = f"c{cid}-{seq}"
-        rec = {"client": cid, "key": key, "op": op, "call": time.monotonic_ns()}
+        rec = {"client": cid, "key": key, "op": op, "node": via, "call": time.monotonic_ns()}
         try:
             if op == "get":
                 try:

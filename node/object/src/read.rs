@@ -274,7 +274,6 @@ impl Inner {
             let value = rec.for_shard(*shard, frames[*shard].clone()).encode();
             self.drives[*d].commit_replacing(vec![op(value)])
         });
-        let mut newest_seen = None;
         for r in futures::future::join_all(writes).await {
             match r {
                 Ok(replaced) => {
@@ -284,8 +283,6 @@ impl Inner {
                         .and_then(Version::from_bytes);
                     if took(old) {
                         held += 1;
-                    } else {
-                        newest_seen = newest_seen.max(old);
                     }
                 }
                 Err(e) => crate::drive_failure("read repair failed on a drive", &e),
@@ -295,45 +292,12 @@ impl Inner {
         if found.holders >= need {
             return Ok(());
         }
-        // Drives that refused hold a newer version the lookup passed over (inline frames on
-        // too few drives: a write cut short). They would refuse this version for ever, so it
-        // is written again, the same object under a version above theirs: the key's value
-        // does not change, and a writer still working on the newer version outbids it.
-        if let (Some(newer), None) = (newest_seen, rec.swap)
-            && newer > rec.version
-        {
-            let mut again = rec.clone();
-            again.version = self.after(newer);
-            again.modified = Some(rec.modified_nanos());
-            let writes = slots.iter().enumerate().filter_map(|(shard, d)| {
-                let value = again.for_shard(shard, frames[shard].clone()).encode();
-                Some(
-                    self.drives[(*d)?].commit_replacing(vec![ringstore_store::Op::PutIfNewer {
-                        table: Table::Objects,
-                        key: okey.to_vec(),
-                        value,
-                    }]),
-                )
-            });
-            let took = futures::future::join_all(writes)
-                .await
-                .into_iter()
-                .filter(|r| {
-                    r.as_ref().is_ok_and(|replaced| {
-                        replaced
-                            .first()
-                            .and_then(|o| o.as_deref())
-                            .and_then(Version::from_bytes)
-                            .is_none_or(|old| old <= again.version)
-                    })
-                })
-                .count();
-            if took >= need {
-                found.record = again;
-                found.holders = took;
-                return Ok(());
-            }
-        }
+        // Drives that refused hold a newer version, which the lookup passed over (inline
+        // frames on too few drives to decode) or which landed since. This version cannot be
+        // returned safely (a later read might see only older ones), and writing it again
+        // above theirs would overwrite a write that may be acknowledged by now: the read
+        // fails with a retryable error until a newer write (or the writer still working on
+        // the newer version) settles the key.
         Err(Error::Quorum(format!(
             "the newest version is on {} drives and could not be written to {need}",
             found.holders
