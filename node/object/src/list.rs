@@ -76,8 +76,11 @@ impl ObjectStore {
                     break;
                 }
                 cursor = Some(k.clone());
-                let Some(newest) = newest_readable(&records, unknown) else {
-                    continue;
+                // a version that may have been acknowledged but cannot be decoded right now
+                // (an overwrite in flight) is listed: the listing needs only its record
+                let newest = match newest_readable(&records, unknown) {
+                    Ok(Some(v)) | Err(v) => v,
+                    Ok(None) => continue,
                 };
                 let rec = records
                     .into_iter()

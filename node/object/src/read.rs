@@ -424,8 +424,16 @@ async fn find_on(
     let unknown = width - records.len() - empty;
     let write_quorum = inner.codec.redundancy().write_quorum();
     let newest = loop {
-        let Some(newest) = newest_readable(&records, unknown) else {
-            return Ok(None);
+        let newest = match newest_readable(&records, unknown) {
+            Ok(Some(v)) => v,
+            Ok(None) => return Ok(None),
+            Err(_) => {
+                return Err(Error::Quorum(
+                    "a small object is being overwritten (too few of its frames are on the \
+                     drives right now); retry"
+                        .into(),
+                ));
+            }
         };
         if !lost_swap(&records, newest, width, write_quorum) {
             break newest;
@@ -547,29 +555,40 @@ fn lost_swap(records: &[ObjectRecord], version: Version, width: usize, write_quo
 /// read; `unknown` drives of the set gave no usable answer and may hold any version.
 ///
 /// Shard files are written and synced on every drive before any record names them, so one
-/// record is enough for them. Small objects keep their frames in the records instead: with
-/// fewer than `k` frames, even counting the unknown drives as holders, the version cannot be
-/// decoded, and it was never acknowledged either (that takes at least `k` records): it is a write
-/// cut short by a crash between its per-drive commits. Such a version is passed over as if
-/// it had not been written, so that it neither hides the version it was replacing nor shows
-/// up as an object that cannot be read.
-pub(crate) fn newest_readable(records: &[ObjectRecord], unknown: usize) -> Option<Version> {
+/// record is enough for them. Small objects keep their frames in the records instead, and a
+/// version with fewer than `k` frames (even counting the unknown drives as holders) cannot
+/// be decoded now. It is passed over, as if it had not been written, only when it cannot
+/// have been acknowledged: fewer than a write quorum of drives hold it or a newer version
+/// (counting the unknown ones). That is a write cut short by a crash between its per-drive
+/// commits, or one still in flight, and passing over it neither hides the version it was
+/// replacing nor shows an object that cannot be read. Otherwise the version may have been
+/// acknowledged and then partly overwritten by a write still in flight (its frames replaced
+/// on some drives by the newer version's): going below it would read back in time, so the
+/// answer is `Err` with that version, and the caller retries or reports it.
+pub(crate) fn newest_readable(records: &[ObjectRecord], unknown: usize) -> Result<Option<Version>, Version> {
     let mut versions: Vec<Version> = records.iter().map(|r| r.version).collect();
     versions.sort_unstable();
     versions.dedup();
-    versions.into_iter().rev().find(|v| {
-        let holders: Vec<&ObjectRecord> = records.iter().filter(|r| r.version == *v).collect();
+    for v in versions.into_iter().rev() {
+        let holders: Vec<&ObjectRecord> = records.iter().filter(|r| r.version == v).collect();
         let first = holders[0];
         if first.deleted || first.size == 0 {
-            return true;
+            return Ok(Some(v));
         }
         let frames: std::collections::HashSet<usize> = holders
             .iter()
             .filter(|r| r.inline.is_some())
             .map(|r| r.shard)
             .collect();
-        frames.is_empty() || frames.len() + unknown >= first.k
-    })
+        if frames.is_empty() || frames.len() + unknown >= first.k {
+            return Ok(Some(v));
+        }
+        let at_or_above = records.iter().filter(|r| r.version >= v).count() + unknown;
+        if at_or_above >= first.redundancy().write_quorum() {
+            return Err(v);
+        }
+    }
+    Ok(None)
 }
 
 fn tokio_stream<T: Send + 'static>(
