@@ -472,6 +472,17 @@ async fn race_puts(clients: &[Client], key: &str, n: usize, if_match: Option<Str
     out
 }
 
+/// How many of the outcomes were 200 and how many 412.
+fn won_and_refused(outcomes: &[u16]) -> (usize, usize) {
+    let count = |code| outcomes.iter().filter(|s| **s == code).count();
+    (count(200), count(412))
+}
+
+async fn etag_of(c: &Client, key: &str) -> String {
+    let head = c.head_object().bucket("bkt").key(key).send().await.unwrap();
+    head.e_tag().unwrap().to_string()
+}
+
 /// Of concurrent If-None-Match: * PUTs of one new key through different nodes exactly one
 /// succeeds and the others get 412; concurrent If-Match PUTs on the same ETag likewise,
 /// and a conditional DELETE on a stale ETag is refused. Before, the check and the commit
@@ -484,28 +495,15 @@ async fn concurrent_conditional_writes_have_exactly_one_winner() {
     for round in 0..5 {
         let key = format!("lock-{round}");
         let outcomes = race_puts(&clients, &key, 6, None).await;
-        let won = outcomes.iter().filter(|s| **s == 200).count();
-        let refused = outcomes.iter().filter(|s| **s == 412).count();
         assert_eq!(
-            (won, refused),
+            won_and_refused(&outcomes),
             (1, 5),
             "round {round}: If-None-Match outcomes {outcomes:?}"
         );
-        let etag = clients[1]
-            .head_object()
-            .bucket("bkt")
-            .key(&key)
-            .send()
-            .await
-            .unwrap()
-            .e_tag()
-            .unwrap()
-            .to_string();
+        let etag = etag_of(&clients[1], &key).await;
         let outcomes = race_puts(&clients, &key, 6, Some(etag.clone())).await;
-        let won = outcomes.iter().filter(|s| **s == 200).count();
-        let refused = outcomes.iter().filter(|s| **s == 412).count();
         assert_eq!(
-            (won, refused),
+            won_and_refused(&outcomes),
             (1, 5),
             "round {round}: If-Match outcomes {outcomes:?}"
         );
@@ -526,16 +524,7 @@ async fn concurrent_conditional_writes_have_exactly_one_winner() {
             read(&clients[0], "bkt", &key).await.is_some(),
             "round {round}: still there"
         );
-        let now = clients[2]
-            .head_object()
-            .bucket("bkt")
-            .key(&key)
-            .send()
-            .await
-            .unwrap()
-            .e_tag()
-            .unwrap()
-            .to_string();
+        let now = etag_of(&clients[2], &key).await;
         clients[1]
             .delete_object()
             .bucket("bkt")
