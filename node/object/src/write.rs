@@ -175,9 +175,17 @@ impl ObjectStore {
                 .filter_map(|b| ObjectRecord::decode(b).ok())
                 .collect();
             let newest = found.iter().map(|r| r.version).max();
+            // drives that stored this version: those that held nothing or an older one
+            let took = replaced.len() - found.iter().filter(|r| r.version > record.version).count();
             olds.extend(found);
+            // Raised only when this version lost on so many drives that it cannot be on a
+            // write quorum: then newer versions sit on a quorum (an acknowledged write this
+            // node's clock is behind). A version that won a quorum stays as it is, even if
+            // some drive holds a newer one (an overlapping write, which orders after it):
+            // raising it then would make it win again over writes acknowledged after it was
+            // already visible (the nemesis run found exactly that).
             match newest {
-                Some(v) if raise && v > record.version => record.version = inner.after(v),
+                Some(v) if raise && took < need && v > record.version => record.version = inner.after(v),
                 _ => break,
             }
         }
