@@ -122,8 +122,8 @@ impl ObjectStore {
     /// answers the record as committed (its version may have been raised).
     ///
     /// Versions do not trust clocks. Each drive's commit answers the record it held before,
-    /// and when some drive held a newer version than ours, the record is committed again
-    /// with a version above the newest one seen. Every acknowledged write is on a write
+    /// and when so many drives held a newer version that ours is not on a write quorum, the
+    /// record is committed again with a version above the newest one seen. Every acknowledged write is on a write
     /// quorum, which meets the write quorum this commit needs, so a write that starts after
     /// another was acknowledged always ends above it, however far behind this node's clock
     /// is. Only a version still newer than the raised one, from a write that overlapped
