@@ -493,17 +493,62 @@ impl Inner {
     }
 
     /// A listing asks every drive; it is complete when no partition can have lost a read
-    /// quorum, i.e. when at most `width - read quorum` drives did not answer (a key written
-    /// with a write quorum then has at least one answering holder).
-    pub(crate) fn need_listing_quorum(&self, unknown: usize) -> Result<()> {
+    /// quorum, i.e. when at most `width - read quorum` drives of each partition (in the
+    /// current layout and in every older one still in use) did not answer: a key written
+    /// with a write quorum then has at least one answering holder. `failed` are the drives
+    /// that did not answer.
+    pub(crate) fn need_listing_quorum(&self, failed: &[usize]) -> Result<()> {
+        if failed.is_empty() {
+            return Ok(());
+        }
         let r = self.layout.redundancy;
         let tolerated = r.width() - r.read_quorum();
-        if unknown > tolerated {
-            return Err(Error::Quorum(format!(
-                "{unknown} drives did not answer the listing, at most {tolerated} may be missing"
-            )));
+        let mut down = vec![false; self.drives.len()];
+        for d in failed {
+            down[*d] = true;
+        }
+        let offsets = node_offsets(&self.layout);
+        let current = (&self.placement, &offsets, None);
+        let older = self
+            .older
+            .iter()
+            .map(|o| (&o.placement, &o.offsets, Some(&o.index)));
+        for (placement, offsets, index) in std::iter::once(current).chain(older) {
+            for p in 0..ringstore_ring::PARTITIONS {
+                let missing = placement
+                    .drives(p)
+                    .iter()
+                    .filter(|d| {
+                        let flat = offsets[d.node] + d.drive;
+                        let at = match index {
+                            None => Some(flat),
+                            Some(index) => index[flat],
+                        };
+                        at.is_some_and(|i| down[i])
+                    })
+                    .count();
+                if missing > tolerated {
+                    return Err(Error::Quorum(format!(
+                        "{missing} drives of partition {p} did not answer the listing, at most \
+                         {tolerated} may be missing ({} of {} drives did not answer)",
+                        failed.len(),
+                        self.drives.len()
+                    )));
+                }
+            }
         }
         Ok(())
+    }
+
+    /// How many of `failed` drives can hold `bucket/key` (its partition's drives in the
+    /// current layout and the older ones still in use).
+    pub(crate) fn failed_holders(&self, bucket: &str, key: &str, failed: &[usize]) -> usize {
+        if failed.is_empty() {
+            return 0;
+        }
+        let mut holders = self.partition_drives(bucket, key);
+        holders.extend(self.older_partition_drives(bucket, key).into_iter().flatten());
+        failed.iter().filter(|d| holders.contains(d)).count()
     }
 
     /// Commits per-drive writes (`(drive index, ops)`) in parallel; succeeds with the count of

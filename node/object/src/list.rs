@@ -44,16 +44,16 @@ impl ObjectStore {
                 .drives
                 .iter()
                 .map(|d| d.scan(Table::Objects, &scan_prefix, cursor.as_deref(), batch));
-            let mut answered = 0;
-            for scanned in futures::future::join_all(scans).await {
+            let mut failed = Vec::new();
+            for (d, scanned) in futures::future::join_all(scans).await.into_iter().enumerate() {
                 let page = match scanned {
                     Ok(p) => p,
                     Err(e) => {
                         crate::drive_failure("listing failed on a drive", &e);
+                        failed.push(d);
                         continue;
                     }
                 };
-                answered += 1;
                 if page.len() == batch {
                     let last = page.last().expect("non-empty").0.clone();
                     if horizon.as_ref().is_none_or(|h| &last < h) {
@@ -68,14 +68,15 @@ impl ObjectStore {
                 }
             }
             // drives that failed to answer may hold any version (see `newest_readable`)
-            let unknown = inner.drives.len() - answered;
-            inner.need_listing_quorum(unknown)?;
+            inner.need_listing_quorum(&failed)?;
             let bucket_len = bucket.len() + 1;
             for (k, records) in merged {
                 if horizon.as_ref().is_some_and(|h| &k > h) {
                     break;
                 }
                 cursor = Some(k.clone());
+                let key = String::from_utf8_lossy(&k[bucket_len..]).into_owned();
+                let unknown = inner.failed_holders(bucket, &key, &failed);
                 // a version that may have been acknowledged but cannot be decoded right now
                 // (an overwrite in flight) is listed: the listing needs only its record
                 let newest = match newest_readable(&records, unknown) {
@@ -89,7 +90,6 @@ impl ObjectStore {
                 if rec.deleted {
                     continue;
                 }
-                let key = String::from_utf8_lossy(&k[bucket_len..]).into_owned();
                 entries.push((key, rec));
                 if entries.len() > limit {
                     entries.truncate(limit);

@@ -382,6 +382,36 @@ async fn deletes_missed_by_a_dead_node_do_not_come_back() {
     }
 }
 
+// ---- listing -----------------------------------------------------------------------------
+
+/// The reported defect: on 4 nodes of 3 drives (2+2) with one node down, listing and bucket
+/// deletion failed: the drives that did not answer were counted over the whole layout (3 of
+/// 12, more than the 2 a stripe may miss) although no partition missed more than one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn listing_needs_a_read_quorum_per_partition_not_per_layout() {
+    let mut cluster = TestCluster::start(4, 3, &["--redundancy", "2+2"]);
+    let c = cluster.nodes[0].client();
+    c.create_bucket().bucket("bkt").send().await.unwrap();
+    let keys: Vec<String> = (0..20).map(|i| format!("key-{i:02}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        put(&c, "bkt", k, &value(i as u64, 100)).await.unwrap();
+    }
+    cluster.nodes[3].kill9();
+    let listed = c.list_objects_v2().bucket("bkt").send().await.expect("list with a node down");
+    let names: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(names, keys.iter().map(String::as_str).collect::<Vec<_>>());
+    for k in &keys {
+        c.delete_object().bucket("bkt").key(k).send().await.unwrap();
+    }
+    c.delete_bucket()
+        .bucket("bkt")
+        .send()
+        .await
+        .expect("delete the emptied bucket with a node down");
+    let buckets = c.list_buckets().send().await.unwrap();
+    assert!(buckets.buckets().is_empty(), "{buckets:?}");
+}
+
 // ---- layouts the data plane cannot serve yet --------------------------------------------
 
 /// The reported defect: on 4 drives (2+2) a layout with redundancy 3+1 was accepted, and a
