@@ -65,6 +65,9 @@ pub(crate) enum WireError {
     NotLeader { leader: Option<String> },
     #[error("{0}")]
     Failed(String),
+    /// Final: retrying cannot help.
+    #[error("{0}")]
+    Refused(String),
 }
 
 pub(crate) type WireResult<T> = Result<T, WireError>;
@@ -130,7 +133,10 @@ async fn join(State(n): State<Arc<Inner>>, body: Bytes) -> Response {
     let node = &n;
     serve(&n, &body, |m: Member| async move {
         tracing::info!(node = %m.name, addr = %m.rpc_addr, "join request");
-        node.admit(&m).await.map_err(|e| WireError::Failed(e.to_string()))
+        node.admit(&m).await.map_err(|e| match e {
+            crate::Error::Refused(why) => WireError::Refused(why),
+            e => WireError::Failed(e.to_string()),
+        })
     })
     .await
 }

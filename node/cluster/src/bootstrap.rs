@@ -14,12 +14,11 @@ use ringstore_meta::{MetaNode, NodeId, Rejection};
 use ringstore_ring::{Layout, NodeSpec, Redundancy};
 use tokio::time::Instant;
 
-use crate::api::{Hello, Member, PATH_HELLO};
+use crate::api::{Hello, Member};
 use crate::node::{Inner, target_voters};
 use crate::{Cluster, Error};
 
 const POLL: Duration = Duration::from_millis(300);
-const HELLO_TIMEOUT: Duration = Duration::from_secs(1);
 const REPORT_EVERY: Duration = Duration::from_secs(3);
 
 pub(crate) async fn run(n: Arc<Inner>) {
@@ -66,15 +65,20 @@ async fn discover(n: &Arc<Inner>, seeds: &[String]) {
             rejoin(n, seeds).await;
             return;
         }
-        let answers = join_all(seeds.iter().map(|s| hello(n, s))).await;
+        let answers = join_all(seeds.iter().map(|s| n.hello_from(s))).await;
         let mut answered: BTreeMap<String, Hello> = BTreeMap::new();
+        // answers whose name another answer already took: a second node of that name
+        let mut others: Vec<Hello> = Vec::new();
         let mut missing = Vec::new();
         let mut refused = Vec::new();
         for (seed, answer) in seeds.iter().zip(answers) {
             match answer {
-                Ok(h) => {
-                    answered.insert(h.name.clone(), h);
-                }
+                Ok(h) => match answered.get(&h.name) {
+                    Some(first) if first.rpc_addr != h.rpc_addr => others.push(h),
+                    _ => {
+                        answered.insert(h.name.clone(), h);
+                    }
+                },
                 Err(e) => {
                     if matches!(e, Error::Rpc(ringstore_rpc::RpcError::Unauthorized(_))) {
                         refused.push(seed.clone());
@@ -82,6 +86,16 @@ async fn discover(n: &Arc<Inner>, seeds: &[String]) {
                     missing.push(format!("{seed} ({e})"));
                 }
             }
+        }
+        if let Some((name, a, b)) = duplicate_name(&me, &answered, &others) {
+            if last_report.elapsed() >= REPORT_EVERY {
+                tracing::error!(node = %me.name, first = %a, second = %b,
+                    "two nodes are named {name} (at {a} and {b}): refusing to form a cluster; \
+                     give each node its own --node-name");
+                last_report = Instant::now();
+            }
+            tokio::time::sleep(POLL).await;
+            continue;
         }
         let member_of_cluster = answered.values().find(|h| h.initialized && h.name != me.name);
         if let Some(h) = member_of_cluster {
@@ -91,6 +105,11 @@ async fn discover(n: &Arc<Inner>, seeds: &[String]) {
                 Ok(()) => {
                     tracing::info!(node = %me.name, "joined the cluster");
                     return;
+                }
+                // a refusal (a second node of our name) is the operator's to fix
+                Err(e @ Error::Refused(_)) => {
+                    tracing::error!(node = %me.name, via = %target, error = %e, "the cluster refuses this node");
+                    tokio::time::sleep(REPORT_EVERY).await;
                 }
                 Err(e) => tracing::info!(node = %me.name, via = %target, error = %e, "join failed; retrying"),
             }
@@ -121,16 +140,16 @@ async fn discover(n: &Arc<Inner>, seeds: &[String]) {
     }
 }
 
-async fn hello(n: &Inner, addr: &str) -> Result<Hello, Error> {
-    if addr == n.cfg.rpc_addr {
-        return Ok(n.hello());
+/// A name two different nodes answered with (the name and both addresses), this node's
+/// own included: two nodes of one name would each take the other's place in Raft and in
+/// the layout, or found two clusters.
+fn duplicate_name(me: &Member, answered: &BTreeMap<String, Hello>, others: &[Hello]) -> Option<(String, String, String)> {
+    if let Some(h) = answered.get(&me.name).filter(|h| h.rpc_addr != me.rpc_addr) {
+        return Some((me.name.clone(), me.rpc_addr.clone(), h.rpc_addr.clone()));
     }
-    let body = ringstore_rpc::encode(&());
-    let bytes = n
-        .client
-        .call_raw_with(addr, axum::http::Method::POST, PATH_HELLO, body, HELLO_TIMEOUT)
-        .await?;
-    Ok(ringstore_rpc::decode(&bytes)?)
+    let h = others.first()?;
+    let first = answered.get(&h.name).map(|f| f.rpc_addr.clone()).unwrap_or_default();
+    Some((h.name.clone(), first, h.rpc_addr.clone()))
 }
 
 /// Creates the cluster: the first voters by name, the rest learners, every member registered
@@ -247,7 +266,7 @@ async fn find_leader(n: &Inner, seeds: &[String]) -> Option<String> {
     addrs.sort();
     addrs.dedup();
     addrs.retain(|a| *a != n.cfg.rpc_addr);
-    let answers = join_all(addrs.iter().map(|a| hello(n, a))).await;
+    let answers = join_all(addrs.iter().map(|a| n.hello_from(a))).await;
     answers.into_iter().flatten().find_map(|h| h.leader)
 }
 

@@ -28,6 +28,10 @@ pub enum Error {
     /// A committed layout could not be decoded.
     #[error("undecodable layout: {0}")]
     Decode(String),
+    /// The cluster refuses this request for good (retrying cannot help): for example a
+    /// second node with a member's name.
+    #[error("refused: {0}")]
+    Refused(String),
     #[error("the cluster node is shutting down")]
     ShuttingDown,
 }

@@ -163,6 +163,7 @@ impl Cluster {
             shut: AtomicBool::new(false),
             membership_lock: tokio::sync::Mutex::new(()),
             tasks: std::sync::Mutex::new(Vec::new()),
+            refused: std::sync::Mutex::new(None),
         });
         tracing::info!(node = %inner.cfg.node_name, id, addr = %inner.cfg.rpc_addr, "cluster node started");
         let watcher = tokio::spawn(watch_metrics(inner.clone()));

@@ -15,13 +15,15 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::api::{Hello, Member, PATH_JOIN, PATH_READ_BARRIER, PATH_WRITE, ReadIndex, WireError, WireResult};
+use crate::api::{Hello, Member, PATH_HELLO, PATH_JOIN, PATH_READ_BARRIER, PATH_WRITE, ReadIndex, WireError, WireResult};
 use crate::{ClusterConfig, Error};
 
 /// How long a write, read barrier or join may keep retrying across leader changes.
 pub(crate) const BUDGET: Duration = Duration::from_secs(10);
 /// Bound on one forwarded call, so one dead leader does not eat the whole budget.
 const HOP_TIMEOUT: Duration = Duration::from_secs(4);
+const HELLO_TIMEOUT: Duration = Duration::from_secs(1);
+const REPORT_REFUSALS: Duration = Duration::from_secs(5);
 
 pub(crate) struct Inner {
     pub cfg: ClusterConfig,
@@ -35,6 +37,9 @@ pub(crate) struct Inner {
     /// is in progress, and concurrent joins are the normal case at bootstrap.
     pub membership_lock: tokio::sync::Mutex<()>,
     pub tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// When a second node of a name was last refused (name and address): the newcomer
+    /// retries every few hundred milliseconds, the log says so every few seconds.
+    pub refused: std::sync::Mutex<Option<(String, Instant)>>,
 }
 
 /// One attempt's outcome: worth retrying (nothing was applied), or final.
@@ -106,6 +111,19 @@ impl Inner {
         }
     }
 
+    /// The hello answer of the node at `addr` (this node's own for its own address).
+    pub(crate) async fn hello_from(&self, addr: &str) -> Result<Hello, Error> {
+        if addr == self.cfg.rpc_addr {
+            return Ok(self.hello());
+        }
+        let body = ringstore_rpc::encode(&());
+        let bytes = self
+            .client
+            .call_raw_with(addr, axum::http::Method::POST, PATH_HELLO, body, HELLO_TIMEOUT)
+            .await?;
+        Ok(ringstore_rpc::decode(&bytes)?)
+    }
+
     /// Retries `attempt` with short backoff until it is done, fails, or the budget runs out.
     async fn with_retries<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, Error>
     where
@@ -162,6 +180,7 @@ impl Inner {
             };
             match reply {
                 Ok(v) => Attempt::Done(v),
+                Err(WireError::Refused(why)) => Attempt::Fail(Error::Refused(why)),
                 Err(e) => Attempt::Retry(e.to_string()),
             }
         })
@@ -252,6 +271,7 @@ impl Inner {
     pub async fn join_via(&self, addr: &str, m: &Member) -> Result<(), Error> {
         match self.forward::<Member, ()>(addr, PATH_JOIN, m, BUDGET).await {
             Ok(Ok(())) => Ok(()),
+            Ok(Err(WireError::Refused(why))) => Err(Error::Refused(why)),
             Ok(Err(e)) => Err(Error::Unavailable(e.to_string())),
             Err(Attempt::Fail(e)) => Err(e),
             Err(Attempt::Retry(reason)) => Err(Error::Unavailable(reason)),
@@ -260,6 +280,7 @@ impl Inner {
     }
 
     async fn admit_local(&self, m: &Member) -> WireResult<()> {
+        self.refuse_second_of_name(m).await?;
         let info = NodeInfo {
             rpc_addr: m.rpc_addr.clone(),
             zone: m.zone.clone(),
@@ -303,6 +324,38 @@ impl Inner {
                 .map_err(|e| WireError::Failed(e.to_string()))?;
         }
         self.promote().await
+    }
+
+    /// Refuses `m` when the cluster knows a node of its name at another address and that
+    /// node still answers there with the name: a second node of one name, not a node that
+    /// moved (which re-registers its new address).
+    async fn refuse_second_of_name(&self, m: &Member) -> WireResult<()> {
+        let Some(known) = self
+            .state
+            .read(|s| s.nodes.get(&m.name).map(|i| i.rpc_addr.clone()))
+            .filter(|a| *a != m.rpc_addr)
+        else {
+            return Ok(());
+        };
+        match self.hello_from(&known).await {
+            Ok(h) if h.name == m.name && h.rpc_addr == known => {
+                let what = format!("{}@{}", m.name, m.rpc_addr);
+                let mut last = self.refused.lock().expect("refusal log lock");
+                if last.as_ref().is_none_or(|(w, at)| *w != what || at.elapsed() >= REPORT_REFUSALS) {
+                    tracing::error!(node = %m.name, member = %known, refused = %m.rpc_addr,
+                        "refusing a second node named {} (at {}): a node of that name is a member at {known}",
+                        m.name, m.rpc_addr);
+                    *last = Some((what, Instant::now()));
+                }
+                drop(last);
+                Err(WireError::Refused(format!(
+                    "a node named {} is already a member at {known}; refusing the one at {}: \
+                     give each node its own --node-name",
+                    m.name, m.rpc_addr
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Promotes learners (smallest names first) until the voter count reaches its target.

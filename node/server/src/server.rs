@@ -47,6 +47,7 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     if clustered && args.rpc_address.is_none() {
         bail!("--seeds needs --rpc-address: the address this node serves cluster traffic on");
     }
+    let advertise = advertised_rpc(&args)?;
     let secret = match (&args.cluster_secret, clustered || args.rpc_address.is_some()) {
         (Some(s), _) if s.len() < 16 => bail!("RINGSTORE_CLUSTER_SECRET must be at least 16 characters"),
         (Some(s), _) => s.clone(),
@@ -85,11 +86,6 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let client = ringstore_rpc::Client::new(ringstore_rpc::ClusterAuth::new(&secret));
     let drive_service =
         ringstore_rpc::DriveService::new([]).with_attach(std::sync::Arc::new(ringstore_object::first_window));
-    let advertise = args
-        .rpc_advertise
-        .clone()
-        .or(args.rpc_address.map(|a| a.to_string()))
-        .unwrap_or_else(|| "local".to_string());
     let cluster = ringstore_cluster::Cluster::start(
         ringstore_cluster::ClusterConfig {
             node_name: args.node_name.clone(),
@@ -361,5 +357,32 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// The RPC address peers reach this node on: `--rpc-advertise`, else `--rpc-address`
+/// (`local` for a node on its own). A wildcard address (`0.0.0.0`, `::`) or port 0 would be
+/// handed to peers as is and reach nothing, so it is refused here.
+fn advertised_rpc(args: &ServerArgs) -> anyhow::Result<String> {
+    if let Some(adv) = &args.rpc_advertise {
+        let (host, port) = adv
+            .rsplit_once(':')
+            .with_context(|| format!("--rpc-advertise {adv} is not HOST:PORT"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let wildcard = host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified());
+        if host.is_empty() || wildcard || port.parse::<u16>().map_or(true, |p| p == 0) {
+            bail!("--rpc-advertise {adv} is not an address peers can reach: give this node's HOST:PORT");
+        }
+        return Ok(adv.clone());
+    }
+    match args.rpc_address {
+        None => Ok("local".to_string()),
+        Some(a) if a.ip().is_unspecified() || a.port() == 0 => bail!(
+            "--rpc-address {a} cannot be advertised to peers (it is not an address they can \
+             reach): set --rpc-advertise to the HOST:PORT other nodes reach this node on"
+        ),
+        Some(a) => Ok(a.to_string()),
     }
 }

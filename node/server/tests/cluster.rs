@@ -606,6 +606,117 @@ async fn a_node_with_the_wrong_secret_cannot_join() {
     }
 }
 
+/// The reported defect: two nodes started with the same `--node-name` (the default is
+/// `ringstore-0`) each founded a cluster of their own. Both now refuse, naming both
+/// addresses, and neither becomes ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_new_nodes_of_one_name_refuse_to_form_a_cluster() {
+    let mut cluster = TestCluster::configure(2, 1, &[]);
+    let rpcs: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            let at = n.extra_arg("--rpc-address").expect("an RPC address");
+            at.to_string()
+        })
+        .collect();
+    for n in &mut cluster.nodes {
+        n.set_arg("--node-name", "ringstore-0");
+        n.capture_log();
+        n.launch();
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for (i, n) in cluster.nodes.iter_mut().enumerate() {
+        assert!(n.running(), "node {i} keeps running (and refusing)");
+        let ready = common::http_get(n.addr, "/health/ready").map(|r| r.0);
+        assert_eq!(ready, Some(503), "node {i} must not become ready on its own");
+        let log = n.log();
+        assert!(
+            log.contains("two nodes are named ringstore-0") && rpcs.iter().all(|a| log.contains(a.as_str())),
+            "node {i} logged: {log}"
+        );
+    }
+}
+
+/// The reported defect: a node started with the name of a member, at another address,
+/// took the member's place. The leader refuses it while the member still answers there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_node_with_a_members_name_is_refused() {
+    let cluster = TestCluster::start(3, 1, &[]);
+    let member_at = cluster.nodes[1].extra_arg("--rpc-address").unwrap().to_string();
+    // only node-0 as a seed: the leader, not the newcomer's own discovery, must refuse it
+    let seed = cluster.nodes[0].extra_arg("--rpc-address").unwrap().to_string();
+    let rpc = common::free_addr_on("127.0.0.31").to_string();
+    let mut twin = Server::configure(
+        1,
+        common::free_addr_on("127.0.0.31"),
+        &["--node-name", "node-1", "--rpc-address", &rpc, "--seeds", &seed],
+        &[("RINGSTORE_CLUSTER_SECRET", CLUSTER_SECRET)],
+    );
+    twin.capture_log();
+    twin.launch();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let log = twin.log();
+    assert!(
+        log.contains("already a member at") && log.contains(&member_at) && log.contains(&rpc),
+        "the twin logged: {log}"
+    );
+    for i in [0, 2] {
+        let nodes = cluster.status(i)["nodes"].clone();
+        let node1 = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == "node-1")
+            .expect("node-1 listed");
+        assert_eq!(node1["rpc_address"], member_at.as_str(), "node {i}: {nodes}");
+        assert_eq!(node1["state"], "online", "node {i}: {nodes}");
+    }
+}
+
+/// An RPC address of `0.0.0.0` would be advertised to peers as is: refused at start, with
+/// the flag that fixes it named.
+#[test]
+fn an_unroutable_rpc_address_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringstore"))
+            .arg("server")
+            .arg("--data")
+            .arg(dir.path())
+            .args(args)
+            .env("RINGSTORE_CLUSTER_SECRET", CLUSTER_SECRET)
+            .env("RINGSTORE_ACCESS_KEY", common::ACCESS_KEY)
+            .env("RINGSTORE_SECRET_KEY", common::SECRET_KEY)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run the server");
+        // a server that accepts the address would run on: give it a while, then stop it
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        child.wait_with_output().unwrap()
+    };
+    let out = run(&["--rpc-address", "0.0.0.0:19100", "--seeds", "10.0.0.1:9100"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("0.0.0.0:19100") && err.contains("--rpc-advertise"), "{err}");
+    let out = run(&[
+        "--rpc-address",
+        "0.0.0.0:19100",
+        "--rpc-advertise",
+        "[::]:19100",
+        "--seeds",
+        "10.0.0.1:9100",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("[::]:19100") && err.contains("not an address peers can reach"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn objects_written_before_a_layout_change_stay_readable_and_deletable() {
     let mut cluster = TestCluster::configure_seeded(5, 3, 1, &["--redundancy", "2+1"]);

@@ -22,6 +22,8 @@ pub struct Server {
     pub addr: SocketAddr,
     extra_args: Vec<String>,
     extra_env: Vec<(String, String)>,
+    /// Where the process's log goes (see [`Server::capture_log`]); inherited when `None`.
+    log: Option<PathBuf>,
 }
 
 fn free_addr() -> SocketAddr {
@@ -59,6 +61,7 @@ impl Server {
             addr,
             extra_args: args.iter().map(|s| s.to_string()).collect(),
             extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            log: None,
         }
     }
 
@@ -86,7 +89,43 @@ impl Server {
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
+        if let Some(path) = &self.log {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("open the log file");
+            cmd.stderr(file);
+        }
         self.child = Some(cmd.spawn().expect("start ringstore"));
+    }
+
+    /// The value given to `flag` among the extra arguments.
+    pub fn extra_arg(&self, flag: &str) -> Option<&str> {
+        let at = self.extra_args.iter().position(|a| a == flag)?;
+        self.extra_args.get(at + 1).map(String::as_str)
+    }
+
+    /// Sets `flag` to `value` for the next start (replacing a value given before).
+    pub fn set_arg(&mut self, flag: &str, value: &str) {
+        match self.extra_args.iter().position(|a| a == flag) {
+            Some(at) => self.extra_args[at + 1] = value.to_string(),
+            None => self.extra_args.extend([flag.to_string(), value.to_string()]),
+        }
+    }
+
+    /// Sends the process's log (from its next start on) to a file in its folder, read back
+    /// with [`Server::log`].
+    pub fn capture_log(&mut self) {
+        self.log = Some(self.dir.path().join("server.log"));
+    }
+
+    /// What the process logged since [`Server::capture_log`].
+    pub fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
     }
 
     /// Whether the process is running (it may have exited on its own).
