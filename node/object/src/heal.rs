@@ -27,6 +27,7 @@ pub(crate) struct Counters {
     scrubs_running: AtomicU64,
     scrub_passes: AtomicU64,
     scrub_checked: AtomicU64,
+    orphan_sweeps: AtomicU64,
 }
 
 /// Totals since the node started, for status and metrics.
@@ -43,6 +44,8 @@ pub struct HealStats {
     pub scrub_passes: u64,
     /// Objects checked by the running scrub, or by the last one.
     pub scrub_checked: u64,
+    /// Orphan sweeps finished since the node started.
+    pub orphan_sweeps: u64,
 }
 
 impl ObjectStore {
@@ -58,6 +61,7 @@ impl ObjectStore {
             scrub_running: get(&c.scrubs_running) > 0,
             scrub_passes: get(&c.scrub_passes),
             scrub_checked: get(&c.scrub_checked),
+            orphan_sweeps: get(&c.orphan_sweeps),
         }
     }
 
@@ -249,52 +253,117 @@ impl ObjectStore {
         Ok(checked)
     }
 
-    /// Removes shard files that no record references (left by a crash between writing
-    /// shards and committing their record). Only files older than `before` are considered,
-    /// so writes in flight are never touched.
+    /// Removes shard files on this node's drives that no record in the cluster names: left
+    /// by a crash between writing shards and committing their record, by a write whose
+    /// record reached no drive, or by the deferred removal of a replaced version that a
+    /// restart cut short (see `retire_data`). Only files last written before `before` are
+    /// considered, so writes in flight are never touched.
+    ///
+    /// A shard is kept while a record on *any* drive of the layout names it: a crash
+    /// between the per-drive record commits leaves drives holding the shard but not the
+    /// record, which healing spreads to them later. So every drive must answer; when one
+    /// does not, nothing is removed and the sweep fails with a quorum error (to be tried
+    /// again later).
     pub async fn sweep_orphans(&self, before: SystemTime) -> Result<u64> {
+        // the cheap pass first: shard files no record on this node's own drives names
         let store = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut removed = 0;
-            // A shard file is needed when a record on *any* drive references it: a crash
-            // between the per-drive record commits leaves drives holding the shard but not
-            // yet the record, and the record is spread to them by healing later.
-            // Parts are read before objects: completing an upload commits the object record
-            // before it drops the part records, so a part cannot slip between the two scans.
+        let candidates = tokio::task::spawn_blocking(move || -> Result<Vec<(usize, String)>> {
             let mut referenced = HashSet::new();
             for drive in &store.shared.local {
-                for (_, v) in drive.scan(Table::Parts, b"", None, usize::MAX)? {
-                    if let Ok(p) =
-                        crate::rmp_decode::<crate::multipart::PartRecord>(&v[ringstore_store::Version::LEN..])
-                    {
-                        referenced.insert(p.data_id);
-                    }
+                for (table, v) in records_of(drive)? {
+                    referenced.extend(data_ids(table, &v));
                 }
             }
-            for drive in &store.shared.local {
-                for (_, v) in drive.scan(Table::Objects, b"", None, usize::MAX)? {
-                    if let Ok(rec) = ObjectRecord::decode(&v) {
-                        referenced.extend(rec.parts.into_iter().map(|p| p.data_id));
-                    }
-                }
-            }
-            for drive in &store.shared.local {
+            let mut candidates = Vec::new();
+            for (i, drive) in store.shared.local.iter().enumerate() {
                 for id in drive.shards_older_than(before)? {
                     if !referenced.contains(&id) {
-                        drive.delete_shard(&id)?;
-                        removed += 1;
+                        candidates.push((i, id));
                     }
                 }
             }
-            store
-                .shared
-                .stats
-                .orphans_removed
-                .fetch_add(removed, Ordering::Relaxed);
+            Ok(candidates)
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+        let mut unnamed: HashSet<String> = candidates.iter().map(|(_, id)| id.clone()).collect();
+        if !unnamed.is_empty() {
+            // then what every drive of the cluster names. Parts are read before objects:
+            // completing an upload commits the object record before it drops the part
+            // records, so a part cannot slip between the two scans.
+            let inner = self.inner();
+            for table in [Table::Parts, Table::Objects] {
+                for d in &inner.drives {
+                    let mut after: Option<Vec<u8>> = None;
+                    loop {
+                        let page = d.scan(table, b"", after.as_deref(), SWEEP_PAGE).await.map_err(|e| {
+                            Error::Quorum(format!(
+                                "orphan sweep postponed: drive {} did not answer ({e})",
+                                d.id()
+                            ))
+                        })?;
+                        for (_, v) in &page {
+                            for id in data_ids(table, v) {
+                                unnamed.remove(&id);
+                            }
+                        }
+                        if page.len() < SWEEP_PAGE {
+                            break;
+                        }
+                        after = page.last().map(|(k, _)| k.clone());
+                    }
+                }
+            }
+        }
+        let store = self.clone();
+        let removed = tokio::task::spawn_blocking(move || -> Result<u64> {
+            let mut removed = 0;
+            for (i, id) in candidates {
+                if unnamed.contains(&id) {
+                    store.shared.local[i].delete_shard(&id)?;
+                    removed += 1;
+                }
+            }
             Ok(removed)
         })
         .await
-        .map_err(|e| Error::Internal(e.to_string()))?
+        .map_err(|e| Error::Internal(e.to_string()))??;
+        let stats = &self.shared.stats;
+        stats.orphans_removed.fetch_add(removed, Ordering::Relaxed);
+        stats.orphan_sweeps.fetch_add(1, Ordering::Relaxed);
+        Ok(removed)
+    }
+}
+
+/// Records per page when a sweep reads another drive's tables.
+const SWEEP_PAGE: usize = 1000;
+
+/// Every part and object record of a local drive, parts first (see `sweep_orphans`).
+fn records_of(drive: &ringstore_store::Drive) -> Result<Vec<(Table, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for table in [Table::Parts, Table::Objects] {
+        out.extend(
+            drive
+                .scan(table, b"", None, usize::MAX)?
+                .into_iter()
+                .map(|(_, v)| (table, v)),
+        );
+    }
+    Ok(out)
+}
+
+/// The data files a record of `table` names (none for a record that does not decode).
+fn data_ids(table: Table, value: &[u8]) -> Vec<String> {
+    match table {
+        Table::Parts => value
+            .get(ringstore_store::Version::LEN..)
+            .and_then(|v| crate::rmp_decode::<crate::multipart::PartRecord>(v).ok())
+            .map(|p| vec![p.data_id])
+            .unwrap_or_default(),
+        Table::Objects => ObjectRecord::decode(value)
+            .map(|rec| rec.parts.into_iter().map(|p| p.data_id).collect())
+            .unwrap_or_default(),
+        _ => vec![],
     }
 }
 

@@ -544,8 +544,8 @@ impl Inner {
     /// Removes a replaced or deleted version's data after a grace period, so that a GET that
     /// started before the overwrite returns the old version whole, as S3 promises: a reader
     /// opens a multipart object's parts one after another, so unlinking them at once could
-    /// cut it off mid-stream. If the process stops first, the start-up orphan sweep removes
-    /// what is left.
+    /// cut it off mid-stream. If the process stops first, the orphan sweeps of the nodes
+    /// holding the shards (soon after each start, then daily) remove what is left.
     pub(crate) fn retire_data(self: &Arc<Self>, rec: &ObjectRecord) {
         let inline = rec.parts.len() == 1 && rec.parts[0].number == 0 && rec.size <= INLINE_MAX;
         if rec.parts.is_empty() || inline {

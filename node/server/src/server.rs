@@ -18,7 +18,6 @@ use crate::http::{AppState, Readiness, router};
 use crate::metrics::Metrics;
 
 pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
-    let started = SystemTime::now();
     if args.data.is_empty() {
         bail!("at least one --data folder is required");
     }
@@ -183,7 +182,7 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                     admin_token: creds.secret_key.as_str().into(),
                 },
             ));
-            spawn_background(&store, &args, started);
+            spawn_background(&store, &args);
             ready.set(true);
             tracing::info!(
                 address = %args.address,
@@ -325,14 +324,35 @@ async fn join_cluster(
     Ok(store)
 }
 
-/// Orphan sweep at start, then the periodic scrubber.
-fn spawn_background(store: &ObjectStore, args: &ServerArgs, started: SystemTime) {
+/// Shard files written this long ago at least may be swept when no record names them: a
+/// write coordinated by another node may still commit the record of shards it wrote here
+/// before this node restarted (that node may have been stopped meanwhile).
+const ORPHAN_AGE: Duration = Duration::from_secs(3600);
+/// Between orphan sweeps (each reads every record of the cluster once).
+const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+/// The orphan sweep (soon after start once every drive answers, then daily) and the
+/// periodic scrubber.
+fn spawn_background(store: &ObjectStore, args: &ServerArgs) {
     let sweeper = store.clone();
     tokio::spawn(async move {
-        match sweeper.sweep_orphans(started).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "removed shard files left by an interrupted write"),
-            Err(e) => tracing::warn!(error = %e, "orphan sweep failed"),
+        let mut wait = Duration::from_secs(2);
+        loop {
+            tokio::time::sleep(wait).await;
+            let before = SystemTime::now() - ORPHAN_AGE;
+            match sweeper.sweep_orphans(before).await {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(removed = n, "removed shard files that no record names");
+                    }
+                    wait = ORPHAN_SWEEP_EVERY;
+                }
+                Err(e) => {
+                    // a peer still starting, or down: try again soon, then less often
+                    tracing::debug!(error = %e, "orphan sweep not done");
+                    wait = (wait * 2).min(Duration::from_secs(600));
+                }
+            }
         }
     });
     if args.scrub_interval == 0 {

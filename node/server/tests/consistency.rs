@@ -382,6 +382,72 @@ async fn deletes_missed_by_a_dead_node_do_not_come_back() {
     }
 }
 
+// ---- orphan sweeps ----------------------------------------------------------------------
+
+/// The reported defect: the start-up sweep consulted only its own node's records, so a
+/// node that missed a record commit (the PUT succeeded on the other two of 2+1) deleted
+/// its shard of the object, which then had no redundancy left. Now a shard goes only when
+/// no record on any drive of the cluster names it; a PUT whose record reached no drive
+/// still leaves shards that the sweep removes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sweeps_keep_shards_that_records_on_other_nodes_name() {
+    let mut cluster = TestCluster::start(3, 1, &[]); // 2+1: W = 2
+    let c = cluster.nodes[0].client();
+    c.create_bucket().bucket("bkt").send().await.unwrap();
+    cluster.nodes[0].set_env("RINGSTORE_FAULTS", "record-commits=2");
+    cluster.nodes[0].restart();
+    put(&cluster.nodes[0].client(), "bkt", "kept", &value(1, LARGE))
+        .await
+        .expect("a commit on 2 of 3 drives is acknowledged");
+    cluster.nodes[0].set_env("RINGSTORE_FAULTS", "record-commits=0");
+    cluster.nodes[0].restart();
+    put(&no_retry(&cluster.nodes[0].client()), "bkt", "orphan", &value(2, LARGE))
+        .await
+        .expect_err("a record on no drive fails");
+    let shards = |cluster: &TestCluster| -> Vec<usize> {
+        cluster.nodes.iter().map(|n| n.shard_files(0).len()).collect()
+    };
+    assert_eq!(shards(&cluster), vec![2, 2, 2], "a shard of each object on every node");
+
+    // sweeps consider shard files an hour old: restart every node two hours ahead, all at
+    // once, so that no sweep waits for a heal that a restarted peer asked for
+    cluster.nodes[0].remove_env("RINGSTORE_FAULTS");
+    for n in &mut cluster.nodes {
+        n.kill9();
+        n.set_clock_offset(2 * 3600);
+    }
+    for n in &mut cluster.nodes {
+        n.launch();
+    }
+    for n in &mut cluster.nodes {
+        n.wait_ready();
+    }
+    let removed = |cluster: &TestCluster| -> u64 {
+        (0..3)
+            .map(|i| cluster.status(i)["healing"]["orphans_removed"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while removed(&cluster) < 3 {
+        assert!(Instant::now() < deadline, "the orphan's shards were not swept");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(removed(&cluster), 3, "only the orphan's shards were removed");
+    assert_eq!(shards(&cluster), vec![1, 1, 1], "the orphan's shards went, the object's stayed");
+    // any two nodes serve the object
+    for down in 0..3 {
+        cluster.nodes[down].kill9();
+        let up = (down + 1) % 3;
+        assert_eq!(
+            read(&cluster.nodes[up].client(), "bkt", "kept").await,
+            Some(value(1, LARGE)),
+            "with node {down} down"
+        );
+        cluster.nodes[down].restart();
+    }
+}
+
 // ---- listing -----------------------------------------------------------------------------
 
 /// The reported defect: on 4 nodes of 3 drives (2+2) with one node down, listing and bucket
