@@ -143,12 +143,19 @@ async fn discover(n: &Arc<Inner>, seeds: &[String]) {
 /// A name two different nodes answered with (the name and both addresses), this node's
 /// own included: two nodes of one name would each take the other's place in Raft and in
 /// the layout, or found two clusters.
-fn duplicate_name(me: &Member, answered: &BTreeMap<String, Hello>, others: &[Hello]) -> Option<(String, String, String)> {
+fn duplicate_name(
+    me: &Member,
+    answered: &BTreeMap<String, Hello>,
+    others: &[Hello],
+) -> Option<(String, String, String)> {
     if let Some(h) = answered.get(&me.name).filter(|h| h.rpc_addr != me.rpc_addr) {
         return Some((me.name.clone(), me.rpc_addr.clone(), h.rpc_addr.clone()));
     }
     let h = others.first()?;
-    let first = answered.get(&h.name).map(|f| f.rpc_addr.clone()).unwrap_or_default();
+    let first = answered
+        .get(&h.name)
+        .map(|f| f.rpc_addr.clone())
+        .unwrap_or_default();
     Some((h.name.clone(), first, h.rpc_addr.clone()))
 }
 

@@ -15,7 +15,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::api::{Hello, Member, PATH_HELLO, PATH_JOIN, PATH_READ_BARRIER, PATH_WRITE, ReadIndex, WireError, WireResult};
+use crate::api::{
+    Hello, Member, PATH_HELLO, PATH_JOIN, PATH_READ_BARRIER, PATH_WRITE, ReadIndex, WireError, WireResult,
+};
 use crate::{ClusterConfig, Error};
 
 /// How long a write, read barrier or join may keep retrying across leader changes.
@@ -341,7 +343,10 @@ impl Inner {
             Ok(h) if h.name == m.name && h.rpc_addr == known => {
                 let what = format!("{}@{}", m.name, m.rpc_addr);
                 let mut last = self.refused.lock().expect("refusal log lock");
-                if last.as_ref().is_none_or(|(w, at)| *w != what || at.elapsed() >= REPORT_REFUSALS) {
+                if last
+                    .as_ref()
+                    .is_none_or(|(w, at)| *w != what || at.elapsed() >= REPORT_REFUSALS)
+                {
                     tracing::error!(node = %m.name, member = %known, refused = %m.rpc_addr,
                         "refusing a second node named {} (at {}): a node of that name is a member at {known}",
                         m.name, m.rpc_addr);

@@ -296,12 +296,15 @@ impl ObjectStore {
                 for d in &inner.drives {
                     let mut after: Option<Vec<u8>> = None;
                     loop {
-                        let page = d.scan(table, b"", after.as_deref(), SWEEP_PAGE).await.map_err(|e| {
-                            Error::Quorum(format!(
-                                "orphan sweep postponed: drive {} did not answer ({e})",
-                                d.id()
-                            ))
-                        })?;
+                        let page = d
+                            .scan(table, b"", after.as_deref(), SWEEP_PAGE)
+                            .await
+                            .map_err(|e| {
+                                Error::Quorum(format!(
+                                    "orphan sweep postponed: drive {} did not answer ({e})",
+                                    d.id()
+                                ))
+                            })?;
                         for (_, v) in &page {
                             for id in data_ids(table, v) {
                                 unnamed.remove(&id);

@@ -703,7 +703,10 @@ fn an_unroutable_rpc_address_is_refused_at_start() {
     let out = run(&["--rpc-address", "0.0.0.0:19100", "--seeds", "10.0.0.1:9100"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("0.0.0.0:19100") && err.contains("--rpc-advertise"), "{err}");
+    assert!(
+        err.contains("0.0.0.0:19100") && err.contains("--rpc-advertise"),
+        "{err}"
+    );
     let out = run(&[
         "--rpc-address",
         "0.0.0.0:19100",
@@ -714,7 +717,10 @@ fn an_unroutable_rpc_address_is_refused_at_start() {
     ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("[::]:19100") && err.contains("not an address peers can reach"), "{err}");
+    assert!(
+        err.contains("[::]:19100") && err.contains("not an address peers can reach"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

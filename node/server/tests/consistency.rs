@@ -401,13 +401,22 @@ async fn sweeps_keep_shards_that_records_on_other_nodes_name() {
         .expect("a commit on 2 of 3 drives is acknowledged");
     cluster.nodes[0].set_env("RINGSTORE_FAULTS", "record-commits=0");
     cluster.nodes[0].restart();
-    put(&no_retry(&cluster.nodes[0].client()), "bkt", "orphan", &value(2, LARGE))
-        .await
-        .expect_err("a record on no drive fails");
+    put(
+        &no_retry(&cluster.nodes[0].client()),
+        "bkt",
+        "orphan",
+        &value(2, LARGE),
+    )
+    .await
+    .expect_err("a record on no drive fails");
     let shards = |cluster: &TestCluster| -> Vec<usize> {
         cluster.nodes.iter().map(|n| n.shard_files(0).len()).collect()
     };
-    assert_eq!(shards(&cluster), vec![2, 2, 2], "a shard of each object on every node");
+    assert_eq!(
+        shards(&cluster),
+        vec![2, 2, 2],
+        "a shard of each object on every node"
+    );
 
     // sweeps consider shard files an hour old: restart every node two hours ahead, all at
     // once, so that no sweep waits for a heal that a restarted peer asked for
@@ -424,7 +433,11 @@ async fn sweeps_keep_shards_that_records_on_other_nodes_name() {
     }
     let removed = |cluster: &TestCluster| -> u64 {
         (0..3)
-            .map(|i| cluster.status(i)["healing"]["orphans_removed"].as_u64().unwrap_or(0))
+            .map(|i| {
+                cluster.status(i)["healing"]["orphans_removed"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
             .sum()
     };
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -434,7 +447,11 @@ async fn sweeps_keep_shards_that_records_on_other_nodes_name() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(removed(&cluster), 3, "only the orphan's shards were removed");
-    assert_eq!(shards(&cluster), vec![1, 1, 1], "the orphan's shards went, the object's stayed");
+    assert_eq!(
+        shards(&cluster),
+        vec![1, 1, 1],
+        "the orphan's shards went, the object's stayed"
+    );
     // any two nodes serve the object
     for down in 0..3 {
         cluster.nodes[down].kill9();
@@ -463,7 +480,12 @@ async fn listing_needs_a_read_quorum_per_partition_not_per_layout() {
         put(&c, "bkt", k, &value(i as u64, 100)).await.unwrap();
     }
     cluster.nodes[3].kill9();
-    let listed = c.list_objects_v2().bucket("bkt").send().await.expect("list with a node down");
+    let listed = c
+        .list_objects_v2()
+        .bucket("bkt")
+        .send()
+        .await
+        .expect("list with a node down");
     let names: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
     assert_eq!(names, keys.iter().map(String::as_str).collect::<Vec<_>>());
     for k in &keys {
