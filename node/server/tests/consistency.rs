@@ -382,6 +382,58 @@ async fn deletes_missed_by_a_dead_node_do_not_come_back() {
     }
 }
 
+// ---- reads in flight ----------------------------------------------------------------------
+
+/// The reported defect: in a cluster a GET still streaming when the data of the version it
+/// reads was removed (60 s after an overwrite or a delete) was cut off, because a reader
+/// opens a remote shard again for every read-ahead window. On one node the open file
+/// stays readable; in a cluster it must too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gets_in_flight_finish_across_overwrites_and_deletes() {
+    const SIZE: usize = 24 << 20;
+    let cluster = TestCluster::start(3, 1, &[]); // 2+1: every read needs a remote shard
+    let c = cluster.nodes[0].client();
+    c.create_bucket().bucket("bkt").send().await.unwrap();
+    for (i, key) in ["overwritten", "deleted"].into_iter().enumerate() {
+        put(&c, "bkt", key, &value(i as u64, SIZE)).await.unwrap();
+    }
+    let mut streams = Vec::new();
+    for key in ["overwritten", "deleted"] {
+        let o = c.get_object().bucket("bkt").key(key).send().await.unwrap();
+        let mut body = o.body;
+        let mut got = Vec::new();
+        while got.len() < 1 << 20 {
+            got.extend_from_slice(&body.try_next().await.unwrap().expect("more bytes"));
+        }
+        streams.push((key, got, body));
+    }
+    let other = cluster.nodes[1].client();
+    put(&other, "bkt", "overwritten", &value(7, SIZE)).await.unwrap();
+    other
+        .delete_object()
+        .bucket("bkt")
+        .key("deleted")
+        .send()
+        .await
+        .unwrap();
+    // past the 60 s after which the replaced versions' data is removed
+    tokio::time::sleep(Duration::from_secs(70)).await;
+    for (i, (key, mut got, body)) in streams.into_iter().enumerate() {
+        let rest = body
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{key}: cut off: {e:?}"));
+        got.extend_from_slice(&rest.into_bytes());
+        assert!(
+            got == value(i as u64, SIZE),
+            "{key}: the old version, whole ({} bytes)",
+            got.len()
+        );
+    }
+    assert_eq!(read(&c, "bkt", "overwritten").await, Some(value(7, SIZE)));
+    assert_eq!(read(&c, "bkt", "deleted").await, None);
+}
+
 // ---- orphan sweeps ----------------------------------------------------------------------
 
 /// The reported defect: the start-up sweep consulted only its own node's records, so a

@@ -40,6 +40,52 @@ pub struct Drive {
     committer: Option<std::thread::JoinHandle<()>>,
     /// Leases on object keys ([`Op::Lease`]): owner and expiry.
     leases: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (u128, std::time::Instant)>>,
+    /// Shards read lately, and open handles of those removed since (see [`Readers`]).
+    readers: std::sync::Mutex<Readers>,
+}
+
+/// A shard file removed while a reader may still be streaming it stays readable, as an
+/// unlinked file stays readable through a handle opened before: a reader on another node
+/// opens the shard again for every read-ahead window, so removing the file would cut off a
+/// GET that started before an overwrite. So the drive remembers which shards were opened
+/// for reading lately, keeps a handle of such a shard when it is removed, and answers
+/// opens of that shard from it while reads keep coming (until [`RETAIN_IDLE`] passes
+/// without one). Records decide what is visible; these handles only serve readers that
+/// already had the shard's name.
+#[derive(Default)]
+struct Readers {
+    /// Data id to when it was last opened for reading.
+    recent: std::collections::HashMap<String, std::time::Instant>,
+    /// Removed shards still being read: their handle, and when it was last used.
+    removed: std::collections::HashMap<String, (File, std::time::Instant)>,
+}
+
+/// A removal keeps a shard readable when it was opened for reading this recently (a
+/// streaming reader opens it every window, but a client may pause; the data of a replaced
+/// version is removed a minute after the overwrite)...
+const READ_LATELY: std::time::Duration = std::time::Duration::from_secs(600);
+/// ...and it stays readable until this long passes without a read.
+const RETAIN_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
+/// Most shards remembered as read lately (the oldest are forgotten first).
+const RECENT_MAX: usize = 65_536;
+/// Most removed shards kept open at once (each holds a file descriptor).
+const REMOVED_MAX: usize = 256;
+
+impl Readers {
+    fn forget_idle(&mut self, now: std::time::Instant) {
+        self.removed
+            .retain(|_, (_, at)| now.duration_since(*at) < RETAIN_IDLE);
+        if self.recent.len() > RECENT_MAX {
+            self.recent.retain(|_, at| now.duration_since(*at) < READ_LATELY);
+            if self.recent.len() > RECENT_MAX {
+                let mut by_age: Vec<_> = self.recent.iter().map(|(id, at)| (*at, id.clone())).collect();
+                by_age.sort();
+                for (_, id) in by_age.into_iter().take(self.recent.len() - RECENT_MAX / 2) {
+                    self.recent.remove(&id);
+                }
+            }
+        }
+    }
 }
 
 impl Drop for Drive {
@@ -136,6 +182,7 @@ impl Drive {
             commits: Some(tx),
             committer: Some(committer),
             leases: Default::default(),
+            readers: Default::default(),
         })
     }
 
@@ -333,13 +380,37 @@ impl Drive {
         ShardWriter::create(path, Some(target)).map_err(|e| self.io_err(e))
     }
 
-    /// Opens a shard for reading; `Ok(None)` when the file does not exist.
+    /// Opens a shard for reading; `Ok(None)` when the file does not exist (or was removed
+    /// and is no longer read, see [`Readers`]).
     pub fn open_shard(&self, data_id: &str) -> Result<Option<File>> {
         match File::open(self.shard_path(data_id)?) {
-            Ok(f) => Ok(Some(f)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Ok(f) => {
+                self.read_lately(data_id);
+                Ok(Some(f))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.removed_shard(data_id),
             Err(e) => Err(self.io_err(e)),
         }
+    }
+
+    fn read_lately(&self, data_id: &str) {
+        let now = std::time::Instant::now();
+        let mut r = self.readers.lock().expect("readers lock");
+        r.recent.insert(data_id.to_string(), now);
+        r.forget_idle(now);
+    }
+
+    /// A handle of a removed shard that is still being read.
+    fn removed_shard(&self, data_id: &str) -> Result<Option<File>> {
+        let now = std::time::Instant::now();
+        let mut r = self.readers.lock().expect("readers lock");
+        r.forget_idle(now);
+        let Some((file, at)) = r.removed.get_mut(data_id) else {
+            return Ok(None);
+        };
+        *at = now;
+        // a handle of its own: readers move their file's cursor
+        file.try_clone().map(Some).map_err(|e| self.io_err(e))
     }
 
     /// Opens a shard for reads that go around the page cache (`O_DIRECT`, where the file
@@ -348,8 +419,13 @@ impl Drive {
     /// cost new page-cache pages and push out data that is read.
     pub fn open_shard_uncached(&self, data_id: &str) -> Result<Option<UncachedShard>> {
         match open_direct(OpenOptions::new().read(true), &self.shard_path(data_id)?) {
-            Ok((file, direct)) => Ok(Some(UncachedShard { file, direct })),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Ok((file, direct)) => {
+                self.read_lately(data_id);
+                Ok(Some(UncachedShard { file, direct }))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(self
+                .removed_shard(data_id)?
+                .map(|file| UncachedShard { file, direct: false })),
             Err(e) => Err(self.io_err(e)),
         }
     }
@@ -390,9 +466,23 @@ impl Drive {
         f.sync_data().map_err(|e| self.io_err(e))
     }
 
-    /// Removes a shard file; missing files are fine.
+    /// Removes a shard file; missing files are fine. A shard read lately stays readable
+    /// through [`Drive::open_shard`] while reads of it keep coming (see [`Readers`]).
     pub fn delete_shard(&self, data_id: &str) -> Result<()> {
-        match fs::remove_file(self.shard_path(data_id)?) {
+        let path = self.shard_path(data_id)?;
+        {
+            let now = std::time::Instant::now();
+            let mut r = self.readers.lock().expect("readers lock");
+            let read = r.recent.remove(data_id);
+            r.forget_idle(now);
+            if read.is_some_and(|at| now.duration_since(at) < READ_LATELY)
+                && r.removed.len() < REMOVED_MAX
+                && let Ok(file) = File::open(&path)
+            {
+                r.removed.insert(data_id.to_string(), (file, now));
+            }
+        }
+        match fs::remove_file(path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(self.io_err(e)),
@@ -999,6 +1089,39 @@ mod tests {
         let ok = "0123456789abcdef_p-1a";
         d.create_shard(ok).unwrap().finish().unwrap();
         assert!(d.open_shard(ok).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_shard_removed_while_being_read_stays_readable_for_its_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Drive::open(dir.path()).unwrap();
+        for id in ["bb01", "bb02"] {
+            let mut w = d.create_shard(id).unwrap();
+            w.write(b"old version").unwrap();
+            w.finish().unwrap();
+        }
+        // bb01 is being read (a reader opens it once per window), bb02 is not
+        let f = d.open_shard("bb01").unwrap().unwrap();
+        assert_eq!(Drive::read_frame(&f, 0, 3).unwrap().unwrap(), b"old");
+        d.delete_shard("bb01").unwrap();
+        d.delete_shard("bb02").unwrap();
+        assert!(
+            !d.shard_path("bb01").unwrap().exists(),
+            "the file is gone from the folder"
+        );
+        let again = d.open_shard("bb01").unwrap().expect("its readers still get it");
+        assert_eq!(Drive::read_frame(&again, 4, 7).unwrap().unwrap(), b"version");
+        let uncached = d.open_shard_uncached("bb01").unwrap().expect("uncached too");
+        assert_eq!(uncached.read_frame(0, 3).unwrap().unwrap(), b"old");
+        assert!(
+            d.open_shard("bb02").unwrap().is_none(),
+            "a shard nobody read just goes"
+        );
+        assert!(
+            d.shards_older_than(SystemTime::now() + std::time::Duration::from_secs(60))
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
