@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use ringstore_meta::{MetaNode, NodeId, Rejection};
+use ringstore_meta::{Command, MetaNode, NodeId, Rejection};
 use ringstore_ring::{Layout, NodeSpec, Redundancy};
 use tokio::time::Instant;
 
@@ -186,6 +186,10 @@ async fn found_cluster(n: &Arc<Inner>, members: BTreeMap<String, Member>) {
     for m in members.values() {
         retry_until_shut(n, "registering a member", || n.admit(m)).await;
     }
+    if let Some(copy) = n.cfg.restore.as_ref().filter(|_| members.len() == 1) {
+        restore(n, copy).await;
+        return;
+    }
     let redundancy = initial_redundancy(n, members.len());
     let layout = Layout {
         version: 1,
@@ -200,6 +204,36 @@ async fn found_cluster(n: &Arc<Inner>, members: BTreeMap<String, Member>) {
             .collect(),
     };
     propose_initial_layout(n, layout).await;
+}
+
+/// Puts a single node's lost control-plane state back from its copy: layouts oldest first
+/// (the last one is current), then buckets and access keys.
+async fn restore(n: &Arc<Inner>, copy: &crate::ControlPlaneCopy) {
+    tracing::warn!(node = %n.cfg.node_name, layouts = copy.layouts.len(), buckets = copy.buckets.len(),
+        revision = copy.revision, "the control-plane state was lost with its drive: restoring it from the copy on the other drives");
+    let mut commands: Vec<Command> = copy
+        .layouts
+        .iter()
+        .map(|(version, json)| Command::SetLayout {
+            version: *version,
+            layout_json: json.clone(),
+        })
+        .collect();
+    commands.extend(copy.buckets.iter().map(|(name, b)| Command::PutBucket {
+        name: name.clone(),
+        created_nanos: b.created_nanos,
+    }));
+    commands.extend(copy.access_keys.iter().map(|(id, k)| Command::PutAccessKey {
+        access_key: id.clone(),
+        secret_key: k.secret_key.clone(),
+    }));
+    for cmd in commands {
+        // a rejection (already there) is fine: a restore cut short by a crash runs again
+        retry_until_shut(n, "restoring the control plane", || async {
+            n.write(cmd.clone()).await.map(|_| ())
+        })
+        .await;
+    }
 }
 
 /// The configured redundancy, else one shard per node, else (one node) one per local drive.

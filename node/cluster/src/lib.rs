@@ -16,6 +16,7 @@ mod error;
 mod network;
 mod node;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +50,22 @@ pub struct ClusterConfig {
     pub redundancy: Option<Redundancy>,
     /// Folder for `raft.redb` (must exist).
     pub data_dir: PathBuf,
+    /// For a single node whose Raft state was lost with its drive: the copy of the state
+    /// kept on its other drives ([`Cluster::copy`]), restored when the node founds its
+    /// cluster anew instead of an initial layout.
+    pub restore: Option<ControlPlaneCopy>,
+}
+
+/// What a single node's control plane holds besides Raft's own bookkeeping: its layouts,
+/// buckets and access keys. Kept on every drive of a single node (the Raft state lives on
+/// the first one), so that losing that drive loses neither buckets nor keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ControlPlaneCopy {
+    /// The index of the last Raft entry applied: the newest copy wins.
+    pub revision: u64,
+    pub layouts: BTreeMap<u64, String>,
+    pub buckets: BTreeMap<String, BucketInfo>,
+    pub access_keys: BTreeMap<String, ringstore_meta::AccessKey>,
 }
 
 /// A node's view of the cluster, for status pages.
@@ -201,6 +218,16 @@ impl Cluster {
                 }
             })
             .collect()
+    }
+
+    /// A copy of the layouts, buckets and access keys (see [`ControlPlaneCopy`]).
+    pub fn copy(&self) -> ControlPlaneCopy {
+        self.inner.state.read(|s| ControlPlaneCopy {
+            revision: s.last_applied.map_or(0, |l| l.index),
+            layouts: s.layouts.clone(),
+            buckets: s.buckets.clone(),
+            access_keys: s.access_keys.clone(),
+        })
     }
 
     /// This node's id.

@@ -11,8 +11,17 @@ use ringstore_ring::Layout;
 use ringstore_rpc::{Client, DriveHandle, RemoteDrive};
 use ringstore_store::Drive;
 
-/// Buckets kept in the Raft control plane.
-pub struct RaftCatalog(pub Cluster);
+/// Buckets kept in the Raft control plane; on a single node copied to every drive before a
+/// change is acknowledged (see `mirror`).
+pub struct RaftCatalog(pub Cluster, pub Option<Arc<crate::mirror::Mirror>>);
+
+impl RaftCatalog {
+    async fn copied(&self) {
+        if let Some(m) = &self.1 {
+            m.save().await;
+        }
+    }
+}
 
 fn map_err(e: ClusterError) -> Error {
     match e {
@@ -47,11 +56,15 @@ impl Catalog for RaftCatalog {
         self.0
             .create_bucket(&rec.name, rec.created_nanos)
             .await
-            .map_err(map_err)
+            .map_err(map_err)?;
+        self.copied().await;
+        Ok(())
     }
 
     async fn delete(&self, name: &str) -> Result<()> {
-        self.0.delete_bucket(name).await.map_err(map_err)
+        self.0.delete_bucket(name).await.map_err(map_err)?;
+        self.copied().await;
+        Ok(())
     }
 }
 

@@ -1,9 +1,9 @@
-//! The S3 credentials: from the environment, or generated once and kept on the first drive.
+//! The S3 credentials: from the environment, or generated once and kept on every drive.
 
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde_json::json;
@@ -51,29 +51,61 @@ pub fn from_env() -> anyhow::Result<Option<Credentials>> {
 }
 
 /// Reads `RINGSTORE_ACCESS_KEY` / `RINGSTORE_SECRET_KEY`; when both are unset, loads the
-/// keys stored under `drive`, generating and printing them once on first start.
-pub fn load(drive: &Path) -> anyhow::Result<Credentials> {
+/// keys stored on the drives, generating and printing them once on first start. They are
+/// kept on every drive, so that replacing any one of them keeps the keys.
+pub fn load(drives: &[PathBuf]) -> anyhow::Result<Credentials> {
     if let Some(c) = from_env()? {
         return Ok(c);
     }
-    let path = drive.join(".ringstore").join("credentials.json");
-    if let Ok(bytes) = fs::read(&path) {
-        let v: serde_json::Value =
-            serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))?;
-        let get = |k: &str| v.get(k).and_then(|s| s.as_str()).map(str::to_string);
-        if let (Some(access_key), Some(secret_key)) = (get("access_key"), get("secret_key")) {
-            return Ok(Credentials {
-                access_key,
-                secret_key,
-            });
+    let paths: Vec<PathBuf> = drives
+        .iter()
+        .map(|d| d.join(".ringstore").join("credentials.json"))
+        .collect();
+    let mut found = None;
+    for path in &paths {
+        if let Ok(bytes) = fs::read(path) {
+            found = Some(parse(path, &bytes)?);
+            break;
         }
-        bail!("{} lacks access_key or secret_key", path.display());
     }
-    let creds = Credentials {
+    let generated = found.is_none();
+    let creds = found.unwrap_or_else(|| Credentials {
         access_key: random_string(ACCESS_ALPHABET, 20),
         secret_key: random_string(SECRET_ALPHABET, 40),
-    };
+    });
     let body = json!({ "access_key": creds.access_key, "secret_key": creds.secret_key });
+    let body = serde_json::to_string_pretty(&body)?;
+    for path in paths.iter().filter(|p| !p.exists()) {
+        write_new(path, body.as_bytes())?;
+    }
+    if generated {
+        eprintln!(
+            "\nGenerated S3 credentials (stored in {}; shown only once):\n  \
+             AWS_ACCESS_KEY_ID={}\n  AWS_SECRET_ACCESS_KEY={}\n\
+             Set RINGSTORE_ACCESS_KEY and RINGSTORE_SECRET_KEY to choose your own.\n",
+            paths[0].display(),
+            creds.access_key,
+            creds.secret_key
+        );
+    }
+    Ok(creds)
+}
+
+fn parse(path: &Path, bytes: &[u8]) -> anyhow::Result<Credentials> {
+    let v: serde_json::Value =
+        serde_json::from_slice(bytes).with_context(|| format!("{} is damaged", path.display()))?;
+    let get = |k: &str| v.get(k).and_then(|s| s.as_str()).map(str::to_string);
+    match (get("access_key"), get("secret_key")) {
+        (Some(access_key), Some(secret_key)) => Ok(Credentials {
+            access_key,
+            secret_key,
+        }),
+        _ => bail!("{} lacks access_key or secret_key", path.display()),
+    }
+}
+
+/// Writes `body` to `path` (readable by the owner only), durably and whole or not at all.
+fn write_new(path: &Path, body: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
     let mut f = fs::OpenOptions::new()
@@ -82,16 +114,8 @@ pub fn load(drive: &Path) -> anyhow::Result<Credentials> {
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(serde_json::to_string_pretty(&body)?.as_bytes())?;
+    f.write_all(body)?;
     f.sync_all()?;
-    fs::rename(&tmp, &path)?;
-    eprintln!(
-        "\nGenerated S3 credentials (stored in {}; shown only once):\n  \
-         AWS_ACCESS_KEY_ID={}\n  AWS_SECRET_ACCESS_KEY={}\n\
-         Set RINGSTORE_ACCESS_KEY and RINGSTORE_SECRET_KEY to choose your own.\n",
-        path.display(),
-        creds.access_key,
-        creds.secret_key
-    );
-    Ok(creds)
+    fs::rename(&tmp, path)?;
+    Ok(())
 }

@@ -7,6 +7,7 @@ mod config;
 mod credentials;
 mod http;
 mod metrics;
+mod mirror;
 mod server;
 
 pub use config::{AdminArgs, AdminCommand, AdminStatusArgs, Cli, Command, LogFormat, ServerArgs};

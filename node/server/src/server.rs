@@ -18,6 +18,7 @@ use crate::http::{AppState, Readiness, router};
 use crate::metrics::Metrics;
 
 pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
+    let started = SystemTime::now();
     if args.data.is_empty() {
         bail!("at least one --data folder is required");
     }
@@ -70,7 +71,7 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             "in a cluster every node needs the same S3 keys: set RINGSTORE_ACCESS_KEY and RINGSTORE_SECRET_KEY",
         )?
     } else {
-        crate::credentials::load(&args.data[0])?
+        crate::credentials::load(&args.data)?
     };
 
     // the HTTP listener comes up first so that liveness probes pass while the cluster forms
@@ -100,6 +101,7 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             seeds: args.seeds.clone(),
             redundancy: args.redundancy,
             data_dir: args.data[0].join(".ringstore"),
+            restore: lost_control_plane(&args),
         },
         // Raft gets its own connections, so heartbeats never queue behind shard streams
         ringstore_rpc::Client::new(client.auth().clone()),
@@ -182,7 +184,7 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                     admin_token: creds.secret_key.as_str().into(),
                 },
             ));
-            spawn_background(&store, &args);
+            spawn_background(&store, &args, started);
             ready.set(true);
             tracing::info!(
                 address = %args.address,
@@ -246,6 +248,15 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// On a single node whose first drive (with the Raft state) was replaced: the newest copy
+/// of the control-plane state on the other drives.
+fn lost_control_plane(args: &ServerArgs) -> Option<ringstore_cluster::ControlPlaneCopy> {
+    if !args.seeds.is_empty() || args.data[0].join(".ringstore").join("raft.redb").exists() {
+        return None;
+    }
+    crate::mirror::newest(&args.data[1..])
+}
+
 /// A drive's weight in the layout: its file system's size in GiB (at least 1).
 fn capacity_weight(d: &Drive) -> u64 {
     d.usage()
@@ -296,7 +307,12 @@ async fn join_cluster(
     if handles.iter().all(|h| h.local().is_none()) {
         tracing::warn!("this node holds no drive of the current layout; it serves requests for the others");
     }
-    let catalog = Arc::new(crate::cluster::RaftCatalog(cluster.clone()));
+    // a single node keeps a copy of its control-plane state on every drive
+    let mirror = args
+        .seeds
+        .is_empty()
+        .then(|| crate::mirror::Mirror::start(cluster.clone(), &args.data));
+    let catalog = Arc::new(crate::cluster::RaftCatalog(cluster.clone(), mirror));
     let store = ObjectStore::with_layout(local.clone(), catalog, layout, handles, &cluster.layout_history())?;
     crate::cluster::import_legacy_buckets(&store, &local).await;
     crate::cluster::follow_layout(
@@ -333,18 +349,23 @@ const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 /// The orphan sweep (soon after start once every drive answers, then daily) and the
 /// periodic scrubber.
-fn spawn_background(store: &ObjectStore, args: &ServerArgs) {
+fn spawn_background(store: &ObjectStore, args: &ServerArgs, started: SystemTime) {
     let sweeper = store.clone();
+    // on its own, a node that starts has no write in flight: what it wrote before it
+    // started is done or dead, so its first sweep need not wait for shards to age
+    let alone = store.local_drives().len() == store.layout().drive_count();
+    let mut first = alone.then_some(started);
     tokio::spawn(async move {
         let mut wait = Duration::from_secs(2);
         loop {
             tokio::time::sleep(wait).await;
-            let before = SystemTime::now() - ORPHAN_AGE;
+            let before = first.unwrap_or_else(|| SystemTime::now() - ORPHAN_AGE);
             match sweeper.sweep_orphans(before).await {
                 Ok(n) => {
                     if n > 0 {
                         tracing::info!(removed = n, "removed shard files that no record names");
                     }
+                    first = None;
                     wait = ORPHAN_SWEEP_EVERY;
                 }
                 Err(e) => {

@@ -904,3 +904,56 @@ async fn client_abort_mid_upload_leaves_nothing() {
     .await;
     assert!(leftovers(&server).is_empty());
 }
+
+/// The reported defect: a single node kept its Raft state (every bucket) and its generated
+/// S3 keys on the first drive only, so replacing that drive lost the buckets and changed
+/// the keys. Both are now on every drive: with the first drive emptied, the node comes
+/// back with its buckets, its keys and its objects (rebuilt onto the new drive).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replacing_the_first_drive_keeps_buckets_and_keys() {
+    // no keys from the environment: the node generates its own
+    let mut server = Server::start_with(
+        4,
+        &[],
+        &[("RINGSTORE_ACCESS_KEY", ""), ("RINGSTORE_SECRET_KEY", "")],
+    );
+    let keys = |server: &Server, drive: usize| -> (String, String) {
+        let path = server.drives[drive].join(".ringstore").join("credentials.json");
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let get = |k: &str| v[k].as_str().unwrap().to_string();
+        (get("access_key"), get("secret_key"))
+    };
+    let (access, secret) = keys(&server, 0);
+    let c = common::client_for(&server.endpoint(), &access, &secret);
+    for b in ["first", "second"] {
+        c.create_bucket().bucket(b).send().await.unwrap();
+    }
+    let small = pattern(1000, 1);
+    let large = pattern(3 << 20, 2);
+    put_bytes(&c, "first", "small", small.clone()).await;
+    put_bytes(&c, "first", "large", large.clone()).await;
+    c.create_bucket().bucket("gone").send().await.unwrap();
+    c.delete_bucket().bucket("gone").send().await.unwrap();
+
+    server.kill9();
+    std::fs::remove_dir_all(&server.drives[0]).unwrap();
+    std::fs::create_dir(&server.drives[0]).unwrap();
+    server.restart();
+    assert_eq!(
+        keys(&server, 0),
+        (access.clone(), secret.clone()),
+        "the same keys on the new drive"
+    );
+    let c = common::client_for(&server.endpoint(), &access, &secret);
+    let listed = c.list_buckets().send().await.expect("the old keys still sign");
+    let names: Vec<&str> = listed.buckets().iter().filter_map(|b| b.name()).collect();
+    assert_eq!(names, ["first", "second"]);
+    assert_eq!(get_bytes(&c, "first", "small").await.unwrap(), small);
+    assert_eq!(get_bytes(&c, "first", "large").await.unwrap(), large);
+    // and the restored control plane takes changes, and keeps them across restarts
+    c.create_bucket().bucket("third").send().await.unwrap();
+    server.restart();
+    let listed = c.list_buckets().send().await.unwrap();
+    let names: Vec<&str> = listed.buckets().iter().filter_map(|b| b.name()).collect();
+    assert_eq!(names, ["first", "second", "third"]);
+}

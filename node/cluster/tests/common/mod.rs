@@ -55,6 +55,7 @@ pub fn config(name: &str, addr: &str, seeds: &[String], dir: &Path) -> ClusterCo
         seeds: seeds.to_vec(),
         redundancy: None,
         data_dir: dir.to_path_buf(),
+        restore: None,
     }
 }
 

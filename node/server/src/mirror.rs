@@ -1,0 +1,100 @@
+//! A single node's copy of its control-plane state (layouts, buckets, access keys) on every
+//! drive. The Raft state lives on the first drive; when that drive is replaced, the node
+//! founds its cluster again from the newest copy on the others (see
+//! `ringstore_cluster::ControlPlaneCopy`), so no bucket or key goes with the drive.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ringstore_cluster::{Cluster, ControlPlaneCopy};
+
+const FILE: &str = "control-plane.json";
+/// How often the copy is brought up to date with layout and key changes (bucket changes
+/// are copied before they are acknowledged).
+const EVERY: Duration = Duration::from_secs(1);
+
+/// Writes the copy to every drive when it changed.
+pub struct Mirror {
+    cluster: Cluster,
+    folders: Vec<PathBuf>,
+    last: Mutex<Option<ControlPlaneCopy>>,
+}
+
+impl Mirror {
+    /// A mirror onto the `.ringstore` folders of `drives`, kept current in the background.
+    pub fn start(cluster: Cluster, drives: &[PathBuf]) -> Arc<Mirror> {
+        let mirror = Arc::new(Mirror {
+            cluster,
+            folders: drives.iter().map(|d| d.join(".ringstore")).collect(),
+            last: Mutex::new(None),
+        });
+        let m = mirror.clone();
+        tokio::spawn(async move {
+            loop {
+                m.save().await;
+                tokio::time::sleep(EVERY).await;
+            }
+        });
+        mirror
+    }
+
+    /// Writes the current state to every drive unless it is what was written last.
+    pub async fn save(self: &Arc<Self>) {
+        let m = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let copy = m.cluster.copy();
+            let mut last = m.last.lock().expect("mirror lock");
+            if last.as_ref() == Some(&copy) || copy.layouts.is_empty() {
+                return;
+            }
+            let body = serde_json::to_vec_pretty(&copy).expect("the copy serialises");
+            let mut all = true;
+            for folder in &m.folders {
+                if let Err(e) = write_atomically(folder, &body) {
+                    all = false;
+                    tracing::warn!(folder = %folder.display(), error = %e, "could not copy the control-plane state");
+                }
+            }
+            if all {
+                *last = Some(copy);
+            }
+        })
+        .await;
+    }
+}
+
+fn write_atomically(folder: &Path, body: &[u8]) -> std::io::Result<()> {
+    let tmp = folder.join(format!("{FILE}.tmp"));
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(body)?;
+    f.sync_all()?;
+    fs::rename(&tmp, folder.join(FILE))?;
+    fs::File::open(folder)?.sync_all()
+}
+
+/// The newest copy found on `drives` (by revision), if any.
+pub fn newest(drives: &[PathBuf]) -> Option<ControlPlaneCopy> {
+    drives
+        .iter()
+        .filter_map(|d| {
+            let path = d.join(".ringstore").join(FILE);
+            let bytes = fs::read(&path).ok()?;
+            match serde_json::from_slice::<ControlPlaneCopy>(&bytes) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "damaged control-plane copy ignored");
+                    None
+                }
+            }
+        })
+        .max_by_key(|c| c.revision)
+}
