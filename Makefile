@@ -66,22 +66,24 @@ test-clients: $(PYTHON_ENV)/.ready ## Smoke tests with boto3 and the AWS CLI aga
 
 # The linearizability run: real nodes, boto3 clients, a nemesis, and Porcupine judging the
 # history of every key. LIN_ARGS passes more options to e2e/linearizability/run.py.
+# Partitions run every node in a network namespace of its own (root, `ip`, and nft from the
+# Debian package nftables, else iptables); LIN_NEMESIS=kill,stop,clock,clock-back runs without.
 LIN_NODES ?= 5
 LIN_DURATION ?= 300
-LIN_NEMESIS ?= kill,stop,clock,clock-back
+LIN_NEMESIS ?= kill,stop,clock,clock-back,partition
 LIN_ARGS ?=
 LIN_BIN = $${CARGO_TARGET_DIR:-target}/debug
 
-linearizability: $(PYTHON_ENV)/.ready ## Porcupine-checked history under kill -9, SIGSTOP and clock faults (LIN_NODES=5 LIN_DURATION=300 LIN_ARGS=...)
+linearizability: $(PYTHON_ENV)/.ready ## Porcupine-checked history under kill -9, SIGSTOP, partitions and clock faults (LIN_NODES=5 LIN_DURATION=300 LIN_ARGS=...)
 	$(CARGO) test --workspace --no-run
 	cd e2e/linearizability/checker && go build -o "$(CURDIR)/$(LIN_BIN)/lincheck" .
 	$(PYTHON_ENV)/bin/python e2e/linearizability/run.py --binary "$(LIN_BIN)/ringstore" \
 		--checker "$(LIN_BIN)/lincheck" --nodes $(LIN_NODES) --duration $(LIN_DURATION) \
 		--nemesis $(LIN_NEMESIS) $(LIN_ARGS)
 
-test-linearizability: ## The bounded form CI runs: 3 and 5 nodes, 75 s each, every fault kind
-	$(MAKE) --no-print-directory linearizability LIN_NODES=3 LIN_DURATION=75 LIN_ARGS="--ip-block 7 $(LIN_ARGS)"
-	$(MAKE) --no-print-directory linearizability LIN_NODES=5 LIN_DURATION=75 LIN_ARGS="--ip-block 8 --conditional $(LIN_ARGS)"
+test-linearizability: ## The bounded form CI runs: 3 and 5 nodes, 75 s each, every fault kind, partitions included
+	$(MAKE) --no-print-directory linearizability LIN_NODES=3 LIN_DURATION=75 LIN_ARGS="--netns --ip-block 7 $(LIN_ARGS)"
+	$(MAKE) --no-print-directory linearizability LIN_NODES=5 LIN_DURATION=75 LIN_ARGS="--netns --ip-block 8 --conditional $(LIN_ARGS)"
 
 $(PYTHON_ENV)/.ready: e2e/s3-clients/requirements.txt
 	python3 -m venv $(PYTHON_ENV)
