@@ -249,6 +249,50 @@ impl ObjectStore {
                     tokio::time::sleep(pause).await;
                 }
             }
+            checked += self.scrub_uploads(drive, &local_ids, pause).await?;
+        }
+        Ok(checked)
+    }
+
+    /// The uploads part of a scrub: each upload this drive holds is brought in line on all
+    /// its drives (see `heal_upload`), from the first of this node's drives it names.
+    async fn scrub_uploads(
+        &self,
+        drive: &ringstore_store::Drive,
+        local_ids: &HashSet<String>,
+        pause: Duration,
+    ) -> Result<u64> {
+        let mut checked = 0;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = drive.scan(Table::Uploads, b"", after.as_deref(), 256)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (k, v) in &page {
+                let Some((_, rec)) = crate::multipart::decode_upload(v) else {
+                    continue;
+                };
+                let first = rec.drives.iter().find(|id| local_ids.contains(*id));
+                if first.map(String::as_str) != Some(drive.id()) {
+                    continue;
+                }
+                // `bucket \0 key \0 upload-id`; keys hold no NUL
+                let (Some(a), Some(b)) = (k.iter().position(|b| *b == 0), k.iter().rposition(|b| *b == 0))
+                else {
+                    continue;
+                };
+                if a == b {
+                    continue;
+                }
+                let text = |r: &[u8]| String::from_utf8_lossy(r).into_owned();
+                let (bucket, key, id) = (text(&k[..a]), text(&k[a + 1..b]), text(&k[b + 1..]));
+                if let Err(e) = self.heal_upload(&bucket, &key, &id).await {
+                    self.shared.stats.heal_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%bucket, %key, upload = %id, error = %e, "scrub could not heal an upload");
+                }
+                checked += 1;
+                tokio::time::sleep(pause).await;
+            }
         }
         Ok(checked)
     }

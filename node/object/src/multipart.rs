@@ -1,5 +1,16 @@
 //! Multipart uploads: each part is its own erasure-coded data file; completing an upload
 //! commits an object record that lists the chosen parts, so no data is copied.
+//!
+//! Across nodes, an upload ends exactly once. Its record is versioned: created open at the
+//! upload id's version, it is finished (completed or aborted) by a compare-and-swap
+//! ([`Op::PutIfVersion`] expecting the creation version) that only drives still holding
+//! the open record (or none) take. A finisher goes on only once its kind of ending is on a
+//! write quorum of the upload's drives, so a Complete and an Abort can never both go on: an
+//! Abort removes data only after it won, and a Complete commits its object only after it
+//! won. A Complete never removes data itself (parts not chosen, and parts replaced by a
+//! later upload of their number, are left to the orphan sweep once no record names them),
+//! so two Completes of one upload (a retry) cannot remove what the other chose. A finished
+//! upload is never listed and takes no more parts; its record stays as a tombstone.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +30,55 @@ pub(crate) struct UploadRecord {
     pub user_meta: BTreeMap<String, String>,
     pub checksum_algorithm: Option<String>,
     pub drives: Vec<String>,
+    /// How the upload ended; `None` while it is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<Finished>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Finished {
+    Completed,
+    Aborted,
+}
+
+/// An upload record as stored: its version (the creation version while open, a later one
+/// once finished), then the record.
+fn encode_upload(version: Version, rec: &UploadRecord) -> Vec<u8> {
+    let mut v = version.to_bytes().to_vec();
+    v.extend_from_slice(&rmp_encode(rec));
+    v
+}
+
+/// The version and record of a stored upload record. Records written before uploads were
+/// versioned hold the record alone: they are open, at the lowest version.
+pub(crate) fn decode_upload(bytes: &[u8]) -> Option<(Version, UploadRecord)> {
+    if let Some(v) = Version::from_bytes(bytes)
+        && let Ok(rec) = rmp_decode::<UploadRecord>(&bytes[Version::LEN..])
+    {
+        return Some((v, rec));
+    }
+    rmp_decode::<UploadRecord>(bytes)
+        .ok()
+        .map(|r| (Version::default(), r))
+}
+
+/// What the drives of an upload hold of it.
+struct UploadState {
+    /// The creation version (what finishing compares against).
+    created: Version,
+    /// The newest record found.
+    record: UploadRecord,
+    /// Drives (indexes) holding each kind of ending.
+    completed: usize,
+    aborted: usize,
+    /// The upload's drives in this layout.
+    slots: Vec<usize>,
+}
+
+impl UploadState {
+    fn finished(&self) -> bool {
+        self.completed + self.aborted > 0
+    }
 }
 
 /// One uploaded part.
@@ -91,13 +151,14 @@ impl ObjectStore {
             user_meta: new.user_meta,
             checksum_algorithm,
             drives: inner.drive_ids(&drives),
+            finished: None,
         };
-        let value = rmp_encode(&rec);
+        let value = encode_upload(version, &rec);
         let ukey = upload_key(bucket, key, &upload_id);
         let writes = drives.iter().map(|d| {
             (
                 *d,
-                vec![Op::Put {
+                vec![Op::PutIfNewer {
                     table: Table::Uploads,
                     key: ukey.clone(),
                     value: value.clone(),
@@ -110,16 +171,134 @@ impl ObjectStore {
         Ok(upload_id)
     }
 
-    async fn upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<UploadRecord> {
+    /// What the drives of the upload hold, from at least a read quorum of them.
+    async fn upload_state(&self, bucket: &str, key: &str, upload_id: &str) -> Result<UploadState> {
         self.require_bucket(bucket).await?;
         let inner = &self.inner();
         let ukey = upload_key(bucket, key, upload_id);
-        for d in inner.partition_drives(bucket, key) {
-            if let Ok(Some(v)) = inner.drives[d].get(Table::Uploads, &ukey).await {
-                return rmp_decode(&v);
+        let drives = inner.partition_drives(bucket, key);
+        let reads = drives.iter().map(|d| inner.drives[*d].get(Table::Uploads, &ukey));
+        let mut answered = 0;
+        let mut newest: Option<(Version, UploadRecord)> = None;
+        let (mut created, mut completed, mut aborted) = (None::<Version>, 0, 0);
+        for r in futures::future::join_all(reads).await {
+            let Ok(found) = r else { continue };
+            answered += 1;
+            let Some((version, rec)) = found.as_deref().and_then(decode_upload) else {
+                continue;
+            };
+            match rec.finished {
+                None => created = Some(created.map_or(version, |c| c.min(version))),
+                Some(Finished::Completed) => completed += 1,
+                Some(Finished::Aborted) => aborted += 1,
+            }
+            if newest.as_ref().is_none_or(|(v, _)| version > *v) {
+                newest = Some((version, rec));
             }
         }
-        Err(Error::NoSuchUpload)
+        let need = inner.codec.redundancy().read_quorum();
+        if answered < need {
+            return Err(Error::Quorum(format!(
+                "{answered} drives of the upload answered, {need} needed"
+            )));
+        }
+        let Some((_, record)) = newest else {
+            return Err(Error::NoSuchUpload);
+        };
+        // the creation version is the upload id's; records from before versioning have none
+        let created = Version::from_hex(upload_id).or(created).unwrap_or_default();
+        let slots = inner.present(&record.drives);
+        Ok(UploadState {
+            created,
+            record,
+            completed,
+            aborted,
+            slots,
+        })
+    }
+
+    /// The upload, if it is open (as far as a read quorum of its drives knows).
+    async fn upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<UploadRecord> {
+        let state = self.upload_state(bucket, key, upload_id).await?;
+        if state.finished() {
+            return Err(Error::NoSuchUpload);
+        }
+        Ok(state.record)
+    }
+
+    /// Ends the upload as `how`, once: answers its state when `how` holds on a write quorum
+    /// of its drives, and whether it was this call that ended it (rather than an earlier
+    /// attempt); `NoSuchUpload` when the other ending holds, and a retryable error while
+    /// neither does.
+    async fn finish_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        how: Finished,
+    ) -> Result<(UploadState, bool)> {
+        let mut state = self.upload_state(bucket, key, upload_id).await?;
+        let inner = &self.inner();
+        let need = inner.codec.redundancy().write_quorum();
+        let count = |s: &UploadState, h: Finished| match h {
+            Finished::Completed => s.completed,
+            Finished::Aborted => s.aborted,
+        };
+        let other = match how {
+            Finished::Completed => Finished::Aborted,
+            Finished::Aborted => Finished::Completed,
+        };
+        if count(&state, how) >= need {
+            return Ok((state, false));
+        }
+        if count(&state, other) >= need {
+            return Err(Error::NoSuchUpload);
+        }
+        let mut rec = state.record.clone();
+        rec.finished = Some(how);
+        let value = encode_upload(inner.after(state.created), &rec);
+        let ukey = upload_key(bucket, key, upload_id);
+        let writes = state.slots.iter().map(|d| {
+            inner.drives[*d].commit_replacing(vec![Op::PutIfVersion {
+                table: Table::Uploads,
+                key: ukey.clone(),
+                value: value.clone(),
+                expected: Some(state.created),
+            }])
+        });
+        let mut took = 0;
+        for r in futures::future::join_all(writes).await {
+            match r {
+                Ok(replaced) => {
+                    let old = replaced.into_iter().next().flatten();
+                    if old.as_deref().and_then(Version::from_bytes) <= Some(state.created) {
+                        took += 1;
+                    }
+                }
+                Err(e) => crate::drive_failure("upload record write failed on a drive", &e),
+            }
+        }
+        // drives that held this ending before refused (their version is above the creation)
+        let held = count(&state, how) + took;
+        if held >= need {
+            match how {
+                Finished::Completed => state.completed = held,
+                Finished::Aborted => state.aborted = held,
+            }
+            state.record = rec;
+            return Ok((state, true));
+        }
+        // another attempt may have ended it meanwhile: judge again from what the drives hold
+        let now = self.upload_state(bucket, key, upload_id).await?;
+        if count(&now, how) >= need {
+            return Ok((now, false));
+        }
+        if count(&now, other) >= need {
+            return Err(Error::NoSuchUpload);
+        }
+        Err(Error::Quorum(format!(
+            "the upload's ending reached {held} drives, {need} needed: retry"
+        )))
     }
 
     /// Stores one part; a part uploaded again under the same number replaces the old one.
@@ -171,7 +350,6 @@ impl ObjectStore {
             inner.delete_data(&upload.drives, &data_id).await;
             return Err(e);
         }
-        let previous = self.read_part(&slots, upload_id, number).await;
         let writes = slots
             .iter()
             .zip(&written.ok)
@@ -186,25 +364,13 @@ impl ObjectStore {
                     }],
                 )
             });
-        if let Err(e) = inner
+        // A part record that reached too few drives is left in place (a Complete may still
+        // see it on one of them), and so is the data of a part this one replaces (a Complete
+        // on another node may have chosen it just before): the orphan sweep removes data
+        // once no record names it.
+        inner
             .commit_quorum("part", inner.codec.redundancy().write_quorum(), writes)
-            .await
-        {
-            inner.delete_data(&upload.drives, &data_id).await;
-            return Err(e);
-        }
-        // A concurrent upload of the same number may have committed a newer version: then
-        // it is the part and ours is garbage, and its data must not be removed as "previous".
-        if let Some((old_version, old)) = previous
-            && old_version < version
-        {
-            inner.delete_data(&upload.drives, &old.data_id).await;
-        }
-        if let Some((now, _)) = self.read_part(&slots, upload_id, number).await
-            && now > version
-        {
-            inner.delete_data(&upload.drives, &data_id).await;
-        }
+            .await?;
         Ok(PartInfo {
             number,
             size: rec.size,
@@ -214,35 +380,14 @@ impl ObjectStore {
         })
     }
 
-    /// The newest record of part `number` and its version.
-    async fn read_part(
-        &self,
-        slots: &[usize],
-        upload_id: &str,
-        number: u32,
-    ) -> Option<(Version, PartRecord)> {
-        let pkey = part_key(upload_id, number);
-        let inner = self.inner();
-        let mut best: Option<(Version, PartRecord)> = None;
-        for d in slots {
-            if let Ok(Some(v)) = inner.drives[*d].get(Table::Parts, &pkey).await
-                && let (Some(ver), Ok(rec)) = (
-                    Version::from_bytes(&v),
-                    rmp_decode::<PartRecord>(&v[Version::LEN..]),
-                )
-                && best.as_ref().is_none_or(|(b, _)| ver > *b)
-            {
-                best = Some((ver, rec));
-            }
-        }
-        best
-    }
-
-    async fn all_parts(&self, slots: &[usize], upload_id: &str) -> BTreeMap<u32, PartRecord> {
+    /// The newest record of every part of the upload, from at least a read quorum of its
+    /// drives (so that every part acknowledged is seen).
+    async fn all_parts(&self, slots: &[usize], upload_id: &str) -> Result<BTreeMap<u32, PartRecord>> {
         let mut prefix = upload_id.as_bytes().to_vec();
         prefix.push(0);
         let mut best: BTreeMap<u32, (Version, PartRecord)> = BTreeMap::new();
         let inner = self.inner();
+        let mut answered = 0;
         for d in slots {
             let Ok(entries) = inner.drives[*d]
                 .scan(Table::Parts, &prefix, None, usize::MAX)
@@ -250,6 +395,7 @@ impl ObjectStore {
             else {
                 continue;
             };
+            answered += 1;
             for (k, v) in entries {
                 let Some(num) = k
                     .get(prefix.len()..)
@@ -269,7 +415,13 @@ impl ObjectStore {
                 }
             }
         }
-        best.into_iter().map(|(n, (_, r))| (n, r)).collect()
+        let need = inner.codec.redundancy().read_quorum();
+        if answered < need {
+            return Err(Error::Quorum(format!(
+                "{answered} drives of the upload listed its parts, {need} needed"
+            )));
+        }
+        Ok(best.into_iter().map(|(n, (_, r))| (n, r)).collect())
     }
 
     pub async fn list_parts(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Vec<PartInfo>> {
@@ -277,7 +429,7 @@ impl ObjectStore {
         let slots: Vec<usize> = self.inner().present(&upload.drives);
         Ok(self
             .all_parts(&slots, upload_id)
-            .await
+            .await?
             .into_iter()
             .map(|(number, r)| PartInfo {
                 number,
@@ -301,14 +453,23 @@ impl ObjectStore {
     ) -> Result<ObjectRecord> {
         let inner = &self.inner();
         let _lock = inner.upload_lock(upload_id).await;
-        let upload = self.upload(bucket, key, upload_id).await?;
-        let slots: Vec<usize> = inner.present(&upload.drives);
         if chosen.is_empty() {
             return Err(Error::InvalidArgument(
                 "you must specify at least one part".into(),
             ));
         }
-        let mut stored = self.all_parts(&slots, upload_id).await;
+        let state = self.upload_state(bucket, key, upload_id).await?;
+        if state.aborted >= inner.codec.redundancy().write_quorum() {
+            return Err(Error::NoSuchUpload);
+        }
+        let (upload, slots) = (state.record, state.slots);
+        let stored = self.all_parts(&slots, upload_id).await?;
+        // a Complete answered before (its parts' records already gone): the same answer
+        if state.completed > 0
+            && let Some(done) = self.completed_before(bucket, key, chosen, &stored).await
+        {
+            return Ok(done);
+        }
         let mut parts = Vec::with_capacity(chosen.len());
         let mut infos = Vec::with_capacity(chosen.len());
         let mut md5s = Md5::new();
@@ -350,6 +511,9 @@ impl ObjectStore {
             });
         }
         let object_checksum = checksum(&infos)?;
+        // the upload ends here, once, as completed: an Abort can no longer remove its parts
+        self.finish_upload(bucket, key, upload_id, Finished::Completed)
+            .await?;
         let version = inner.now();
         let record = ObjectRecord {
             size,
@@ -361,47 +525,138 @@ impl ObjectStore {
             ..inner.new_record(version, upload.drives.clone())
         };
         let ok = vec![true; upload.drives.len()];
-        // parts not chosen are removed with the upload
-        for p in &record.parts {
-            stored.remove(&p.number);
-        }
+        // parts not chosen keep their data until the orphan sweep: see the module comment
         let record = self.commit_version(bucket, key, &record, None, &ok).await?;
-        for p in stored.values() {
-            inner.delete_data(&upload.drives, &p.data_id).await;
-        }
-        self.forget_upload(bucket, key, upload_id, &slots).await;
+        self.forget_parts(upload_id, &slots, stored.keys().copied()).await;
         Ok(record)
+    }
+
+    /// Brings the drives of an upload in line: a decided ending (on a write quorum) goes to
+    /// the drives that still hold the upload open, and the part records go everywhere (an
+    /// aborted upload's data too); an open upload's record and part records are copied to
+    /// its drives that lack them. An ending on fewer drives is left to the client's retry.
+    pub(crate) async fn heal_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<()> {
+        let state = self.upload_state(bucket, key, upload_id).await?;
+        let inner = &self.inner();
+        let need = inner.codec.redundancy().write_quorum();
+        let ukey = upload_key(bucket, key, upload_id);
+        let decided = if state.completed >= need {
+            Some(Finished::Completed)
+        } else if state.aborted >= need {
+            Some(Finished::Aborted)
+        } else {
+            None
+        };
+        let parts = self.all_parts(&state.slots, upload_id).await?;
+        let put = |op: Op| {
+            let commits = state
+                .slots
+                .iter()
+                .map(|d| inner.drives[*d].commit(vec![op.clone()]));
+            futures::future::join_all(commits)
+        };
+        match decided {
+            Some(how) => {
+                let mut rec = state.record.clone();
+                rec.finished = Some(how);
+                // drives that hold an ending already refuse
+                put(Op::PutIfVersion {
+                    table: Table::Uploads,
+                    key: ukey,
+                    value: encode_upload(inner.after(state.created), &rec),
+                    expected: Some(state.created),
+                })
+                .await;
+                if how == Finished::Aborted {
+                    for p in parts.values() {
+                        inner.delete_data(&state.record.drives, &p.data_id).await;
+                    }
+                }
+                self.forget_parts(upload_id, &state.slots, parts.keys().copied())
+                    .await;
+            }
+            None if !state.finished() => {
+                put(Op::PutIfNewer {
+                    table: Table::Uploads,
+                    key: ukey,
+                    value: encode_upload(state.created, &state.record),
+                })
+                .await;
+                for (n, p) in &parts {
+                    let Some(version) = Version::from_hex(&p.data_id) else {
+                        continue;
+                    };
+                    let mut value = version.to_bytes().to_vec();
+                    value.extend_from_slice(&rmp_encode(p));
+                    put(Op::PutIfNewer {
+                        table: Table::Parts,
+                        key: part_key(upload_id, *n),
+                        value,
+                    })
+                    .await;
+                }
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// The object a Complete of `chosen` committed before, when it is still the key's
+    /// current version (a client retrying a Complete that was answered).
+    async fn completed_before(
+        &self,
+        bucket: &str,
+        key: &str,
+        chosen: &[CompletedPart],
+        stored: &BTreeMap<u32, PartRecord>,
+    ) -> Option<ObjectRecord> {
+        if chosen.iter().any(|c| stored.contains_key(&c.number)) {
+            return None;
+        }
+        let mut md5s = Md5::new();
+        for c in chosen {
+            md5s.update(hex::decode(c.etag.trim_matches('"')).ok()?);
+        }
+        let etag = format!("{}-{}", hex::encode(md5s.finalize()), chosen.len());
+        let found = self.lookup(bucket, key).await.ok().flatten()?;
+        (!found.record.deleted && found.record.etag == etag).then_some(found.record)
     }
 
     pub async fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<()> {
         let _lock = self.shared.upload_lock(upload_id).await;
-        let upload = self.upload(bucket, key, upload_id).await?;
-        let slots: Vec<usize> = self.inner().present(&upload.drives);
-        for p in self.all_parts(&slots, upload_id).await.values() {
-            self.inner().delete_data(&upload.drives, &p.data_id).await;
+        // the upload ends here, once, as aborted: no Complete can use its parts any more
+        let (state, now) = self
+            .finish_upload(bucket, key, upload_id, Finished::Aborted)
+            .await?;
+        let parts = self.all_parts(&state.slots, upload_id).await?;
+        for p in parts.values() {
+            self.inner().delete_data(&state.record.drives, &p.data_id).await;
         }
-        self.forget_upload(bucket, key, upload_id, &slots).await;
+        self.forget_parts(upload_id, &state.slots, parts.keys().copied())
+            .await;
+        // an Abort of an upload aborted before (its leftovers just removed) answers as S3 does
+        if !now {
+            return Err(Error::NoSuchUpload);
+        }
         Ok(())
     }
 
-    async fn forget_upload(&self, bucket: &str, key: &str, upload_id: &str, slots: &[usize]) {
-        let parts: Vec<u32> = self.all_parts(slots, upload_id).await.into_keys().collect();
-        let ukey = upload_key(bucket, key, upload_id);
-        let inner = self.inner();
-        let ops = slots.iter().map(|d| {
-            let mut ops = vec![Op::Delete {
-                table: Table::Uploads,
-                key: ukey.clone(),
-            }];
-            ops.extend(parts.iter().map(|n| Op::Delete {
+    /// Removes the part records of a finished upload (its record stays, as a tombstone).
+    async fn forget_parts(&self, upload_id: &str, slots: &[usize], parts: impl Iterator<Item = u32>) {
+        let ops: Vec<Op> = parts
+            .map(|n| Op::Delete {
                 table: Table::Parts,
-                key: part_key(upload_id, *n),
-            }));
-            inner.drives[*d].commit(ops)
-        });
-        for r in futures::future::join_all(ops).await {
+                key: part_key(upload_id, n),
+            })
+            .collect();
+        if ops.is_empty() {
+            return;
+        }
+        let inner = self.inner();
+        let commits = slots.iter().map(|d| inner.drives[*d].commit(ops.clone()));
+        for r in futures::future::join_all(commits).await {
             if let Err(e) = r {
-                tracing::warn!(error = %e, "could not remove a finished upload's records");
+                crate::drive_failure("could not remove a finished upload's part records", &e);
             }
         }
     }
@@ -417,24 +672,35 @@ impl ObjectStore {
     ) -> Result<Vec<UploadInfo>> {
         self.require_bucket(bucket).await?;
         let scan_prefix = object_key(bucket, prefix);
-        let mut all: BTreeMap<Vec<u8>, UploadRecord> = BTreeMap::new();
+        // newest record per upload: a drive that missed the ending still holds it open
+        let mut all: BTreeMap<Vec<u8>, (Version, UploadRecord)> = BTreeMap::new();
         let inner = self.inner();
         let scans = inner
             .drives
             .iter()
             .map(|d| d.scan(Table::Uploads, &scan_prefix, None, usize::MAX));
-        for scanned in futures::future::join_all(scans).await {
+        let mut failed = Vec::new();
+        for (d, scanned) in futures::future::join_all(scans).await.into_iter().enumerate() {
             let Ok(entries) = scanned else {
+                failed.push(d);
                 continue;
             };
             for (k, v) in entries {
-                if let Ok(rec) = rmp_decode::<UploadRecord>(&v) {
-                    all.insert(k, rec);
+                if let Some((version, rec)) = decode_upload(&v)
+                    && all.get(&k).is_none_or(|(seen, _)| version > *seen)
+                {
+                    all.insert(k, (version, rec));
                 }
             }
         }
+        // an upload's ending is on a write quorum: a read quorum of every partition answering
+        // sees it
+        inner.need_listing_quorum(&failed)?;
         let mut out = Vec::new();
-        for (k, rec) in all {
+        for (k, (_, rec)) in all {
+            if rec.finished.is_some() {
+                continue;
+            }
             let rest = &k[bucket.len() + 1..];
             let Some(sep) = rest.iter().rposition(|b| *b == 0) else {
                 continue;

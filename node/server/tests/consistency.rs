@@ -434,6 +434,190 @@ async fn gets_in_flight_finish_across_overwrites_and_deletes() {
     assert_eq!(read(&c, "bkt", "deleted").await, None);
 }
 
+// ---- multipart uploads across nodes -----------------------------------------------------
+
+async fn start_upload(
+    c: &Client,
+    key: &str,
+    parts: &[Vec<u8>],
+) -> (String, Vec<aws_sdk_s3::types::CompletedPart>) {
+    let id = c
+        .create_multipart_upload()
+        .bucket("bkt")
+        .key(key)
+        .send()
+        .await
+        .unwrap()
+        .upload_id()
+        .unwrap()
+        .to_string();
+    let mut done = Vec::new();
+    for (i, body) in parts.iter().enumerate() {
+        let n = i as i32 + 1;
+        let etag = c
+            .upload_part()
+            .bucket("bkt")
+            .key(key)
+            .upload_id(&id)
+            .part_number(n)
+            .body(ByteStream::from(body.clone()))
+            .send()
+            .await
+            .unwrap()
+            .e_tag()
+            .unwrap()
+            .to_string();
+        done.push(
+            aws_sdk_s3::types::CompletedPart::builder()
+                .part_number(n)
+                .e_tag(etag)
+                .build(),
+        );
+    }
+    (id, done)
+}
+
+async fn complete(
+    c: &Client,
+    key: &str,
+    id: &str,
+    parts: &[aws_sdk_s3::types::CompletedPart],
+) -> Result<(), u16> {
+    c.complete_multipart_upload()
+        .bucket("bkt")
+        .key(key)
+        .upload_id(id)
+        .multipart_upload(
+            aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                .set_parts(Some(parts.to_vec()))
+                .build(),
+        )
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| status(&e))
+}
+
+async fn abort(c: &Client, key: &str, id: &str) -> Result<(), u16> {
+    c.abort_multipart_upload()
+        .bucket("bkt")
+        .key(key)
+        .upload_id(id)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| status(&e))
+}
+
+/// The reported defect: a Complete while a node was down left the upload and part records
+/// on that node's drive; the upload was then listed, and an Abort (or an UploadPart) of it
+/// through that node deleted parts the completed object uses. The ending is now on a write
+/// quorum and wins over the stale records everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_completed_upload_stays_completed_on_a_node_that_was_down() {
+    let mut cluster = TestCluster::start(3, 1, &[]); // 2+1
+    let c = cluster.nodes[0].client();
+    c.create_bucket().bucket("bkt").send().await.unwrap();
+    let bodies = vec![value(1, 5 << 20), value(2, 1000)];
+    let whole: Vec<u8> = bodies.concat();
+    let (id, parts) = start_upload(&c, "mp", &bodies).await;
+    cluster.nodes[2].kill9();
+    complete(&c, "mp", &id, &parts)
+        .await
+        .expect("complete with a node down");
+    cluster.nodes[2].restart();
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        let listed = n
+            .client()
+            .list_multipart_uploads()
+            .bucket("bkt")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            listed.uploads().is_empty(),
+            "node {i} lists {:?}",
+            listed.uploads()
+        );
+    }
+    let late = cluster.nodes[2].client();
+    assert_eq!(
+        abort(&late, "mp", &id).await,
+        Err(404),
+        "an abort after the complete"
+    );
+    let e = late
+        .upload_part()
+        .bucket("bkt")
+        .key("mp")
+        .upload_id(&id)
+        .part_number(1)
+        .body(ByteStream::from(value(3, 1000)))
+        .send()
+        .await
+        .expect_err("no part after the complete");
+    assert_eq!(status(&e), 404);
+    // the object is whole, with any one node down
+    for down in 0..3 {
+        cluster.nodes[down].kill9();
+        let up = cluster.nodes[(down + 1) % 3].client();
+        assert!(
+            read(&up, "bkt", "mp").await == Some(whole.clone()),
+            "with node {down} down"
+        );
+        cluster.nodes[down].restart();
+    }
+    // a retried Complete gets the same answer
+    complete(&c, "mp", &id, &parts).await.expect("a retried complete");
+}
+
+/// A Complete and an Abort of one upload sent at once through different nodes: exactly one
+/// of them takes effect, and the key then holds the whole object or nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_complete_and_an_abort_at_once_end_the_upload_once() {
+    let cluster = TestCluster::start(3, 1, &[]);
+    let clients: Vec<Client> = cluster.nodes.iter().map(|n| n.client()).collect();
+    clients[0].create_bucket().bucket("bkt").send().await.unwrap();
+    let (mut completed, mut aborted) = (0, 0);
+    for round in 0..8u64 {
+        let key = format!("race-{round}");
+        let body = value(round, 1000);
+        let (id, parts) = start_upload(&clients[0], &key, std::slice::from_ref(&body)).await;
+        // the abort starts a little later in each round, so that either may win
+        let late_abort = async {
+            tokio::time::sleep(Duration::from_millis(round * 3)).await;
+            abort(&clients[2], &key, &id).await
+        };
+        let (done, gone) = tokio::join!(complete(&clients[1], &key, &id, &parts), late_abort);
+        assert!(
+            done.is_ok() != gone.is_ok(),
+            "round {round}: exactly one wins (complete {done:?}, abort {gone:?})"
+        );
+        let stored = read(&clients[0], "bkt", &key).await;
+        if done.is_ok() {
+            completed += 1;
+            assert!(stored == Some(body), "round {round}: the completed object, whole");
+        } else {
+            aborted += 1;
+            assert_eq!(gone, Ok(()));
+            assert_eq!(stored, None, "round {round}: aborted, nothing stored");
+            assert_eq!(done, Err(404), "round {round}");
+        }
+        let listed = clients[0]
+            .list_multipart_uploads()
+            .bucket("bkt")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            listed.uploads().is_empty(),
+            "round {round}: {:?}",
+            listed.uploads()
+        );
+    }
+    eprintln!("complete won {completed}, abort won {aborted}");
+}
+
 // ---- orphan sweeps ----------------------------------------------------------------------
 
 /// The reported defect: the start-up sweep consulted only its own node's records, so a

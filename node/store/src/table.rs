@@ -60,6 +60,12 @@ impl Version {
     pub fn hex(self) -> String {
         hex::encode(self.to_bytes())
     }
+
+    /// The version whose [`Version::hex`] form `s` is.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let b = hex::decode(s).ok()?;
+        (b.len() == Self::LEN).then(|| Self::from_bytes(&b)).flatten()
+    }
 }
 
 /// One write to a drive's index; a batch of them commits atomically. Serialisable so that a
