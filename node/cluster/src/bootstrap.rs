@@ -36,6 +36,10 @@ pub(crate) async fn run(n: Arc<Inner>) {
     if initialized {
         tracing::info!(node = %n.cfg.node_name, id = n.id, "raft state found: rejoining as a member");
         rejoin(&n, &seeds).await;
+        // a restore that a crash cut short runs again (what it already did is refused)
+        if let Some(copy) = n.cfg.restore.as_ref().filter(|_| seeds.iter().all(|s| s == own)) {
+            restore(&n, copy).await;
+        }
     } else if seeds.iter().all(|s| s == own) {
         tracing::info!(node = %n.cfg.node_name, id = n.id, "no other seeds: initializing a single-node cluster");
         let me = n.me();
@@ -233,6 +237,10 @@ async fn restore(n: &Arc<Inner>, copy: &crate::ControlPlaneCopy) {
             n.write(cmd.clone()).await.map(|_| ())
         })
         .await;
+    }
+    if !n.is_shut() {
+        n.restoring.store(false, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(node = %n.cfg.node_name, "control-plane state restored");
     }
 }
 

@@ -133,6 +133,7 @@ impl Cluster {
     /// Opens the Raft store, starts Raft and returns; bootstrap continues in the background.
     pub async fn start(cfg: ClusterConfig, client: ringstore_rpc::Client) -> Result<Cluster, Error> {
         let id = node_id(&cfg.node_name);
+        let restoring = cfg.restore.is_some();
         let path = cfg.data_dir.join("raft.redb");
         let deadline = tokio::time::Instant::now() + OPEN_RETRY;
         let (log_store, sm) = loop {
@@ -181,6 +182,7 @@ impl Cluster {
             membership_lock: tokio::sync::Mutex::new(()),
             tasks: std::sync::Mutex::new(Vec::new()),
             refused: std::sync::Mutex::new(None),
+            restoring: AtomicBool::new(restoring),
         });
         tracing::info!(node = %inner.cfg.node_name, id, addr = %inner.cfg.rpc_addr, "cluster node started");
         let watcher = tokio::spawn(watch_metrics(inner.clone()));
@@ -218,6 +220,12 @@ impl Cluster {
                 }
             })
             .collect()
+    }
+
+    /// Whether the restore of the control-plane state from its copy is still running (a copy
+    /// taken meanwhile would be partial).
+    pub fn restoring(&self) -> bool {
+        self.inner.restoring.load(Ordering::SeqCst)
     }
 
     /// A copy of the layouts, buckets and access keys (see [`ControlPlaneCopy`]).

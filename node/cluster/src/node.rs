@@ -42,6 +42,9 @@ pub(crate) struct Inner {
     /// When a second node of a name was last refused (name and address): the newcomer
     /// retries every few hundred milliseconds, the log says so every few seconds.
     pub refused: std::sync::Mutex<Option<(String, Instant)>>,
+    /// Whether a restore of the control-plane state ([`crate::ClusterConfig::restore`]) is
+    /// still to finish.
+    pub restoring: AtomicBool,
 }
 
 /// One attempt's outcome: worth retrying (nothing was applied), or final.

@@ -62,6 +62,14 @@ pub(crate) fn decode_upload(bytes: &[u8]) -> Option<(Version, UploadRecord)> {
         .map(|r| (Version::default(), r))
 }
 
+/// Whether an upload's ending (at `version`) is over an hour old by this node's clock.
+fn ended_long_ago(version: Version) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    now.saturating_sub(version.ts_nanos) > 3600 * 1_000_000_000
+}
+
 /// What the drives of an upload hold of it.
 struct UploadState {
     /// The creation version (what finishing compares against).
@@ -73,6 +81,8 @@ struct UploadState {
     aborted: usize,
     /// The upload's drives in this layout.
     slots: Vec<usize>,
+    /// The newest version found (an ending's, once the upload is finished).
+    newest: Version,
 }
 
 impl UploadState {
@@ -202,7 +212,7 @@ impl ObjectStore {
                 "{answered} drives of the upload answered, {need} needed"
             )));
         }
-        let Some((_, record)) = newest else {
+        let Some((newest, record)) = newest else {
             return Err(Error::NoSuchUpload);
         };
         // the creation version is the upload id's; records from before versioning have none
@@ -214,6 +224,7 @@ impl ObjectStore {
             completed,
             aborted,
             slots,
+            newest,
         })
     }
 
@@ -459,17 +470,17 @@ impl ObjectStore {
             ));
         }
         let state = self.upload_state(bucket, key, upload_id).await?;
-        if state.aborted >= inner.codec.redundancy().write_quorum() {
+        let need = inner.codec.redundancy().write_quorum();
+        if state.aborted >= need {
             return Err(Error::NoSuchUpload);
+        }
+        // completed by an earlier attempt: that attempt commits the object, never this one
+        // (a version drawn now would land above writes made since)
+        if state.completed >= need {
+            return self.completed_before(bucket, key, chosen).await;
         }
         let (upload, slots) = (state.record, state.slots);
         let stored = self.all_parts(&slots, upload_id).await?;
-        // a Complete answered before (its parts' records already gone): the same answer
-        if state.completed > 0
-            && let Some(done) = self.completed_before(bucket, key, chosen, &stored).await
-        {
-            return Ok(done);
-        }
         let mut parts = Vec::with_capacity(chosen.len());
         let mut infos = Vec::with_capacity(chosen.len());
         let mut md5s = Md5::new();
@@ -512,8 +523,12 @@ impl ObjectStore {
         }
         let object_checksum = checksum(&infos)?;
         // the upload ends here, once, as completed: an Abort can no longer remove its parts
-        self.finish_upload(bucket, key, upload_id, Finished::Completed)
+        let (_, now) = self
+            .finish_upload(bucket, key, upload_id, Finished::Completed)
             .await?;
+        if !now {
+            return self.completed_before(bucket, key, chosen).await;
+        }
         let version = inner.now();
         let record = ObjectRecord {
             size,
@@ -571,6 +586,10 @@ impl ObjectStore {
                     for p in parts.values() {
                         inner.delete_data(&state.record.drives, &p.data_id).await;
                     }
+                } else if !ended_long_ago(state.newest) {
+                    // the Complete that ended it may still be about to commit its object:
+                    // until then only these part records keep the parts from the sweep
+                    return Ok(());
                 }
                 self.forget_parts(upload_id, &state.slots, parts.keys().copied())
                     .await;
@@ -601,25 +620,25 @@ impl ObjectStore {
         Ok(())
     }
 
-    /// The object a Complete of `chosen` committed before, when it is still the key's
-    /// current version (a client retrying a Complete that was answered).
+    /// The answer to a Complete of an upload that an earlier attempt completed: the object
+    /// it committed while that is still the key's current version with the ETag `chosen`
+    /// gives (a client retrying a Complete that was answered), else `NoSuchUpload`.
     async fn completed_before(
         &self,
         bucket: &str,
         key: &str,
         chosen: &[CompletedPart],
-        stored: &BTreeMap<u32, PartRecord>,
-    ) -> Option<ObjectRecord> {
-        if chosen.iter().any(|c| stored.contains_key(&c.number)) {
-            return None;
-        }
+    ) -> Result<ObjectRecord> {
         let mut md5s = Md5::new();
         for c in chosen {
-            md5s.update(hex::decode(c.etag.trim_matches('"')).ok()?);
+            let md5 = hex::decode(c.etag.trim_matches('"')).map_err(|_| Error::NoSuchUpload)?;
+            md5s.update(md5);
         }
         let etag = format!("{}-{}", hex::encode(md5s.finalize()), chosen.len());
-        let found = self.lookup(bucket, key).await.ok().flatten()?;
-        (!found.record.deleted && found.record.etag == etag).then_some(found.record)
+        match self.lookup(bucket, key).await? {
+            Some(found) if !found.record.deleted && found.record.etag == etag => Ok(found.record),
+            _ => Err(Error::NoSuchUpload),
+        }
     }
 
     pub async fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<()> {

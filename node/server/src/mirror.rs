@@ -13,6 +13,15 @@ use std::time::Duration;
 use ringstore_cluster::{Cluster, ControlPlaneCopy};
 
 const FILE: &str = "control-plane.json";
+/// On the first drive while a restore from the copy is to finish: a crash before then runs
+/// the restore again at the next start (the copies on the other drives are not touched
+/// meanwhile).
+const PENDING: &str = "restore-pending";
+
+/// Where the first drive marks a restore as pending.
+pub fn restore_pending(first_drive: &Path) -> PathBuf {
+    first_drive.join(".ringstore").join(PENDING)
+}
 /// How often the copy is brought up to date with layout and key changes (bucket changes
 /// are copied before they are acknowledged).
 const EVERY: Duration = Duration::from_secs(1);
@@ -44,10 +53,14 @@ impl Mirror {
 
     /// Writes the current state to every drive unless it is what was written last.
     pub async fn save(self: &Arc<Self>) {
+        if self.cluster.restoring() {
+            return; // a copy now would be partial, over the good ones
+        }
         let m = self.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let copy = m.cluster.copy();
+            // the copy is taken under the lock, so an older one is never written last
             let mut last = m.last.lock().expect("mirror lock");
+            let copy = m.cluster.copy();
             if last.as_ref() == Some(&copy) || copy.layouts.is_empty() {
                 return;
             }
@@ -61,6 +74,8 @@ impl Mirror {
             }
             if all {
                 *last = Some(copy);
+                // every drive holds the restored state now
+                let _ = fs::remove_file(m.folders[0].join(PENDING));
             }
         })
         .await;

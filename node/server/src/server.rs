@@ -251,10 +251,20 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
 /// On a single node whose first drive (with the Raft state) was replaced: the newest copy
 /// of the control-plane state on the other drives.
 fn lost_control_plane(args: &ServerArgs) -> Option<ringstore_cluster::ControlPlaneCopy> {
-    if !args.seeds.is_empty() || args.data[0].join(".ringstore").join("raft.redb").exists() {
+    if !args.seeds.is_empty() {
         return None;
     }
-    crate::mirror::newest(&args.data[1..])
+    let state = args.data[0].join(".ringstore");
+    // a restore that a crash cut short is run again
+    let pending = crate::mirror::restore_pending(&args.data[0]);
+    if state.join("raft.redb").exists() && !pending.exists() {
+        return None;
+    }
+    let copy = crate::mirror::newest(&args.data[1..])?;
+    if let Err(e) = std::fs::write(&pending, b"") {
+        tracing::warn!(error = %e, "cannot mark the control-plane restore as pending");
+    }
+    Some(copy)
 }
 
 /// A drive's weight in the layout: its file system's size in GiB (at least 1).

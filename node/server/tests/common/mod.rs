@@ -260,6 +260,12 @@ impl Drop for Server {
     }
 }
 
+/// Starts a multipart upload of `bucket/key`; its upload id.
+pub async fn create_upload(c: &Client, bucket: &str, key: &str) -> String {
+    let created = c.create_multipart_upload().bucket(bucket).key(key).send().await;
+    created.unwrap().upload_id().unwrap().to_string()
+}
+
 /// The same client without retries, so a dead server fails requests at once.
 pub fn no_retry(c: &Client) -> Client {
     Client::from_conf(
