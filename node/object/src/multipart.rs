@@ -361,6 +361,13 @@ impl ObjectStore {
             inner.delete_data(&upload.drives, &data_id).await;
             return Err(e);
         }
+        // on its own, a node serves every request of the upload under the lock above, so the
+        // part this one replaces can go at once (see below)
+        let alone = inner.drives.iter().all(|d| d.local().is_some());
+        let previous = match alone {
+            true => self.part_of(&slots, upload_id, number).await,
+            false => None,
+        };
         let writes = slots
             .iter()
             .zip(&written.ok)
@@ -382,6 +389,11 @@ impl ObjectStore {
         inner
             .commit_quorum("part", inner.codec.redundancy().write_quorum(), writes)
             .await?;
+        if let Some((old_version, old)) = previous
+            && old_version < version
+        {
+            inner.delete_data(&upload.drives, &old.data_id).await;
+        }
         Ok(PartInfo {
             number,
             size: rec.size,
@@ -389,6 +401,25 @@ impl ObjectStore {
             modified_nanos: rec.modified_nanos,
             checksum: rec.checksum,
         })
+    }
+
+    /// The newest record of part `number` and its version.
+    async fn part_of(&self, slots: &[usize], upload_id: &str, number: u32) -> Option<(Version, PartRecord)> {
+        let pkey = part_key(upload_id, number);
+        let inner = self.inner();
+        let mut best: Option<(Version, PartRecord)> = None;
+        for d in slots {
+            if let Ok(Some(v)) = inner.drives[*d].get(Table::Parts, &pkey).await
+                && let (Some(ver), Ok(rec)) = (
+                    Version::from_bytes(&v),
+                    rmp_decode::<PartRecord>(&v[Version::LEN..]),
+                )
+                && best.as_ref().is_none_or(|(b, _)| ver > *b)
+            {
+                best = Some((ver, rec));
+            }
+        }
+        best
     }
 
     /// The newest record of every part of the upload, from at least a read quorum of its
@@ -540,8 +571,18 @@ impl ObjectStore {
             ..inner.new_record(version, upload.drives.clone())
         };
         let ok = vec![true; upload.drives.len()];
-        // parts not chosen keep their data until the orphan sweep: see the module comment
         let record = self.commit_version(bucket, key, &record, None, &ok).await?;
+        // In a cluster, parts not chosen keep their data until the orphan sweep (see the
+        // module comment); on its own, a node serves every request of the upload under its
+        // lock, so they can go now.
+        if inner.drives.iter().all(|d| d.local().is_some()) {
+            for p in stored
+                .values()
+                .filter(|p| !record.parts.iter().any(|r| r.data_id == p.data_id))
+            {
+                inner.delete_data(&upload.drives, &p.data_id).await;
+            }
+        }
         self.forget_parts(upload_id, &slots, stored.keys().copied()).await;
         Ok(record)
     }

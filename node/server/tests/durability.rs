@@ -952,7 +952,8 @@ async fn replacing_the_first_drive_keeps_buckets_and_keys() {
     assert_eq!(get_bytes(&c, "first", "large").await.unwrap(), large);
     // the restore finished: no longer pending, and every drive holds the whole copy again
     let pending = server.drives[0].join(".ringstore").join("restore-pending");
-    let copy_of = |d: usize| std::fs::read_to_string(server.drives[d].join(".ringstore").join("control-plane.json"));
+    let copy_of =
+        |d: usize| std::fs::read_to_string(server.drives[d].join(".ringstore").join("control-plane.json"));
     let deadline = Instant::now() + Duration::from_secs(10);
     while pending.exists() || !copy_of(0).is_ok_and(|c| c.contains("second")) {
         assert!(Instant::now() < deadline, "the restore never finished");

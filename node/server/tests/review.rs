@@ -447,13 +447,27 @@ async fn multipart_edge_cases() {
         vec![2; 4],
         "unused part not removed"
     );
-    // complete again
-    let e = c
+    // complete again (a client retrying a Complete that was answered): the same answer
+    // while the object is current, and nothing changes
+    let again = c
         .complete_multipart_upload()
         .bucket("bkt")
         .key("re")
         .upload_id(&id)
         .multipart_upload(completed(&[(1, &e_new), (2, &e2)]))
+        .send()
+        .await
+        .unwrap();
+    let head = c.head_object().bucket("bkt").key("re").send().await.unwrap();
+    assert_eq!(again.e_tag(), head.e_tag());
+    assert!(get(&c, "bkt", "re").await == want);
+    // with other parts it is no longer an upload
+    let e = c
+        .complete_multipart_upload()
+        .bucket("bkt")
+        .key("re")
+        .upload_id(&id)
+        .multipart_upload(completed(&[(2, &e2)]))
         .send()
         .await
         .unwrap_err();
