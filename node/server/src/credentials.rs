@@ -1,8 +1,6 @@
 //! The S3 credentials: from the environment, or generated once and kept on every drive.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -76,7 +74,8 @@ pub fn load(drives: &[PathBuf]) -> anyhow::Result<Credentials> {
     let body = json!({ "access_key": creds.access_key, "secret_key": creds.secret_key });
     let body = serde_json::to_string_pretty(&body)?;
     for path in paths.iter().filter(|p| !p.exists()) {
-        write_new(path, body.as_bytes())?;
+        crate::mirror::write_private(path, body.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if generated {
         eprintln!(
@@ -102,20 +101,4 @@ fn parse(path: &Path, bytes: &[u8]) -> anyhow::Result<Credentials> {
         }),
         _ => bail!("{} lacks access_key or secret_key", path.display()),
     }
-}
-
-/// Writes `body` to `path` (readable by the owner only), durably and whole or not at all.
-fn write_new(path: &Path, body: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(body)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)?;
-    Ok(())
 }

@@ -67,7 +67,7 @@ impl Mirror {
             let body = serde_json::to_vec_pretty(&copy).expect("the copy serialises");
             let mut all = true;
             for folder in &m.folders {
-                if let Err(e) = write_atomically(folder, &body) {
+                if let Err(e) = write_private(&folder.join(FILE), &body) {
                     all = false;
                     tracing::warn!(folder = %folder.display(), error = %e, "could not copy the control-plane state");
                 }
@@ -82,8 +82,10 @@ impl Mirror {
     }
 }
 
-fn write_atomically(folder: &Path, body: &[u8]) -> std::io::Result<()> {
-    let tmp = folder.join(format!("{FILE}.tmp"));
+/// Writes `body` to `path`, readable by the owner only, durably and whole or not at all
+/// (a temporary file, fsynced, renamed over `path`, and the folder fsynced).
+pub fn write_private(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -92,8 +94,11 @@ fn write_atomically(folder: &Path, body: &[u8]) -> std::io::Result<()> {
         .open(&tmp)?;
     f.write_all(body)?;
     f.sync_all()?;
-    fs::rename(&tmp, folder.join(FILE))?;
-    fs::File::open(folder)?.sync_all()
+    fs::rename(&tmp, path)?;
+    match path.parent() {
+        Some(folder) => fs::File::open(folder)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 /// The newest copy found on `drives` (by revision), if any.
