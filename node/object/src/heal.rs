@@ -119,11 +119,7 @@ impl ObjectStore {
             for &i in &stale {
                 let d = slots[i].expect("resolved");
                 inner.drives[d]
-                    .commit(vec![Op::PutIfNewer {
-                        table: Table::Objects,
-                        key: okey.clone(),
-                        value: marker.clone(),
-                    }])
+                    .commit(vec![rec.copy_op(&okey, marker.clone())])
                     .await?;
             }
             let age = inner.now().ts_nanos.saturating_sub(rec.version.ts_nanos);
@@ -162,13 +158,8 @@ impl ObjectStore {
         for i in stale {
             let Some(d) = slots[i] else { continue };
             let value = rec.for_shard(i, inline[i].clone()).encode();
-            inner.drives[d]
-                .commit(vec![Op::PutIfNewer {
-                    table: Table::Objects,
-                    key: okey.clone(),
-                    value,
-                }])
-                .await?;
+            // (a conditional write only by its own compare-and-swap, as read repair does)
+            inner.drives[d].commit(vec![rec.copy_op(&okey, value)]).await?;
             inner.stats.records_healed.fetch_add(1, Ordering::Relaxed);
             fixed = true;
         }

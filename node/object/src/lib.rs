@@ -19,6 +19,7 @@ mod list;
 mod multipart;
 mod read;
 mod record;
+mod settled;
 mod write;
 
 use std::collections::HashMap;
@@ -37,6 +38,7 @@ pub use multipart::{CompletedPart, PartInfo, UploadInfo};
 pub use read::{Found, ObjectStream, first_window};
 pub use record::{BucketRecord, ObjectRecord, PartRef, StoredChecksum};
 pub use ringstore_store::Drive as StoreDrive;
+pub use settled::SettledNote;
 pub use write::{BodyStream, NewObject, Precondition, Verify};
 
 /// Objects up to this size keep their shard frames inside the metadata record.
@@ -114,6 +116,8 @@ pub(crate) struct Shared {
     catalog: Arc<dyn Catalog>,
     /// This node's own drives (sweeps and scrubs walk these).
     pub(crate) local: Vec<Arc<Drive>>,
+    /// Versions known to be on a write quorum ([`settled`]).
+    pub(crate) settled: settled::Settled,
 }
 
 /// An older layout's placement, with each of its drives' index in the current view.
@@ -193,6 +197,7 @@ impl ObjectStore {
             upload_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             catalog,
             local,
+            settled: Default::default(),
         });
         let inner = Inner::build(shared.clone(), layout, handles, older)?;
         Ok(Self {
@@ -224,6 +229,33 @@ impl ObjectStore {
 
     pub fn layout(&self) -> Layout {
         self.inner().layout.clone()
+    }
+
+    /// Versions this node saw settle on a write quorum since the last call, for the other
+    /// nodes ([`ObjectStore::accept_settled`]): their lookups can then stop at a read quorum.
+    pub fn take_settled(&self) -> Vec<SettledNote> {
+        self.shared.settled.take_outbox()
+    }
+
+    /// Notes from another node's [`ObjectStore::take_settled`].
+    pub fn accept_settled(&self, notes: Vec<SettledNote>) {
+        self.shared.settled.accept(notes)
+    }
+
+    /// RPC addresses of the other nodes with drives in the layout.
+    pub fn peer_addrs(&self) -> Vec<String> {
+        let mut addrs: Vec<String> = self
+            .inner()
+            .drives
+            .iter()
+            .filter_map(|d| match d {
+                DriveHandle::Remote(r) => Some(r.addr.clone()),
+                DriveHandle::Local(_) => None,
+            })
+            .collect();
+        addrs.sort();
+        addrs.dedup();
+        addrs
     }
 
     /// This node's own drives.
@@ -639,6 +671,11 @@ impl Inner {
         }
         let ready: Vec<_> = results.into_iter().map(futures::future::ready).collect();
         Ok(quorum(what, need, ready).await?.into_iter().flatten().collect())
+    }
+
+    /// Whether other nodes hold drives of this layout (settled notes are shared with them).
+    pub(crate) fn has_peers(&self) -> bool {
+        self.drives.iter().any(|d| matches!(d, DriveHandle::Remote(_)))
     }
 
     /// Drive indexes of the ids a record names that this layout knows.

@@ -33,6 +33,11 @@ pub(crate) struct UploadRecord {
     /// How the upload ended; `None` while it is open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished: Option<Finished>,
+    /// For a completed upload: the object record its Complete commits, as stored (version
+    /// first). A Complete that fails after its ending held leaves the object to a retry or
+    /// to the healer, which commit exactly this version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<serde_bytes::ByteBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +88,8 @@ struct UploadState {
     slots: Vec<usize>,
     /// The newest version found (an ending's, once the upload is finished).
     newest: Version,
+    /// The object the completed endings found name, when they all name the same one.
+    candidate: Option<ObjectRecord>,
 }
 
 impl UploadState {
@@ -162,6 +169,7 @@ impl ObjectStore {
             checksum_algorithm,
             drives: inner.drive_ids(&drives),
             finished: None,
+            object: None,
         };
         let value = encode_upload(version, &rec);
         let ukey = upload_key(bucket, key, &upload_id);
@@ -191,6 +199,8 @@ impl ObjectStore {
         let mut answered = 0;
         let mut newest: Option<(Version, UploadRecord)> = None;
         let (mut created, mut completed, mut aborted) = (None::<Version>, 0, 0);
+        // the objects completed endings name: one each, `None` for an ending without one
+        let mut objects: Vec<Option<ObjectRecord>> = Vec::new();
         for r in futures::future::join_all(reads).await {
             let Ok(found) = r else { continue };
             answered += 1;
@@ -199,7 +209,10 @@ impl ObjectStore {
             };
             match rec.finished {
                 None => created = Some(created.map_or(version, |c| c.min(version))),
-                Some(Finished::Completed) => completed += 1,
+                Some(Finished::Completed) => {
+                    completed += 1;
+                    objects.push(rec.object.as_deref().and_then(|b| ObjectRecord::decode(b).ok()));
+                }
                 Some(Finished::Aborted) => aborted += 1,
             }
             if newest.as_ref().is_none_or(|(v, _)| version > *v) {
@@ -218,6 +231,16 @@ impl ObjectStore {
         // the creation version is the upload id's; records from before versioning have none
         let created = Version::from_hex(upload_id).or(created).unwrap_or_default();
         let slots = inner.present(&record.drives);
+        let candidate = match objects.split_first() {
+            Some((Some(first), rest))
+                if rest
+                    .iter()
+                    .all(|o| o.as_ref().map(|o| o.version) == Some(first.version)) =>
+            {
+                Some(first.clone())
+            }
+            _ => None,
+        };
         Ok(UploadState {
             created,
             record,
@@ -225,6 +248,7 @@ impl ObjectStore {
             aborted,
             slots,
             newest,
+            candidate,
         })
     }
 
@@ -247,6 +271,7 @@ impl ObjectStore {
         key: &str,
         upload_id: &str,
         how: Finished,
+        object: Option<&ObjectRecord>,
     ) -> Result<(UploadState, bool)> {
         let mut state = self.upload_state(bucket, key, upload_id).await?;
         let inner = &self.inner();
@@ -267,6 +292,7 @@ impl ObjectStore {
         }
         let mut rec = state.record.clone();
         rec.finished = Some(how);
+        rec.object = object.map(|o| serde_bytes::ByteBuf::from(o.encode()));
         let value = encode_upload(inner.after(state.created), &rec);
         let ukey = upload_key(bucket, key, upload_id);
         let writes = state.slots.iter().map(|d| {
@@ -295,6 +321,9 @@ impl ObjectStore {
             match how {
                 Finished::Completed => state.completed = held,
                 Finished::Aborted => state.aborted = held,
+            }
+            if how == Finished::Completed {
+                state.candidate = object.cloned();
             }
             state.record = rec;
             return Ok((state, true));
@@ -508,7 +537,7 @@ impl ObjectStore {
         // completed by an earlier attempt: that attempt commits the object, never this one
         // (a version drawn now would land above writes made since)
         if state.completed >= need {
-            return self.completed_before(bucket, key, chosen).await;
+            return self.completed_before(bucket, key, chosen, &state).await;
         }
         let (upload, slots) = (state.record, state.slots);
         let stored = self.all_parts(&slots, upload_id).await?;
@@ -553,13 +582,6 @@ impl ObjectStore {
             });
         }
         let object_checksum = checksum(&infos)?;
-        // the upload ends here, once, as completed: an Abort can no longer remove its parts
-        let (_, now) = self
-            .finish_upload(bucket, key, upload_id, Finished::Completed)
-            .await?;
-        if !now {
-            return self.completed_before(bucket, key, chosen).await;
-        }
         let version = inner.now();
         let record = ObjectRecord {
             size,
@@ -570,6 +592,14 @@ impl ObjectStore {
             parts,
             ..inner.new_record(version, upload.drives.clone())
         };
+        // the upload ends here, once, as completed (naming this object): an Abort can no
+        // longer remove its parts
+        let (state, now) = self
+            .finish_upload(bucket, key, upload_id, Finished::Completed, Some(&record))
+            .await?;
+        if !now {
+            return self.completed_before(bucket, key, chosen, &state).await;
+        }
         let ok = vec![true; upload.drives.len()];
         let record = self.commit_version(bucket, key, &record, None, &ok).await?;
         // In a cluster, parts not chosen keep their data until the orphan sweep (see the
@@ -628,6 +658,12 @@ impl ObjectStore {
                         inner.delete_data(&state.record.drives, &p.data_id).await;
                     }
                 } else if !ended_long_ago(state.newest) {
+                    // a Complete that failed after the ending held: its object is committed
+                    if let Some(c) = &state.candidate {
+                        let found = self.lookup(bucket, key).await?;
+                        self.roll_forward(bucket, key, c, state.newest, found.as_ref())
+                            .await?;
+                    }
                     // the Complete that ended it may still be about to commit its object:
                     // until then only these part records keep the parts from the sweep
                     return Ok(());
@@ -663,12 +699,15 @@ impl ObjectStore {
 
     /// The answer to a Complete of an upload that an earlier attempt completed: the object
     /// it committed while that is still the key's current version with the ETag `chosen`
-    /// gives (a client retrying a Complete that was answered), else `NoSuchUpload`.
+    /// gives (a client retrying a Complete that was answered); the object the ending names,
+    /// committed now at its own version, when that attempt failed before committing it
+    /// ([`ObjectStore::roll_forward`]); else `NoSuchUpload`.
     async fn completed_before(
         &self,
         bucket: &str,
         key: &str,
         chosen: &[CompletedPart],
+        state: &UploadState,
     ) -> Result<ObjectRecord> {
         let mut md5s = Md5::new();
         for c in chosen {
@@ -676,17 +715,54 @@ impl ObjectStore {
             md5s.update(md5);
         }
         let etag = format!("{}-{}", hex::encode(md5s.finalize()), chosen.len());
-        match self.lookup(bucket, key).await? {
-            Some(found) if !found.record.deleted && found.record.etag == etag => Ok(found.record),
+        let found = self.lookup(bucket, key).await?;
+        match &found {
+            Some(f) if !f.record.deleted && f.record.etag == etag => return Ok(f.record.clone()),
+            _ => {}
+        }
+        match &state.candidate {
+            Some(c) if c.etag == etag => self
+                .roll_forward(bucket, key, c, state.newest, found.as_ref())
+                .await?
+                .ok_or(Error::NoSuchUpload),
             _ => Err(Error::NoSuchUpload),
         }
+    }
+
+    /// Commits the object `c` that a completed upload's ending (at `ended`) names, when the
+    /// Complete that ended it failed before its object was committed: the key's newest
+    /// version (`found`) is below `c`'s, and the ending is recent. At `c`'s own version, never
+    /// raised, so it orders as the failed Complete would have and never above writes made
+    /// since; committing it twice (a retry and the healer) is the same write. An hour after
+    /// the ending its part records go, and deletion markers of the key (kept a day) may
+    /// have gone by then: an older ending is left alone, so that a deleted object never
+    /// comes back. Answers the committed record, or `None` when there is nothing to do.
+    pub(crate) async fn roll_forward(
+        &self,
+        bucket: &str,
+        key: &str,
+        c: &ObjectRecord,
+        ended: Version,
+        found: Option<&crate::Found>,
+    ) -> Result<Option<ObjectRecord>> {
+        if found.is_some_and(|f| f.record.version >= c.version) || ended_long_ago(ended) {
+            return Ok(None);
+        }
+        let ok = vec![true; c.drives.len()];
+        let record = self.commit_record(bucket, key, c, None, &ok, false).await?;
+        tracing::info!(
+            bucket,
+            key,
+            "committed the object of a Complete that failed after its upload ended"
+        );
+        Ok(Some(record))
     }
 
     pub async fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<()> {
         let _lock = self.shared.upload_lock(upload_id).await;
         // the upload ends here, once, as aborted: no Complete can use its parts any more
         let (state, now) = self
-            .finish_upload(bucket, key, upload_id, Finished::Aborted)
+            .finish_upload(bucket, key, upload_id, Finished::Aborted, None)
             .await?;
         let parts = self.all_parts(&state.slots, upload_id).await?;
         for p in parts.values() {

@@ -12,7 +12,7 @@ use ringstore_rpc::{Caching, DriveHandle, ShardSource};
 use ringstore_store::{Table, Version};
 
 use crate::record::{ObjectRecord, PartRef};
-use crate::{Error, Inner, ObjectStore, Result, object_key};
+use crate::{Error, Inner, ObjectStore, Result, object_key, settled};
 
 /// A stream of object bytes.
 pub type ObjectStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send + Sync>>;
@@ -31,6 +31,13 @@ pub struct Found {
     pub(crate) unanswered: usize,
     /// How many drives are known to hold the newest version.
     pub(crate) holders: usize,
+    /// Whether the newest version is known to be on a write quorum of its drives although
+    /// fewer answered this lookup ([`crate::settled`]).
+    pub(crate) settled: bool,
+    /// Newer versions the lookup saw and passed over because they cannot be read (inline
+    /// writes cut short on too few drives to decode), not those a lost compare-and-swap
+    /// took out of the running.
+    pub(crate) passed: Vec<Version>,
     /// Those drives (by index in the layout view), when the lookup asked beyond its first
     /// round (a first round that agreed holds a write quorum: nothing to repair).
     pub(crate) holding: Vec<usize>,
@@ -222,7 +229,7 @@ impl Inner {
     /// quorum error (503, retryable) when the repair cannot reach a write quorum.
     pub(crate) async fn confirm(&self, okey: &[u8], found: &mut Found) -> Result<()> {
         let need = found.record.redundancy().write_quorum();
-        if found.holders >= need {
+        if found.settled || found.holders >= need {
             return Ok(());
         }
         let rec = found.record.clone();
@@ -251,20 +258,6 @@ impl Inner {
             }
         }
         let frames = self.all_frames(&rec, &found.inline)?;
-        // a conditional write is copied only by its own compare-and-swap
-        let op = |value: Vec<u8>| match rec.swap {
-            Some(expected) => ringstore_store::Op::PutIfVersion {
-                table: Table::Objects,
-                key: okey.to_vec(),
-                value,
-                expected: Some(expected),
-            },
-            None => ringstore_store::Op::PutIfNewer {
-                table: Table::Objects,
-                key: okey.to_vec(),
-                value,
-            },
-        };
         let took = |old: Option<Version>| match (old, rec.swap) {
             (None, _) => true,
             (Some(old), Some(expected)) => old <= expected || old == rec.version,
@@ -272,8 +265,10 @@ impl Inner {
         };
         let writes = missing.iter().map(|(shard, d)| {
             let value = rec.for_shard(*shard, frames[*shard].clone()).encode();
-            self.drives[*d].commit_replacing(vec![op(value)])
+            self.drives[*d].commit_replacing(vec![rec.copy_op(okey, value)])
         });
+        // drives that refused because they hold a newer version the lookup passed over
+        let mut newer = 0;
         for r in futures::future::join_all(writes).await {
             match r {
                 Ok(replaced) => {
@@ -283,6 +278,8 @@ impl Inner {
                         .and_then(Version::from_bytes);
                     if took(old) {
                         held += 1;
+                    } else if old.is_some_and(|v| found.passed.contains(&v)) {
+                        newer += 1;
                     }
                 }
                 Err(e) => crate::drive_failure("read repair failed on a drive", &e),
@@ -290,14 +287,26 @@ impl Inner {
         }
         found.holders = found.holding.len() + held;
         if found.holders >= need {
+            self.settled
+                .note(okey, rec.version, settled::set_hash(&rec.drives), false);
             return Ok(());
         }
         // Drives that refused hold a newer version, which the lookup passed over (inline
-        // frames on too few drives to decode) or which landed since. This version cannot be
-        // returned safely (a later read might see only older ones), and writing it again
-        // above theirs would overwrite a write that may be acknowledged by now: the read
-        // fails with a retryable error until a newer write (or the writer still working on
-        // the newer version) settles the key.
+        // frames on too few drives to decode: a write cut short, or still in flight) or
+        // which landed since. This version may still be returned when a write quorum holds
+        // it or a newer one the lookup passed over as unreadable: no later read can then go
+        // below it (it meets one of those drives, and a version on a write quorum counting
+        // newer ones is never passed over; see `newest_readable`), and what it passed over
+        // was never acknowledged or returned, so ordering this read before it is allowed.
+        // Versions that landed since, and conditional writes that a lost compare-and-swap
+        // took out of the running, do not count: such a loser wins again once fewer drives
+        // hold its rival (found in review). Writing this version again above theirs is not
+        // needed, and would overwrite a write that may be acknowledged by now.
+        if found.holders + newer >= need {
+            return Ok(());
+        }
+        // Otherwise the drives that did not answer may hold older versions, and a later
+        // read through them could go back in time: the read fails with a retryable error.
         Err(Error::Quorum(format!(
             "the newest version is on {} drives and could not be written to {need}",
             found.holders
@@ -350,8 +359,17 @@ async fn find_on(
     let need = r.read_quorum();
     // A version is returned without a write-back only when a write quorum of drives is
     // known to hold it: then every later read quorum meets it. So the first round asks a
-    // write quorum (as many drives as a read quorum when `R >= W`).
-    let (first, rest) = quorum_first(inner, drives, need.max(r.write_quorum()), okey);
+    // write quorum (as many drives as a read quorum when `R >= W`), or only a read quorum
+    // when a version of the key is noted as settled (the read quorum agreeing on that
+    // version proves it is still the newest; see `settled`).
+    let known = !how.everywhere && inner.settled.knows(okey);
+    // (an inline object needs `k` frames to agree on, so at least `k` drives)
+    let first_round = if known {
+        need.max(r.k)
+    } else {
+        need.max(r.write_quorum())
+    };
+    let (first, rest) = quorum_first(inner, drives, first_round, okey);
     let order: Vec<usize> = first.iter().chain(&rest).map(|s| drives[*s]).collect();
     // the first k drives asked (the data shards' unless one is down) attach the first
     // bytes of their shards: those are the shards the read goes on to fetch
@@ -380,8 +398,19 @@ async fn find_on(
     if !how.everywhere
         && let Some(mut found) = agreed(bucket, key, &answers, width)
     {
-        found.first = attached;
-        return Ok(Some(found));
+        let set = settled::set_hash(&found.record.drives);
+        let on_quorum = found.holders >= found.record.redundancy().write_quorum();
+        if on_quorum {
+            inner.settled.note(okey, found.record.version, set, false);
+        } else if known {
+            found.settled = inner.settled.is_settled(okey, found.record.version, set);
+        }
+        // (without a note the first round was a write quorum, and `confirm` repairs
+        // a record of another redundancy that fewer drives hold)
+        if on_quorum || found.settled || !known {
+            found.first = attached;
+            return Ok(Some(found));
+        }
     }
     let reads = rest
         .iter()
@@ -440,6 +469,13 @@ async fn find_on(
         }
         records.retain(|r| r.version != newest);
     };
+    let mut passed: Vec<Version> = records
+        .iter()
+        .map(|r| r.version)
+        .filter(|v| *v > newest)
+        .collect();
+    passed.sort_unstable();
+    passed.dedup();
     let mut inline = vec![None; width];
     let mut holders = 0;
     let mut record = None;
@@ -452,6 +488,11 @@ async fn find_on(
     }
     let mut record = record.expect("newest exists");
     record.inline = None;
+    if holders >= record.redundancy().write_quorum() {
+        inner
+            .settled
+            .note(okey, record.version, settled::set_hash(&record.drives), false);
+    }
     Ok(Some(Found {
         bucket: bucket.to_string(),
         key: key.to_string(),
@@ -460,6 +501,8 @@ async fn find_on(
         stale: holders + unknown < width,
         unanswered: unknown,
         holders,
+        settled: false,
+        passed,
         holding: held
             .into_iter()
             .filter(|(_, v)| *v == Some(newest))
@@ -528,6 +571,8 @@ fn agreed(
         record,
         inline,
         holders,
+        settled: false,
+        passed: Vec::new(),
         holding: Vec::new(),
         stale: false,
         // the drives not asked count as unanswered: their frames are not missing
@@ -935,5 +980,120 @@ impl PartReader {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use ringstore_store::{Drive, Op};
+
+    use super::*;
+    use crate::write::{BodyStream, NewObject};
+
+    async fn put(s: &ObjectStore, key: &str, body: Vec<u8>) -> ObjectRecord {
+        let body: BodyStream = Box::pin(futures::stream::once(async move { Ok(Bytes::from(body)) }));
+        s.put_object(
+            "b",
+            key,
+            NewObject::default(),
+            body,
+            Box::new(|_, _| Ok(None)),
+            None,
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn get(s: &ObjectStore, key: &str) -> Result<Vec<u8>> {
+        let found = s.head("b", key).await?;
+        let mut stream = s.read(&found, 0, found.record.size)?;
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk.map_err(|e| Error::Internal(e.to_string()))?);
+        }
+        Ok(out)
+    }
+
+    /// The record of `key` each local drive holds, decoded.
+    fn records(s: &ObjectStore, key: &str) -> Vec<ObjectRecord> {
+        s.local_drives()
+            .iter()
+            .map(|d| {
+                ObjectRecord::decode(&d.get(Table::Objects, &object_key("b", key)).unwrap().unwrap()).unwrap()
+            })
+            .collect()
+    }
+
+    /// Two If-Match writes of `k`, both expecting `e` and both cut short, s0 on shards 0
+    /// and 1 and s1 on shards 2 and 3 (2+2, inline): neither was acknowledged, and the lost
+    /// compare-and-swap rule passes over s1 while s0 holds two drives. A read repair of s0
+    /// is refused by s1's drives; those must not count as "newer versions the read passed
+    /// over", or s0 is returned, and once a plain write cut short on shard 0 leaves s0 on
+    /// one drive, s1 no longer loses and is returned too: e, s0, s1, although s1 expected e.
+    /// (Found in review of the read-repair rule that counts refusing newer drives.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_competing_compare_and_swap_never_follows_the_one_returned() {
+        let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+        let drives = dirs.iter().map(|d| Drive::open(d.path()).unwrap()).collect();
+        let s = ObjectStore::new(drives, None, "node").unwrap();
+        s.create_bucket("b").await.unwrap();
+        let (e, x, y, z) = (vec![1u8; 1000], vec![2u8; 1000], vec![3u8; 1000], vec![4u8; 1000]);
+        let ev = put(&s, "k", e.clone()).await.version;
+        put(&s, "x", x.clone()).await;
+        put(&s, "y", y.clone()).await;
+        put(&s, "z", z.clone()).await;
+        let ids: Vec<String> = s.local_drives().iter().map(|d| d.id().to_string()).collect();
+        let on_k = records(&s, "k");
+        // `content`'s record of shard `shard`, as the drive holding `k`'s shard `shard`
+        // would hold it at `version`
+        let seed = async |content: &str, shard: usize, version: Version, swap: Option<Version>| {
+            let from = records(&s, content)
+                .into_iter()
+                .find(|r| r.shard == shard)
+                .unwrap();
+            let at = on_k.iter().position(|r| r.shard == shard).unwrap();
+            assert_eq!(ids[at], on_k[at].drives[shard]);
+            let rec = ObjectRecord {
+                version,
+                swap,
+                drives: on_k[at].drives.clone(),
+                ..from
+            };
+            s.local_drives()[at]
+                .commit(vec![Op::Put {
+                    table: Table::Objects,
+                    key: object_key("b", "k"),
+                    value: rec.encode(),
+                }])
+                .await
+                .unwrap();
+        };
+        let s0 = Version { id: ev.id + 10, ..ev };
+        let s1 = Version { id: ev.id + 20, ..ev };
+        seed("x", 0, s0, Some(ev)).await;
+        seed("x", 1, s0, Some(ev)).await;
+        seed("y", 2, s1, Some(ev)).await;
+        seed("y", 3, s1, Some(ev)).await;
+        let first = get(&s, "k").await.ok();
+        // a plain write above both, cut short on shard 0
+        seed(
+            "z",
+            0,
+            Version {
+                ts_nanos: ev.ts_nanos + 1_000_000,
+                id: 1,
+            },
+            None,
+        )
+        .await;
+        let second = get(&s, "k").await.ok();
+        assert!(
+            !(first.as_ref() == Some(&x) && second.as_ref() == Some(&y)),
+            "s0 was returned, then s1, which expected the version s0 replaced"
+        );
+        for got in [&first, &second].into_iter().flatten() {
+            assert!(*got == x || *got == y, "only one of the two writes");
+        }
     }
 }

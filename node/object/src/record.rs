@@ -106,6 +106,23 @@ impl ObjectRecord {
         Ok(rec)
     }
 
+    /// The operation that copies this record (`value`, encoded for one drive) to a drive
+    /// under `key`: only above older versions, and for a conditional write only by its own
+    /// compare-and-swap, so that one that lost on some drives never wins later.
+    pub(crate) fn copy_op(&self, key: &[u8], value: Vec<u8>) -> ringstore_store::Op {
+        let table = ringstore_store::Table::Objects;
+        let key = key.to_vec();
+        match self.swap {
+            Some(expected) => ringstore_store::Op::PutIfVersion {
+                table,
+                key,
+                value,
+                expected: Some(expected),
+            },
+            None => ringstore_store::Op::PutIfNewer { table, key, value },
+        }
+    }
+
     /// The same record as it must be stored on the drive holding shard `shard`.
     pub(crate) fn for_shard(&self, shard: usize, inline: Option<Vec<u8>>) -> Self {
         Self {

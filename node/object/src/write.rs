@@ -142,13 +142,29 @@ impl ObjectStore {
         inline: Option<Vec<Vec<u8>>>,
         ok: &[bool],
     ) -> Result<ObjectRecord> {
+        self.commit_record(bucket, key, record, inline, ok, true).await
+    }
+
+    /// Like [`ObjectStore::commit_version`]; with `may_raise` false the version is never
+    /// raised: for a write that must order where it was drawn (the object of a Complete
+    /// that failed part way).
+    pub(crate) async fn commit_record(
+        &self,
+        bucket: &str,
+        key: &str,
+        record: &ObjectRecord,
+        inline: Option<Vec<Vec<u8>>>,
+        ok: &[bool],
+        may_raise: bool,
+    ) -> Result<ObjectRecord> {
         let inner = &self.inner();
         let okey = object_key(bucket, key);
         let slots = inner.resolve(&record.drives);
         let need = record.redundancy().write_quorum();
         let mut record = record.clone();
         let mut olds: Vec<ObjectRecord> = Vec::new();
-        for raise in [true, false] {
+        let mut on_quorum = false;
+        for raise in [may_raise, false] {
             let writes = slots
                 .iter()
                 .enumerate()
@@ -176,7 +192,17 @@ impl ObjectStore {
                 .collect();
             let newest = found.iter().map(|r| r.version).max();
             // drives that stored this version: those that held nothing or an older one
-            let took = replaced.len() - found.iter().filter(|r| r.version > record.version).count();
+            // (judged by the version in front of each record, so that a record this build
+            // cannot decode still counts as the newer one it may be)
+            let took = replaced
+                .iter()
+                .filter(|b| {
+                    b.as_deref()
+                        .and_then(ringstore_store::Version::from_bytes)
+                        .is_none_or(|v| v <= record.version)
+                })
+                .count();
+            on_quorum = took >= need;
             olds.extend(found);
             // Raised only when this version lost on so many drives that it cannot be on a
             // write quorum: then newer versions sit on a quorum (an acknowledged write this
@@ -188,6 +214,10 @@ impl ObjectStore {
                 Some(v) if raise && took < need && v > record.version => record.version = inner.after(v),
                 _ => break,
             }
+        }
+        if on_quorum {
+            let set = crate::settled::set_hash(&record.drives);
+            inner.settled.note(&okey, record.version, set, inner.has_peers());
         }
         olds.sort_by_key(|r| r.version);
         olds.dedup_by_key(|r| r.version);
@@ -317,6 +347,8 @@ impl ObjectStore {
                     }
                 }
                 if took >= need {
+                    let set = crate::settled::set_hash(&rec.drives);
+                    inner.settled.note(&okey, rec.version, set, inner.has_peers());
                     olds.sort_by_key(|r| r.version);
                     olds.dedup_by_key(|r| r.version);
                     for prev in &olds {

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::response::IntoResponse;
+
 use ringstore_cluster::{Cluster, Error as ClusterError, MemberInfo};
 use ringstore_meta::Rejection;
 use ringstore_object::{BucketRecord, Catalog, Error, ObjectStore, Result};
@@ -229,10 +231,13 @@ pub const FORMING_REPORT: Duration = Duration::from_secs(10);
 ///   that arrives during a walk gets a walk of its own after it: the running one may have
 ///   passed the asking node's objects while it was still down;
 /// - `POST /rpc/v1/node/drives`: this node's drives and their state, for `admin status`.
+/// - `POST /rpc/v1/node/settled`: versions a peer saw settle on a write quorum
+///   ([`share_settled`]).
 pub fn node_router(target: Arc<std::sync::OnceLock<(ObjectStore, u32)>>) -> axum::Router {
     let running = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let again = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let drives_target = target.clone();
+    let settled_target = target.clone();
     axum::Router::new()
         .route(
             &format!("{}/heal/scrub", ringstore_rpc::PREFIX),
@@ -278,6 +283,52 @@ pub fn node_router(target: Arc<std::sync::OnceLock<(ObjectStore, u32)>>) -> axum
                 }
             }),
         )
+        .route(
+            &format!("{}/node/settled", ringstore_rpc::PREFIX),
+            axum::routing::post(move |body: bytes::Bytes| {
+                let target = settled_target.clone();
+                async move {
+                    match ringstore_rpc::decode(&body) {
+                        Ok(notes) => {
+                            if let Some((store, _)) = target.get() {
+                                store.accept_settled(notes);
+                            }
+                            ringstore_rpc::encode(&()).into_response()
+                        }
+                        Err(e) => (http::StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+                    }
+                }
+            }),
+        )
+}
+
+/// How often a node shares the versions it saw settle on a write quorum.
+const SHARE_SETTLED_EVERY: Duration = Duration::from_millis(10);
+
+/// Shares, every few milliseconds, the versions this node saw settle on a write quorum with
+/// the other nodes (`POST /rpc/v1/node/settled`), so that their lookups of those keys can
+/// stop at a read quorum. Best effort: a lost batch only makes some reads ask more drives.
+pub fn share_settled(store: ObjectStore, client: Client) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SHARE_SETTLED_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            let notes = store.take_settled();
+            if notes.is_empty() {
+                continue;
+            }
+            let body = ringstore_rpc::encode(&notes);
+            for addr in store.peer_addrs().into_iter().filter(|a| !client.is_down(a)) {
+                let (client, body) = (client.clone(), body.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = client.call_raw(&addr, "/node/settled", body).await {
+                        tracing::debug!(peer = %addr, error = %e, "could not share settled versions");
+                    }
+                });
+            }
+        }
+    });
 }
 
 /// Buckets that a single node kept in its drives' tables before the control plane held

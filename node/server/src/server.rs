@@ -185,6 +185,9 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                 },
             ));
             spawn_background(&store, &args, started);
+            if args.rpc_address.is_some() {
+                crate::cluster::share_settled(store.clone(), client.clone());
+            }
             ready.set(true);
             tracing::info!(
                 address = %args.address,

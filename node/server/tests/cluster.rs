@@ -989,3 +989,65 @@ async fn a_hung_node_is_avoided_after_one_timeout() {
     keys.extend(written);
     assert_eq!(check_all(&back, "hung", &keys).await, Vec::<String>::new());
 }
+
+/// With EC 2+2 a write quorum is 3 drives and a read quorum 2. A lookup returns a version
+/// without repairing it only once a write quorum is known to hold it, so without more it
+/// asks 3 drives. Once the writer's note that the version settled has reached the reading
+/// node, a GET asks only the two data shards' drives (both with data attached); a node that
+/// restarted has forgotten the notes and asks 3 again, and reads stay right throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_of_settled_versions_ask_a_read_quorum_only() {
+    let mut cluster = TestCluster::start(4, 1, &["--redundancy", "2+2"]);
+    let c: Vec<Client> = cluster.nodes.iter().map(|n| n.client()).collect();
+    c[0].create_bucket().bucket("bkt").send().await.unwrap();
+    let keys: Vec<String> = (0..8)
+        .map(|i| format!("k{i}-{}", [3 * KIB, 300 * KIB][i % 2]))
+        .collect();
+    for (i, k) in keys.iter().enumerate() {
+        put(&c[i % 4], "bkt", k).await.unwrap();
+    }
+    let plain = |cluster: &TestCluster| rpc_served(cluster, "/rpc/v1/drive/get", "POST");
+    let with_data = |cluster: &TestCluster| rpc_served(cluster, "/rpc/v1/drive/get-with-data", "POST");
+    // GETs of every key through every node: each node holds one drive of every set
+    let read_all = async |cluster: &TestCluster| {
+        let (p, w) = (plain(cluster), with_data(cluster));
+        for client in &c {
+            assert!(check_all(client, "bkt", &keys).await.is_empty());
+        }
+        (plain(cluster) - p, with_data(cluster) - w)
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // two of the four coordinators hold a data shard (they ask the other one), two hold
+    // parity (they ask both data shards): 6 remote lookups per key, all with data
+    assert_eq!(
+        read_all(&cluster).await,
+        (0, 6 * keys.len() as u64),
+        "remote lookups (plain, with data) for GETs of settled versions"
+    );
+    // overwrites through another node settle too
+    for k in &keys {
+        put(&c[1], "bkt", k).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        read_all(&cluster).await,
+        (0, 6 * keys.len() as u64),
+        "after overwrites"
+    );
+    // a restarted node has forgotten the notes and asks a write quorum; having seen the
+    // versions on one, it notes them, and its next GETs ask the data shards only
+    cluster.nodes[3].kill9();
+    cluster.nodes[3].restart();
+    // (the healing pass a restarted node asks its peers for reads every drive: let it end)
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let c3 = cluster.nodes[3].client();
+    assert!(check_all(&c3, "bkt", &keys).await.is_empty());
+    let (p, w) = (plain(&cluster), with_data(&cluster));
+    assert!(check_all(&c3, "bkt", &keys).await.is_empty());
+    assert_eq!(
+        plain(&cluster) - p,
+        0,
+        "plain lookups by the restarted node once noted"
+    );
+    assert!(with_data(&cluster) - w <= 2 * keys.len() as u64);
+}

@@ -224,12 +224,10 @@ async fn a_crash_between_record_commits_leaves_old_or_new_readable() {
 
 /// Two inline PUTs cut short on different drives (v2 on the first, v3 on the second of
 /// four, 2+2) leave v1 on two drives only, and the two newer versions, one frame each,
-/// cannot be decoded. Reads pass over them and should still answer v1, but the read repair
-/// of v1 is refused by the drives holding the newer versions, and the key answers 503 until
-/// someone overwrites it. Writing v1 again above them was tried and broke linearizability
-/// in the nemesis run (it overwrote a write that landed meanwhile); a sound fix is open.
+/// cannot be decoded. Reads pass over them and answer v1: its read repair is refused by the
+/// drives holding the newer versions, but a write quorum then holds v1 or something newer,
+/// so no later read can go below v1. Before, the key answered 503 until overwritten.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "known gap: the key answers 503 until overwritten (see the doc comment)"]
 async fn writes_cut_short_on_different_drives_do_not_block_the_key() {
     let mut server = Server::start(4);
     let c = server.client();
@@ -877,4 +875,56 @@ async fn concurrent_conditional_writes_have_exactly_one_winner() {
             "round {round}: deleted"
         );
     }
+}
+
+/// A Complete whose ending held but whose object commit failed (no drive took the object
+/// record) lost the upload: a retry answered `NoSuchUpload` and the parts went with the
+/// sweep. The ending now names the object it commits: a retry commits exactly that version,
+/// and so does the healer when nobody retries; a PUT made after the failed Complete is never
+/// overwritten by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_complete_that_failed_after_its_ending_is_finished_by_a_retry_or_the_healer() {
+    let mut server = Server::start_with(4, &["--scrub-interval", "2"], &[]); // 2+2
+    let c = server.client();
+    c.create_bucket().bucket("bkt").send().await.unwrap();
+    let bodies = vec![value(1, 5 << 20), value(2, 1000)];
+    let whole: Vec<u8> = bodies.concat();
+    let mut uploads = Vec::new();
+    for key in ["retried", "healed", "overwritten"] {
+        uploads.push((key, start_upload(&c, key, &bodies).await));
+    }
+    // object record commits reach no drive: each Complete ends its upload, then fails
+    server.set_env("RINGSTORE_FAULTS", "record-commits=0");
+    server.restart();
+    let failing = no_retry(&server.client());
+    for (key, (id, parts)) in &uploads {
+        let r = complete(&failing, key, id, parts).await;
+        assert!(matches!(r, Err(500..)), "{key}: the Complete fails: {r:?}");
+    }
+    server.remove_env("RINGSTORE_FAULTS");
+    server.restart();
+    let c = server.client();
+    // a PUT after the failed Complete: the Complete ordered before it
+    put(&c, "bkt", "overwritten", &value(9, 100)).await.unwrap();
+    let (_, (id, parts)) = &uploads[2];
+    assert_eq!(complete(&c, "overwritten", id, parts).await, Err(404));
+    assert_eq!(read(&c, "bkt", "overwritten").await, Some(value(9, 100)));
+    // a retry commits the object the ending names
+    let (_, (id, parts)) = &uploads[0];
+    assert_eq!(complete(&c, "retried", id, parts).await, Ok(()));
+    assert_eq!(read(&c, "bkt", "retried").await.as_deref(), Some(&whole[..]));
+    // and a retry of that answers the object
+    assert_eq!(complete(&c, "retried", id, parts).await, Ok(()));
+    // nobody retries the second: the scrubber commits it
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while read(&c, "bkt", "healed").await.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the healer did not finish the Complete"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert_eq!(read(&c, "bkt", "healed").await.as_deref(), Some(&whole[..]));
+    assert_eq!(read(&c, "bkt", "overwritten").await, Some(value(9, 100)));
+    no_uploads_listed(&c, "after the Completes").await;
 }
