@@ -312,6 +312,10 @@ pub fn share_settled(store: ObjectStore, client: Client) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SHARE_SETTLED_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // one call in flight per peer at most: a peer that hangs gets no pile of calls
+        // (its notes are dropped meanwhile, which only costs its reads a larger quorum)
+        let mut busy: std::collections::HashMap<String, Arc<std::sync::atomic::AtomicBool>> =
+            Default::default();
         loop {
             tick.tick().await;
             let notes = store.take_settled();
@@ -320,11 +324,16 @@ pub fn share_settled(store: ObjectStore, client: Client) {
             }
             let body = ringstore_rpc::encode(&notes);
             for addr in store.peer_addrs().into_iter().filter(|a| !client.is_down(a)) {
+                let flag = busy.entry(addr.clone()).or_default().clone();
+                if flag.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    continue;
+                }
                 let (client, body) = (client.clone(), body.clone());
                 tokio::spawn(async move {
                     if let Err(e) = client.call_raw(&addr, "/node/settled", body).await {
                         tracing::debug!(peer = %addr, error = %e, "could not share settled versions");
                     }
+                    flag.store(false, std::sync::atomic::Ordering::Release);
                 });
             }
         }
