@@ -601,7 +601,7 @@ impl ObjectStore {
             return self.completed_before(bucket, key, chosen, &state).await;
         }
         let ok = vec![true; upload.drives.len()];
-        let record = self.commit_version(bucket, key, &record, None, &ok).await?;
+        let record = self.commit_version(bucket, key, &record, None, &ok, true).await?;
         // In a cluster, parts not chosen keep their data until the orphan sweep (see the
         // module comment); on its own, a node serves every request of the upload under its
         // lock, so they can go now.
@@ -749,7 +749,7 @@ impl ObjectStore {
             return Ok(None);
         }
         let ok = vec![true; c.drives.len()];
-        let record = self.commit_record(bucket, key, c, None, &ok, false).await?;
+        let record = self.commit_version(bucket, key, c, None, &ok, false).await?;
         tracing::info!(
             bucket,
             key,

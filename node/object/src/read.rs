@@ -362,7 +362,12 @@ async fn find_on(
     // write quorum (as many drives as a read quorum when `R >= W`), or only a read quorum
     // when a version of the key is noted as settled (the read quorum agreeing on that
     // version proves it is still the newest; see `settled`).
-    let known = !how.everywhere && inner.settled.knows(okey);
+    let noted = if how.everywhere {
+        None
+    } else {
+        inner.settled.noted(okey)
+    };
+    let known = noted.is_some();
     // (an inline object needs `k` frames to agree on, so at least `k` drives)
     let first_round = if known {
         need.max(r.k)
@@ -403,7 +408,7 @@ async fn find_on(
         if on_quorum {
             inner.settled.note(okey, found.record.version, set, false);
         } else if known {
-            found.settled = inner.settled.is_settled(okey, found.record.version, set);
+            found.settled = noted == Some((found.record.version, set));
         }
         // (without a note the first round was a write quorum, and `confirm` repairs
         // a record of another redundancy that fewer drives hold)

@@ -79,15 +79,11 @@ impl Settled {
         }
     }
 
-    /// Whether a lookup may stop at a read quorum that all hold `version` of the drive set
-    /// `set`.
-    pub(crate) fn is_settled(&self, key: &[u8], version: Version, set: u64) -> bool {
-        self.known.lock().expect("not poisoned").map.get(key) == Some(&(version, set))
-    }
-
-    /// Whether any version of `key` is noted (a lookup then first asks a read quorum only).
-    pub(crate) fn knows(&self, key: &[u8]) -> bool {
-        self.known.lock().expect("not poisoned").map.contains_key(key)
+    /// The version of `key` noted as settled, and the drive set it is settled on: a lookup
+    /// then first asks a read quorum only, and stops there when all of it holds that
+    /// version of that set.
+    pub(crate) fn noted(&self, key: &[u8]) -> Option<(Version, u64)> {
+        self.known.lock().expect("not poisoned").map.get(key).copied()
     }
 
     /// Notes from another node.
@@ -142,14 +138,12 @@ mod tests {
         let s = Settled::default();
         s.note(b"k", v(2), 7, true);
         s.note(b"k", v(1), 7, true); // late note of an older version
-        assert!(s.is_settled(b"k", v(2), 7));
-        assert!(!s.is_settled(b"k", v(1), 7));
-        assert!(!s.is_settled(b"k", v(2), 8), "another drive set");
+        assert_eq!(s.noted(b"k"), Some((v(2), 7)), "the newest, with its drive set");
         assert_eq!(s.take_outbox().len(), 1, "only news is shared");
         let peer = Settled::default();
         s.note(b"k", v(3), 7, true);
         peer.accept(s.take_outbox());
-        assert!(peer.is_settled(b"k", v(3), 7));
+        assert_eq!(peer.noted(b"k"), Some((v(3), 7)));
         assert!(s.take_outbox().is_empty());
     }
 
@@ -159,8 +153,8 @@ mod tests {
         for i in 0..CAPACITY + 10 {
             s.note(format!("k{i}").as_bytes(), v(1), 0, false);
         }
-        assert!(!s.knows(b"k0"));
-        assert!(s.knows(format!("k{}", CAPACITY + 9).as_bytes()));
+        assert_eq!(s.noted(b"k0"), None);
+        assert!(s.noted(format!("k{}", CAPACITY + 9).as_bytes()).is_some());
         assert!(s.take_outbox().is_empty(), "unshared notes stay here");
     }
 }

@@ -93,7 +93,7 @@ impl ObjectStore {
         let record = ObjectRecord { checksum, ..record };
         match precondition {
             None => {
-                self.commit_version(bucket, key, &record, written.inline, &written.ok)
+                self.commit_version(bucket, key, &record, written.inline, &written.ok, true)
                     .await
             }
             Some(pre) => {
@@ -134,21 +134,10 @@ impl ObjectStore {
     /// the shards in place: the drives that did commit may hold the newest record, which a
     /// later read or heal completes (the write then took effect) or a newer version
     /// replaces (its data is retired then).
+    ///
+    /// With `may_raise` false the version is never raised: for a write that must order
+    /// where it was drawn (the object of a Complete that failed part way).
     pub(crate) async fn commit_version(
-        &self,
-        bucket: &str,
-        key: &str,
-        record: &ObjectRecord,
-        inline: Option<Vec<Vec<u8>>>,
-        ok: &[bool],
-    ) -> Result<ObjectRecord> {
-        self.commit_record(bucket, key, record, inline, ok, true).await
-    }
-
-    /// Like [`ObjectStore::commit_version`]; with `may_raise` false the version is never
-    /// raised: for a write that must order where it was drawn (the object of a Complete
-    /// that failed part way).
-    pub(crate) async fn commit_record(
         &self,
         bucket: &str,
         key: &str,
