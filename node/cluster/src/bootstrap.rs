@@ -206,6 +206,7 @@ async fn found_cluster(n: &Arc<Inner>, members: BTreeMap<String, Member>) {
                 drives: m.drives.clone(),
             })
             .collect(),
+        slots: None,
     };
     propose_initial_layout(n, layout).await;
 }
@@ -367,6 +368,7 @@ async fn ensure_layout(n: &Arc<Inner>) {
             version: 1,
             redundancy,
             nodes,
+            slots: None,
         },
     )
     .await;

@@ -171,6 +171,7 @@ impl ObjectStore {
                     })
                     .collect(),
             }],
+            slots: None,
         };
         let catalog = Arc::new(DriveCatalog {
             drives: drives.clone(),

@@ -238,15 +238,16 @@ struct LayoutRequest {
 /// placements.
 fn servable(
     current: &ringstore_ring::Layout,
-    next: &ringstore_ring::Layout,
+    redundancy: ringstore_ring::Redundancy,
+    nodes: &[ringstore_ring::NodeSpec],
 ) -> Result<(), (&'static str, String)> {
-    if next.redundancy != current.redundancy {
+    if redundancy != current.redundancy {
         return Err((
             "RedundancyChangeUnsupported",
             format!(
                 "the redundancy cannot change yet: the cluster stores data as {} and does not \
                  re-encode existing objects to {}",
-                current.redundancy, next.redundancy
+                current.redundancy, redundancy
             ),
         ));
     }
@@ -265,7 +266,7 @@ fn servable(
     let removed: Vec<String> = current
         .nodes
         .iter()
-        .filter(|n| !next.nodes.iter().any(|m| m.name == n.name))
+        .filter(|n| !nodes.iter().any(|m| m.name == n.name))
         .map(|n| n.name.clone())
         .collect();
     leaving("NodeRemovalUnsupported", "nodes", removed)?;
@@ -273,7 +274,7 @@ fn servable(
         .nodes
         .iter()
         .filter(|n| {
-            next.nodes
+            nodes
                 .iter()
                 .find(|m| m.name == n.name)
                 .is_some_and(|m| n.drives.iter().any(|d| !m.drives.iter().any(|e| e.id == d.id)))
@@ -341,20 +342,17 @@ async fn apply_layout(state: &AppState, req: Request) -> Response {
             drives: m.drives.clone(),
         });
     }
-    let layout = ringstore_ring::Layout {
-        version: current.version + 1,
-        redundancy,
-        nodes,
-    };
-    if layout.nodes == current.nodes && layout.redundancy == current.redundancy {
+    if nodes == current.nodes && redundancy == current.redundancy {
         return Json(layout_doc(state)).into_response();
     }
-    if let Err((code, message)) = servable(&current, &layout) {
+    if let Err((code, message)) = servable(&current, redundancy, &nodes) {
         return error(StatusCode::BAD_REQUEST, code, &message);
     }
-    if let Err(e) = layout.placement() {
-        return error(StatusCode::BAD_REQUEST, "InvalidLayout", &e.to_string());
-    }
+    // placed from the current layout, so that only the shards whose drive changes move
+    let layout = match current.next(redundancy, nodes) {
+        Ok(layout) => layout,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "InvalidLayout", &e.to_string()),
+    };
     match cluster.propose_layout(layout.clone()).await {
         Ok(()) => Json(json!({
             "version": layout.version,
