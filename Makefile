@@ -9,7 +9,7 @@ PYTHON_ENV := .venv
 IMAGE_TAG ?= dev
 
 .PHONY: help build run test test-rust test-clients test-linearizability linearizability e2e e2e-up control-plane generate verify-packaging \
-	images kind-up kind-e2e kind-down bench bench-cluster lint fix clean
+	images kind-up kind-e2e kind-down bench bench-cluster bench-ab lint fix clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -95,6 +95,9 @@ bench: ## Benchmark a fresh local 4-drive server: 4 KiB, 1 MiB, 64 MiB PUT/GET
 
 bench-cluster: ## Benchmark a 4-node EC 2+2 cluster against a single node, and with a node down
 	scripts/bench-cluster.sh
+
+bench-ab: ## A/B the 4-node cluster against another commit's build, alternately (BASE=rev, default HEAD~1)
+	scripts/bench-ab.sh $(or $(BASE),HEAD~1)
 
 lint: ## Check formatting and clippy (warnings are errors); changes nothing
 	$(CARGO) fmt --all -- --check

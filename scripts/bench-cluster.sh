@@ -14,8 +14,11 @@
 # BENCH_ROUNDS (default 1: how many times the three setups run, one after the other; with
 # more, the table shows medians and each round's ratios are printed, because a shared
 # machine's disk and CPU drift between phases), BENCH_TMPDIR (parent of the temporary data
-# folder), BENCH_SERVER (a ringstore binary to measure instead of building this tree's: for
-# A/B runs against another commit).
+# folder), BENCH_SERVER (a ringstore binary to measure instead of building this tree's),
+# BENCH_BASE (a ringstore binary of another build, for example the previous commit's: then
+# each round runs the healthy 4-node cluster once with it and once with this build, in
+# alternating order, and the summary prints each build's medians and this build's figures
+# as a share of the base's, per round and over the rounds; `make bench-ab` builds one).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -148,9 +151,10 @@ single_setup() { # ROUND
     rm -rf "$WORK/r$r/single"
 }
 
-# 2. four nodes, then 3. one of them down
-cluster_setups() { # ROUND
-    local r="$1" i ip
+# 2. four nodes, then 3. one of them down (with a LABEL other than "cluster": the four
+# nodes only, run from BINARY)
+cluster_setups() { # ROUND [LABEL BINARY]
+    local r="$1" label="${2:-cluster}" bin="${3:-$BIN}" i ip
     local -a S3 RPC NODES
     for i in 0 1 2 3; do
         ip="127.0.0.$((21 + i))"
@@ -161,18 +165,20 @@ cluster_setups() { # ROUND
     seeds="$(IFS=,; echo "${RPC[*]}")"
     for i in 0 1 2 3; do
         mkdir -p "$WORK/r$r/n$i"
-        "$BIN" server --node-name "node-$i" --address "${S3[i]}" --rpc-address "${RPC[i]}" \
+        "$bin" server --node-name "node-$i" --address "${S3[i]}" --rpc-address "${RPC[i]}" \
             --seeds "$seeds" --redundancy 2+2 --data "$WORK/r$r/n$i" >"$WORK/r$r/n$i.log" 2>&1 &
         NODES+=($!)
         PIDS+=($!)
     done
     for i in 0 1 2 3; do wait_ready "${S3[i]}"; done
-    run_load cluster "http://${S3[0]},http://${S3[1]},http://${S3[2]},http://${S3[3]}" "$r" "${NODES[@]}"
+    run_load "$label" "http://${S3[0]},http://${S3[1]},http://${S3[2]},http://${S3[3]}" "$r" "${NODES[@]}"
 
     # 3. one node down
-    kill -9 "${NODES[3]}"
-    run_load degraded "http://${S3[0]},http://${S3[1]},http://${S3[2]}" "$r" "${NODES[@]:0:3}"
-    for i in 0 1 2; do kill "${NODES[i]}" 2>/dev/null || true; done
+    if [ "$label" = cluster ]; then
+        kill -9 "${NODES[3]}"
+        run_load degraded "http://${S3[0]},http://${S3[1]},http://${S3[2]}" "$r" "${NODES[@]:0:3}"
+    fi
+    for i in 0 1 2 3; do kill "${NODES[i]}" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$WORK/r$r"/n*
 }
@@ -182,7 +188,14 @@ cluster_setups() { # ROUND
 # always favour the same setup.
 round() { # N
     local r="$1"
-    if [ $((r % 2)) = 1 ]; then
+    if [ -n "${BENCH_BASE:-}" ]; then
+        # A/B: the base build first in odd rounds, this build first in even ones
+        if [ $((r % 2)) = 1 ]; then
+            cluster_setups "$r" base "$BENCH_BASE"; cluster_setups "$r" this "$BIN"
+        else
+            cluster_setups "$r" this "$BIN"; cluster_setups "$r" base "$BENCH_BASE"
+        fi
+    elif [ $((r % 2)) = 1 ]; then
         single_setup "$r"; cluster_setups "$r"
     else
         cluster_setups "$r"; single_setup "$r"
@@ -198,6 +211,32 @@ if [ "$free_kb" -lt "$need_kb" ]; then
     log "warning: $((free_kb / 1024 / 1024)) GiB free under $WORK; a round may need $((need_kb / 1024 / 1024)) GiB"
 fi
 for r in $(seq "$ROUNDS"); do round "$r"; done
+
+if [ -n "${BENCH_BASE:-}" ]; then
+    echo
+    echo "ringstore A/B cluster benchmark (4 nodes, EC 2+2): this build against $BENCH_BASE, ${DURATION}s per phase, concurrency $CONC, $ROUNDS round(s) in alternating order"
+    python3 - "$RESULTS" <<'EOF'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+rounds = sorted({r["round"] for r in rows})
+val = {(r["round"], r["setup"], r["size_label"], r["op"]): r for r in rows}
+print(f"{'size':<5} {'op':<5} {'base ops/s':>10} {'this ops/s':>10} {'this/base':>9} {'base cpu':>8} {'this cpu':>8} {'cpu this/base':>13}  per round: ops/s this/base")
+for size in ("4KiB", "1MiB"):
+    for op in ("put", "get", "reget"):
+        def get(setup, field):
+            return [val[(n, setup, size, op)][field] for n in rounds if (n, setup, size, op) in val]
+        b, t = get("base", "ops_per_sec"), get("this", "ops_per_sec")
+        bc, tc = get("base", "server_cpu_ms"), get("this", "server_cpu_ms")
+        if not b or not t:
+            continue
+        per = [x / y if y else 0 for x, y in zip(t, b)]
+        mb, mt, mbc, mtc = (statistics.median(v) for v in (b, t, bc, tc))
+        print(f"{size:<5} {op:<5} {mb:>10.1f} {mt:>10.1f} {mt / mb if mb else 0:>9.3f} {mbc:>8.3f} {mtc:>8.3f} {mtc / mbc if mbc else 0:>13.3f}  "
+              + " ".join(f"{v:.2f}" for v in per))
+print(f"client errors: {sum(r['errors'] for r in rows)}")
+EOF
+    exit 0
+fi
 
 echo
 echo "ringstore cluster benchmark: ${DURATION}s per phase, concurrency $CONC, $ROUNDS round(s), all processes on this machine"
