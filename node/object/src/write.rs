@@ -50,6 +50,9 @@ enum Msg {
     Finish,
 }
 
+/// What the first stripe of a write reserves before the body shows how big it is.
+const FIRST_STRIPE_CAPACITY: usize = 64 * 1024;
+
 impl ObjectStore {
     /// Stores an object, replacing any older version of the key.
     pub async fn put_object(
@@ -437,7 +440,10 @@ impl Inner {
         allow_inline: bool,
     ) -> Result<Written> {
         let block = self.block_size();
-        let mut stripe = Vec::with_capacity(block);
+        // Most objects are small: the first stripe grows as the body comes instead of taking
+        // a whole block (1 MiB and up) for a 4 KiB PUT. A request of that size costs more
+        // than the copy: glibc serves it by consolidating its free lists first.
+        let mut stripe = Vec::with_capacity(block.min(FIRST_STRIPE_CAPACITY));
         let mut first_full = false;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(Error::Body)?;

@@ -67,14 +67,20 @@ pub fn router(s3: S3Service, state: AppState) -> Router {
             Ok::<_, Infallible>(resp)
         }
     });
+    let shared = std::sync::Arc::new(state.clone());
     Router::new()
         .route("/health/live", get(|| async { "ok" }))
         .route("/health/ready", get(health_ready))
         .route(METRICS_PATH, get(serve_metrics))
         .route("/_ringstore/admin/{*rest}", any(crate::admin::admin))
         .fallback_service(s3)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics_alias))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), request_id))
+        // the middlewares get their state once per request: one shared handle, not a copy
+        // of every field
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            metrics_alias,
+        ))
+        .layer(axum::middleware::from_fn_with_state(shared, request_id))
         .with_state(state)
 }
 
@@ -164,7 +170,7 @@ async fn serve_metrics(State(state): State<AppState>) -> Response {
 /// `GET /metrics` without a signature is Prometheus' scrape (the path scrapers use by
 /// default); a signed request to that path is S3's (listing a bucket named `metrics`), and
 /// an anonymous S3 request would be refused anyway.
-async fn metrics_alias(State(state): State<AppState>, req: Request, next: Next) -> Response {
+async fn metrics_alias(State(state): State<std::sync::Arc<AppState>>, req: Request, next: Next) -> Response {
     let scrape = req.method() == http::Method::GET
         && req.uri().path() == "/metrics"
         && !req.headers().contains_key(http::header::AUTHORIZATION)
@@ -173,7 +179,7 @@ async fn metrics_alias(State(state): State<AppState>, req: Request, next: Next) 
             .query()
             .is_some_and(|q| q.contains("X-Amz-Signature") || q.contains("Signature="));
     if scrape {
-        return serve_metrics(State(state)).await;
+        return serve_metrics(State(AppState::clone(&state))).await;
     }
     next.run(req).await
 }
@@ -184,7 +190,7 @@ fn new_request_id() -> String {
 
 /// Tags every response with `x-amz-request-id`, completes XML error documents and records
 /// the request metrics of S3 requests.
-async fn request_id(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+async fn request_id(State(state): State<std::sync::Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let id = new_request_id();
     let slot = OperationSlot::default();
     req.extensions_mut().insert(slot.clone());
