@@ -28,6 +28,26 @@ pub enum Command {
     PutAccessKey { access_key: String, secret_key: Secret },
     /// Remove an S3 access key. Rejected if it does not exist.
     DeleteAccessKey { access_key: String },
+    /// Start moving data from layout `from` to layout `to`, which must be the current layout
+    /// (recorded just before) and newer than `from`, over a ring of `partitions` partitions.
+    /// Rejected while another transition is unfinished; a new layout is refused then too.
+    StartTransition {
+        from: u64,
+        to: u64,
+        partitions: u32,
+        /// Chosen by the proposer, nanoseconds since the Unix epoch.
+        started_nanos: u64,
+    },
+    /// Partitions of the transition to layout `to` whose data is moved and verified. Marking
+    /// a partition again is fine (a mover that restarts redoes at most what was in flight).
+    PartitionsDone { to: u64, partitions: Vec<u32> },
+    /// Pause (`true`) or resume the transition to layout `to`.
+    PauseTransition { to: u64, paused: bool },
+    /// Change how fast the transition to layout `to` moves data.
+    SetThrottle { to: u64, throttle: crate::Throttle },
+    /// End the transition to layout `to`: rejected until every partition is done. Layouts
+    /// older than `to` are retired (forgotten) then: nothing is placed by them any more.
+    FinishTransition { to: u64 },
     /// Register a cluster member (or update it: a node that restarts or is replaced under the
     /// same name re-registers with its current address and drives). Never rejected.
     PutNode {
@@ -73,6 +93,19 @@ pub enum Rejection {
     AccessKeyExists(String),
     #[error("access key {0} does not exist")]
     NoSuchAccessKey(String),
+    #[error(
+        "a layout transition from version {from} to {to} is still running: wait for it to \
+         finish (a second layout change is not queued)"
+    )]
+    TransitionRunning { from: u64, to: u64 },
+    #[error("no layout transition to version {to} is running")]
+    NoSuchTransition { to: u64 },
+    #[error("a transition must go from a recorded layout to the current one: {reason}")]
+    InvalidTransition { reason: String },
+    #[error("the transition to version {to} has {left} partitions left to move")]
+    TransitionUnfinished { to: u64, left: u32 },
+    #[error("partition {partition} is out of range (the ring has {partitions})")]
+    NoSuchPartition { partition: u32, partitions: u32 },
 }
 
 /// A secret string (an S3 secret key). Its `Debug` output is redacted because openraft logs

@@ -54,6 +54,7 @@ mod db;
 mod log_store;
 mod state;
 mod state_machine;
+mod transition;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -62,6 +63,7 @@ pub use command::{Command, Rejection, Response, Secret};
 pub use log_store::LogStore;
 pub use state::{AccessKey, BucketInfo, NodeInfo, StateMachineData};
 pub use state_machine::{SharedState, SnapshotBuilder, StateMachineStore};
+pub use transition::{Phase, Throttle, TransitionState};
 
 /// A Raft node id. Assigned by the layer above and stable across restarts.
 pub type NodeId = u64;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use openraft::EntryPayload;
 use serde::{Deserialize, Serialize};
 
-use crate::{Command, Entry, LogId, Rejection, Response, Secret, StoredMembership};
+use crate::{Command, Entry, LogId, Rejection, Response, Secret, StoredMembership, TransitionState};
 
 /// Everything the control plane knows. Serialized as a whole into snapshots.
 ///
@@ -27,6 +27,8 @@ pub struct StateMachineData {
     pub access_keys: BTreeMap<String, AccessKey>,
     /// The member registry: every node that joined, by name, with what layouts are built from.
     pub nodes: BTreeMap<String, NodeInfo>,
+    /// The layout transition in progress, or the last one (finished).
+    pub transition: Option<TransitionState>,
 }
 
 /// A registered cluster member.
@@ -81,6 +83,12 @@ impl StateMachineData {
                 }
             }
             Command::SetLayout { version, layout_json } => {
+                if let Some(t) = self.transition.as_ref().filter(|t| t.is_running()) {
+                    return Err(Rejection::TransitionRunning {
+                        from: t.from,
+                        to: t.to,
+                    });
+                }
                 if let Some((current, _)) = self.current_layout()
                     && *version <= current
                 {
@@ -90,6 +98,52 @@ impl StateMachineData {
                     });
                 }
                 self.layouts.insert(*version, layout_json.clone());
+            }
+            Command::StartTransition {
+                from,
+                to,
+                partitions,
+                started_nanos,
+            } => {
+                if let Some(t) = self.transition.as_ref().filter(|t| t.is_running()) {
+                    return Err(Rejection::TransitionRunning {
+                        from: t.from,
+                        to: t.to,
+                    });
+                }
+                let invalid = |reason: String| Err(Rejection::InvalidTransition { reason });
+                match self.current_layout() {
+                    Some((current, _)) if current == *to => {}
+                    current => {
+                        return invalid(format!(
+                            "version {to} is not the current layout ({:?})",
+                            current.map(|c| c.0)
+                        ));
+                    }
+                }
+                if from >= to || !self.layouts.contains_key(from) {
+                    return invalid(format!("version {from} is not a recorded layout older than {to}"));
+                }
+                self.transition = Some(TransitionState::new(*from, *to, *partitions, *started_nanos));
+            }
+            Command::PartitionsDone { to, partitions } => {
+                self.running_transition(*to)?.mark_done(partitions)?;
+            }
+            Command::PauseTransition { to, paused } => {
+                self.running_transition(*to)?.paused = *paused;
+            }
+            Command::SetThrottle { to, throttle } => {
+                self.running_transition(*to)?.throttle = *throttle;
+            }
+            Command::FinishTransition { to } => {
+                let t = self.running_transition(*to)?;
+                let left = t.partitions - t.done_count();
+                if left > 0 {
+                    return Err(Rejection::TransitionUnfinished { to: *to, left });
+                }
+                t.phase = crate::Phase::Finished;
+                let to = *to;
+                self.layouts.retain(|v, _| *v >= to);
             }
             Command::PutAccessKey {
                 access_key,
@@ -141,6 +195,14 @@ impl StateMachineData {
                 Response::Ok
             }
         }
+    }
+
+    /// The unfinished transition to layout `to`.
+    fn running_transition(&mut self, to: u64) -> Result<&mut TransitionState, Rejection> {
+        self.transition
+            .as_mut()
+            .filter(|t| t.to == to && t.is_running())
+            .ok_or(Rejection::NoSuchTransition { to })
     }
 
     /// The current layout: its version and JSON.
@@ -200,6 +262,93 @@ mod tests {
             Response::Rejected(Rejection::NoSuchBucket("gone".into()))
         );
         assert_eq!(s, before);
+    }
+
+    fn start(from: u64, to: u64) -> Command {
+        Command::StartTransition {
+            from,
+            to,
+            partitions: 20,
+            started_nanos: 9,
+        }
+    }
+
+    #[test]
+    fn a_transition_runs_from_a_recorded_layout_to_the_current_one_and_then_retires_the_old() {
+        let mut s = StateMachineData::default();
+        s.apply(&set_layout(1));
+        s.apply(&set_layout(2));
+        let invalid = |r: Response| matches!(r, Response::Rejected(Rejection::InvalidTransition { .. }));
+        assert!(invalid(s.apply(&start(1, 3))), "to must be the current layout");
+        assert!(invalid(s.apply(&start(2, 2))), "from must be older");
+        assert!(invalid(s.apply(&start(0, 2))), "from must be recorded");
+        assert_eq!(s.apply(&start(1, 2)), Response::Ok);
+        let running = Response::Rejected(Rejection::TransitionRunning { from: 1, to: 2 });
+        assert_eq!(
+            s.apply(&set_layout(3)),
+            running,
+            "no second layout change meanwhile"
+        );
+        assert_eq!(s.apply(&start(1, 2)), running);
+
+        // progress: marking again is fine, out of range rejects the command as a whole
+        let done = |p: &[u32]| Command::PartitionsDone {
+            to: 2,
+            partitions: p.to_vec(),
+        };
+        assert_eq!(s.apply(&done(&[0, 3, 3, 19])), Response::Ok);
+        assert_eq!(s.apply(&done(&[3])), Response::Ok);
+        assert_eq!(
+            s.apply(&done(&[4, 20])),
+            Response::Rejected(Rejection::NoSuchPartition {
+                partition: 20,
+                partitions: 20
+            })
+        );
+        let t = s.transition.as_ref().unwrap();
+        assert_eq!(t.done_count(), 3);
+        assert!(t.is_done(3) && t.is_done(19) && !t.is_done(4) && !t.is_done(99));
+
+        // pause, throttle; commands for another transition are refused
+        let throttle = crate::Throttle {
+            bytes_per_sec: 1 << 20,
+            concurrency: 2,
+        };
+        assert_eq!(
+            s.apply(&Command::PauseTransition { to: 2, paused: true }),
+            Response::Ok
+        );
+        assert_eq!(s.apply(&Command::SetThrottle { to: 2, throttle }), Response::Ok);
+        assert_eq!(
+            s.apply(&Command::PauseTransition { to: 5, paused: false }),
+            Response::Rejected(Rejection::NoSuchTransition { to: 5 })
+        );
+        let t = s.transition.as_ref().unwrap();
+        assert!(t.paused);
+        assert_eq!(t.throttle, throttle);
+
+        // finishing waits for every partition, then forgets the old layouts
+        assert_eq!(
+            s.apply(&Command::FinishTransition { to: 2 }),
+            Response::Rejected(Rejection::TransitionUnfinished { to: 2, left: 17 })
+        );
+        assert_eq!(s.apply(&done(&(0..20).collect::<Vec<_>>())), Response::Ok);
+        assert_eq!(s.apply(&Command::FinishTransition { to: 2 }), Response::Ok);
+        assert_eq!(s.layouts.keys().copied().collect::<Vec<_>>(), vec![2]);
+        assert!(!s.transition.as_ref().unwrap().is_running());
+        assert_eq!(
+            s.apply(&done(&[1])),
+            Response::Rejected(Rejection::NoSuchTransition { to: 2 })
+        );
+        // and layouts may change again
+        assert_eq!(s.apply(&set_layout(3)), Response::Ok);
+        assert_eq!(s.apply(&start(2, 3)), Response::Ok);
+
+        // the state (a snapshot) round-trips, and one without a transition still loads
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<StateMachineData>(&json).unwrap(), s);
+        let old: StateMachineData = serde_json::from_str(r#"{"layouts":{"1":"{}"}}"#).unwrap();
+        assert!(old.transition.is_none());
     }
 
     #[test]
