@@ -98,6 +98,55 @@ pub(crate) struct ScanReq {
     pub limit: u64,
 }
 
+/// Keys of a table in some partitions ([`DriveHandle::scan_partition_keys`]).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct ScanKeysReq {
+    pub drive: String,
+    pub table: Table,
+    pub after: Option<ByteBuf>,
+    /// One bit per partition (bit `p % 8` of byte `p / 8`).
+    pub partitions: ByteBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct ScanKeysResp {
+    pub keys: Vec<ByteBuf>,
+    /// Where the next call starts; `None` at the end of the table.
+    pub next: Option<ByteBuf>,
+}
+
+/// Keys a drive looks at per [`DriveHandle::scan_partition_keys`] call at most, and the
+/// most it answers.
+const SCAN_BUDGET: usize = 20_000;
+const SCAN_KEYS_MAX: usize = 2_000;
+
+/// Whether a table key (`bucket \0 key`, optionally followed by `\0 ...`) belongs to one
+/// of the partitions set in `bitmap`.
+pub fn key_in_partitions(key: &[u8], bitmap: &[u8]) -> bool {
+    let Some(a) = key.iter().position(|b| *b == 0) else {
+        return false;
+    };
+    let rest = &key[a + 1..];
+    let object = &rest[..rest.iter().position(|b| *b == 0).unwrap_or(rest.len())];
+    let (Ok(bucket), Ok(object)) = (std::str::from_utf8(&key[..a]), std::str::from_utf8(object)) else {
+        return false;
+    };
+    let p = ringstore_ring::partition_of(bucket, object) as usize;
+    bitmap.get(p / 8).is_some_and(|b| b & (1 << (p % 8)) != 0)
+}
+
+/// [`Drive::scan_keys`] filtered by [`key_in_partitions`], with the budget every caller uses.
+pub(crate) fn scan_partition_keys_local(
+    drive: &Drive,
+    table: Table,
+    after: Option<&[u8]>,
+    bitmap: &[u8],
+) -> Result<ringstore_store::KeyPage> {
+    drive.scan_keys(table, after, SCAN_KEYS_MAX, SCAN_BUDGET, |k| {
+        key_in_partitions(k, bitmap)
+    })
+}
+
 #[derive(Serialize, Deserialize)]
 pub(crate) struct ShardReq {
     pub drive: String,
@@ -246,6 +295,44 @@ impl DriveHandle {
                     )
                     .await?;
                 Ok(v.into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())).collect())
+            }
+        }
+    }
+
+    /// Keys of `table` in the partitions set in `bitmap` (see [`key_in_partitions`]), a
+    /// page at a time: the keys after `after`, and where the next page starts (`None` once
+    /// the whole table was looked at). A page may be empty before the end.
+    pub async fn scan_partition_keys(
+        &self,
+        table: Table,
+        after: Option<&[u8]>,
+        bitmap: &[u8],
+    ) -> Result<ringstore_store::KeyPage> {
+        match self {
+            DriveHandle::Local(d) => {
+                let (d, after, bitmap) = (d.clone(), after.map(<[u8]>::to_vec), bitmap.to_vec());
+                tokio::task::spawn_blocking(move || {
+                    scan_partition_keys_local(&d, table, after.as_deref(), &bitmap)
+                })
+                .await
+                .map_err(|e| Error::Closed(format!("{}: {e}", self.id())))?
+            }
+            DriveHandle::Remote(r) => {
+                let v: ScanKeysResp = r
+                    .call(
+                        "/drive/scan-keys",
+                        &ScanKeysReq {
+                            drive: r.id.clone(),
+                            table,
+                            after: after.map(|a| ByteBuf::from(a.to_vec())),
+                            partitions: ByteBuf::from(bitmap.to_vec()),
+                        },
+                    )
+                    .await?;
+                Ok((
+                    v.keys.into_iter().map(ByteBuf::into_vec).collect(),
+                    v.next.map(ByteBuf::into_vec),
+                ))
             }
         }
     }

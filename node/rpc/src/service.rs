@@ -13,7 +13,7 @@ use ringstore_store::Drive;
 use serde_bytes::ByteBuf;
 
 use crate::Caching;
-use crate::drive::{CommitReq, GetReq, ScanReq, ShardReq};
+use crate::drive::{CommitReq, GetReq, ScanKeysReq, ScanKeysResp, ScanReq, ShardReq};
 
 /// For `get-with-data` (on the data channel, [`crate::data`]): given a record's value and how many bytes of the record's
 /// object the reader wants from its start (`None`: all), the shard file the record names
@@ -86,6 +86,7 @@ pub fn router(service: DriveService) -> Router {
         .route(&format!("{p}/drive/commit"), post(commit))
         .route(&format!("{p}/drive/get"), post(get))
         .route(&format!("{p}/drive/scan"), post(scan))
+        .route(&format!("{p}/drive/scan-keys"), post(scan_keys))
         .route(&format!("{p}/shard/patch"), post(patch))
         .route(&format!("{p}/shard/delete"), post(delete))
         .layer(DefaultBodyLimit::disable())
@@ -118,7 +119,7 @@ macro_rules! drive_request {
         }
     )*};
 }
-drive_request!(CommitReq, GetReq, ScanReq, ShardReq);
+drive_request!(CommitReq, GetReq, ScanReq, ScanKeysReq, ShardReq);
 
 /// Decodes a request and finds its drive; the error is the ready answer.
 #[expect(clippy::result_large_err, reason = "the error is the ready-made HTTP answer")]
@@ -178,6 +179,28 @@ async fn scan(State(s): State<DriveService>, body: Bytes) -> Response {
             .map(|(k, v)| (ByteBuf::from(k), ByteBuf::from(v)))
             .collect::<Vec<_>>()
     }))
+}
+
+async fn scan_keys(State(s): State<DriveService>, body: Bytes) -> Response {
+    let (req, drive) = match open::<ScanKeysReq>(&s, &body) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    answer(
+        blocking(move || {
+            crate::drive::scan_partition_keys_local(
+                &drive,
+                req.table,
+                req.after.as_deref().map(|a| &a[..]),
+                &req.partitions,
+            )
+        })
+        .await
+        .map(|(keys, next)| ScanKeysResp {
+            keys: keys.into_iter().map(ByteBuf::from).collect(),
+            next: next.map(ByteBuf::from),
+        }),
+    )
 }
 
 async fn patch(State(s): State<DriveService>, body: Bytes) -> Response {

@@ -27,6 +27,10 @@ pub struct DriveInfo {
 /// What a commit answers: per operation, the value a `PutIfNewer` or `PutIfVersion` found before it (`None`
 /// for other operations and for keys that were absent).
 pub type Replaced = Vec<Option<Vec<u8>>>;
+
+/// A page of keys from [`Drive::scan_keys`], and where the next page starts (`None` at the
+/// end of the table).
+pub type KeyPage = (Vec<Vec<u8>>, Option<Vec<u8>>);
 type Reply = tokio_oneshot::Sender<Result<Replaced>>;
 
 /// A formatted drive, open for reads and writes.
@@ -349,6 +353,44 @@ impl Drive {
             out.push((k.to_vec(), v.value().to_vec()));
         }
         Ok(out)
+    }
+
+    /// Keys of `table` after `after` (exclusive) that `keep` accepts, in key order: at most
+    /// `limit` of them, looking at no more than `budget` keys. Answers the keys and where
+    /// the next call starts (`None` once the table's end is reached), so a caller can walk
+    /// a large table for a few keys without holding one read transaction for long.
+    pub fn scan_keys(
+        &self,
+        table: Table,
+        after: Option<&[u8]>,
+        limit: usize,
+        budget: usize,
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Result<KeyPage> {
+        // (at least one key per call, so that a walk always advances)
+        let (limit, budget) = (limit.max(1), budget.max(1));
+        let txn = self.db.begin_read().map_err(|e| self.index_err(e))?;
+        let t = txn.open_table(table.def()).map_err(|e| self.index_err(e))?;
+        let start: &[u8] = after.unwrap_or(b"");
+        let mut out = Vec::new();
+        let mut looked = 0;
+        let mut last: Option<Vec<u8>> = after.map(<[u8]>::to_vec);
+        for entry in t.range::<&[u8]>(start..).map_err(|e| self.index_err(e))? {
+            let (k, _) = entry.map_err(|e| self.index_err(e))?;
+            let k = k.value();
+            if after.is_some_and(|a| k <= a) {
+                continue;
+            }
+            if out.len() >= limit || looked >= budget {
+                return Ok((out, Some(last.unwrap_or_default())));
+            }
+            looked += 1;
+            if keep(k) {
+                out.push(k.to_vec());
+            }
+            last = Some(k.to_vec());
+        }
+        Ok((out, None))
     }
 
     /// Where shard `data_id` lives. Ids come from peers too, so anything but a plain name
@@ -1065,6 +1107,45 @@ mod tests {
             keys(d.scan(Table::Objects, b"b\0", Some(b"b\0a"), 1).unwrap()),
             vec![b"b\0b".to_vec()]
         );
+    }
+
+    /// A walk in small pages, with a filter and a budget of keys looked at per page, sees
+    /// every kept key once and ends.
+    #[test]
+    fn scan_keys_walks_the_whole_table_a_page_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Drive::open(dir.path()).unwrap();
+        let all: Vec<Vec<u8>> = (0..100).map(|i| format!("b\0k{i:03}").into_bytes()).collect();
+        let ops = all
+            .iter()
+            .map(|k| Op::Put {
+                table: Table::Objects,
+                key: k.clone(),
+                value: vec![],
+            })
+            .collect();
+        block_on(d.commit(ops)).unwrap();
+        let keep = |k: &[u8]| k.last().is_some_and(|b| (b - b'0').is_multiple_of(3));
+        for (limit, budget) in [(1, 1), (2, 7), (5, 1000), (1000, 3)] {
+            let mut seen = Vec::new();
+            let mut after: Option<Vec<u8>> = None;
+            let mut pages = 0;
+            loop {
+                let (keys, next) = d
+                    .scan_keys(Table::Objects, after.as_deref(), limit, budget, keep)
+                    .unwrap();
+                assert!(keys.len() <= limit);
+                seen.extend(keys);
+                pages += 1;
+                assert!(pages <= 200, "the walk ends");
+                match next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+            let want: Vec<Vec<u8>> = all.iter().filter(|k| keep(k)).cloned().collect();
+            assert_eq!(seen, want, "limit {limit}, budget {budget}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@
 mod drive;
 mod table;
 
-pub use drive::{Drive, DriveInfo, Replaced, ShardWriter, UncachedShard, fs_usage};
+pub use drive::{Drive, DriveInfo, KeyPage, Replaced, ShardWriter, UncachedShard, fs_usage};
 pub use table::{Op, Table, Version};
 
 /// Errors of the storage layer.
