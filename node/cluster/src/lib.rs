@@ -29,6 +29,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 pub use error::Error;
+pub use ringstore_meta::{Phase, Rejection, Throttle, TransitionState};
 
 use crate::network::Network;
 use crate::node::Inner;
@@ -312,6 +313,62 @@ impl Cluster {
             version: layout.version,
             layout_json,
         };
+        Ok(self.inner.write(cmd).await?.into_result()?)
+    }
+
+    /// The layout transition in progress, or the last one (finished); `None` before any.
+    pub fn transition(&self) -> Option<ringstore_meta::TransitionState> {
+        self.inner.state.read(|s| s.transition.clone())
+    }
+
+    /// Starts moving data from layout `from` to the current layout `to` (see
+    /// [`Command::StartTransition`]); the time is this node's.
+    pub async fn start_transition(&self, from: u64, to: u64, kind: &str) -> Result<(), Error> {
+        let started_nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        self.run(Command::StartTransition {
+            from,
+            to,
+            partitions: ringstore_ring::PARTITIONS,
+            started_nanos,
+            kind: kind.to_string(),
+        })
+        .await
+    }
+
+    /// Records that every node reads both layouts of the transition to `to` (writes may go
+    /// where `to` places data from now on).
+    pub async fn transition_synced(&self, to: u64) -> Result<(), Error> {
+        self.run(Command::TransitionSynced { to }).await
+    }
+
+    /// Records partitions of the transition to `to` as moved and verified.
+    pub async fn transition_done(&self, to: u64, partitions: Vec<u32>) -> Result<(), Error> {
+        self.run(Command::PartitionsDone { to, partitions }).await
+    }
+
+    /// Pauses or resumes the transition to `to`.
+    pub async fn pause_transition(&self, to: u64, paused: bool) -> Result<(), Error> {
+        self.run(Command::PauseTransition { to, paused }).await
+    }
+
+    /// Changes how fast the transition to `to` moves data.
+    pub async fn throttle_transition(
+        &self,
+        to: u64,
+        throttle: ringstore_meta::Throttle,
+    ) -> Result<(), Error> {
+        self.run(Command::SetThrottle { to, throttle }).await
+    }
+
+    /// Ends the transition to `to` (rejected until every partition is done), retiring the
+    /// layouts before it.
+    pub async fn finish_transition(&self, to: u64) -> Result<(), Error> {
+        self.run(Command::FinishTransition { to }).await
+    }
+
+    async fn run(&self, cmd: Command) -> Result<(), Error> {
         Ok(self.inner.write(cmd).await?.into_result()?)
     }
 

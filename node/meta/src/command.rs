@@ -37,7 +37,13 @@ pub enum Command {
         partitions: u32,
         /// Chosen by the proposer, nanoseconds since the Unix epoch.
         started_nanos: u64,
+        /// What the change does (`rebalance`, `drain`, `reencode`), for status.
+        #[serde(default)]
+        kind: String,
     },
+    /// Every node reads from both layouts of the transition to `to`: writes may now go where
+    /// `to` places them (phase `Syncing` to `Moving`; again is harmless).
+    TransitionSynced { to: u64 },
     /// Partitions of the transition to layout `to` whose data is moved and verified. Marking
     /// a partition again is fine (a mover that restarts redoes at most what was in flight).
     PartitionsDone { to: u64, partitions: Vec<u32> },

@@ -104,6 +104,7 @@ impl StateMachineData {
                 to,
                 partitions,
                 started_nanos,
+                kind,
             } => {
                 if let Some(t) = self.transition.as_ref().filter(|t| t.is_running()) {
                     return Err(Rejection::TransitionRunning {
@@ -124,7 +125,15 @@ impl StateMachineData {
                 if from >= to || !self.layouts.contains_key(from) {
                     return invalid(format!("version {from} is not a recorded layout older than {to}"));
                 }
-                self.transition = Some(TransitionState::new(*from, *to, *partitions, *started_nanos));
+                let mut t = TransitionState::new(*from, *to, *partitions, *started_nanos);
+                t.kind = kind.clone();
+                self.transition = Some(t);
+            }
+            Command::TransitionSynced { to } => {
+                let t = self.running_transition(*to)?;
+                if t.phase == crate::Phase::Syncing {
+                    t.phase = crate::Phase::Moving;
+                }
             }
             Command::PartitionsDone { to, partitions } => {
                 self.running_transition(*to)?.mark_done(partitions)?;
@@ -137,7 +146,11 @@ impl StateMachineData {
             }
             Command::FinishTransition { to } => {
                 let t = self.running_transition(*to)?;
-                let left = t.partitions - t.done_count();
+                // nothing counts as moved before every node reads both layouts
+                let left = match t.phase {
+                    crate::Phase::Syncing => t.partitions,
+                    _ => t.partitions - t.done_count(),
+                };
                 if left > 0 {
                     return Err(Rejection::TransitionUnfinished { to: *to, left });
                 }
@@ -270,6 +283,7 @@ mod tests {
             to,
             partitions: 20,
             started_nanos: 9,
+            kind: "rebalance".into(),
         }
     }
 
@@ -327,7 +341,15 @@ mod tests {
         assert!(t.paused);
         assert_eq!(t.throttle, throttle);
 
-        // finishing waits for every partition, then forgets the old layouts
+        // finishing waits for the sync and every partition, then forgets the old layouts
+        assert_eq!(s.transition.as_ref().unwrap().phase, crate::Phase::Syncing);
+        assert_eq!(
+            s.apply(&Command::FinishTransition { to: 2 }),
+            Response::Rejected(Rejection::TransitionUnfinished { to: 2, left: 20 })
+        );
+        assert_eq!(s.apply(&Command::TransitionSynced { to: 2 }), Response::Ok);
+        assert_eq!(s.apply(&Command::TransitionSynced { to: 2 }), Response::Ok);
+        assert_eq!(s.transition.as_ref().unwrap().phase, crate::Phase::Moving);
         assert_eq!(
             s.apply(&Command::FinishTransition { to: 2 }),
             Response::Rejected(Rejection::TransitionUnfinished { to: 2, left: 17 })

@@ -29,7 +29,13 @@ impl Default for Throttle {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
-    /// Partitions are being moved (or re-encoded) from the old layout's drives.
+    /// Every node is to read from both layouts' places while writes still go where the old
+    /// layout places them, so that a node that has not seen the new layout yet and one that
+    /// has write to one set of drives. Ends with `TransitionSynced` once every node reads
+    /// both.
+    Syncing,
+    /// Writes go where the new layout places them; partitions are being moved (or
+    /// re-encoded) from the old layout's drives.
     Moving,
     /// Every partition is done: the old layout is retired and its leftovers collected.
     Finished,
@@ -47,6 +53,9 @@ pub struct TransitionState {
     pub throttle: Throttle,
     /// When it started, nanoseconds since the Unix epoch (chosen by the proposer).
     pub started_nanos: u64,
+    /// What the change does (`rebalance`, `drain`, `reencode`), for status.
+    #[serde(default)]
+    pub kind: String,
     /// How many partitions the ring has.
     pub partitions: u32,
     /// One bit per partition: its data is moved and verified.
@@ -58,10 +67,11 @@ impl TransitionState {
         TransitionState {
             from,
             to,
-            phase: Phase::Moving,
+            phase: Phase::Syncing,
             paused: false,
             throttle: Throttle::default(),
             started_nanos,
+            kind: String::new(),
             partitions,
             done: vec![0; partitions.div_ceil(8) as usize],
         }

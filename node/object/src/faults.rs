@@ -9,7 +9,10 @@
 //! - `crash-after-record-commits=N`: the process aborts as soon as `N` drives committed an
 //!   object record, as a crash between the per-drive commits would;
 //! - `conditional-pause-ms=N`: a conditional write waits `N` ms between its lookup and its
-//!   compare-and-swap, so that a test can land another write in between.
+//!   compare-and-swap, so that a test can land another write in between;
+//! - `move-pause-ms=N`: the mover of a layout transition waits `N` ms between copying an
+//!   object's shards and switching its record, so that a test can overwrite or delete it
+//!   in between.
 
 use std::sync::OnceLock;
 
@@ -19,6 +22,7 @@ pub(crate) struct Faults {
     pub record_commit_offset: usize,
     pub crash_after_record_commits: Option<usize>,
     pub conditional_pause_ms: u64,
+    pub move_pause_ms: u64,
 }
 
 /// The settings of this process.
@@ -39,10 +43,14 @@ pub(crate) fn get() -> &'static Faults {
                 "crash-after-record-commits" => f.crash_after_record_commits = Some(value),
                 "record-commit-offset" => f.record_commit_offset = value,
                 "conditional-pause-ms" => f.conditional_pause_ms = value as u64,
+                "move-pause-ms" => f.move_pause_ms = value as u64,
                 other => panic!("RINGSTORE_FAULTS: unknown fault point {other:?}"),
             }
         }
-        if f.record_commits.is_some() || f.crash_after_record_commits.is_some() || f.conditional_pause_ms > 0
+        if f.record_commits.is_some()
+            || f.crash_after_record_commits.is_some()
+            || f.conditional_pause_ms > 0
+            || f.move_pause_ms > 0
         {
             tracing::warn!(faults = ?f, "fault injection is on");
         }

@@ -28,6 +28,9 @@ pub(crate) struct Counters {
     scrub_passes: AtomicU64,
     scrub_checked: AtomicU64,
     orphan_sweeps: AtomicU64,
+    pub(crate) objects_moved: AtomicU64,
+    pub(crate) bytes_moved: AtomicU64,
+    pub(crate) move_errors: AtomicU64,
 }
 
 /// Totals since the node started, for status and metrics.

@@ -16,6 +16,7 @@
 pub(crate) mod faults;
 mod heal;
 mod list;
+mod mover;
 mod multipart;
 mod read;
 mod record;
@@ -34,6 +35,7 @@ use ringstore_store::{Drive, Op, Table, Version};
 
 pub use heal::HealStats;
 pub use list::ListPage;
+pub use mover::{MoveStats, Moved};
 pub use multipart::{CompletedPart, PartInfo, UploadInfo};
 pub use read::{Found, ObjectStream, first_window};
 pub use record::{BucketRecord, ObjectRecord, PartRef, StoredChecksum};
@@ -118,10 +120,13 @@ pub(crate) struct Shared {
     pub(crate) local: Vec<Arc<Drive>>,
     /// Versions known to be on a write quorum ([`settled`]).
     pub(crate) settled: settled::Settled,
+    /// Layout views replaced by a newer one, while operations that started with them run.
+    replaced: Mutex<Vec<std::sync::Weak<Inner>>>,
 }
 
 /// An older layout's placement, with each of its drives' index in the current view.
 pub(crate) struct OlderPlacement {
+    version: u64,
     placement: Placement,
     /// Index of each node's first drive in `index`.
     offsets: Vec<usize>,
@@ -142,6 +147,10 @@ pub(crate) struct Inner {
     pub(crate) shared: Arc<Shared>,
     /// Placements of older layouts (newest first) whose data may not have moved yet.
     pub(crate) older: Vec<OlderPlacement>,
+    /// While a transition syncs, new versions are written where this older layout (an index
+    /// into `older`) places them, not the current one (see ARCHITECTURE.md, Layout
+    /// transitions).
+    pub(crate) write_older: Option<usize>,
 }
 
 impl std::ops::Deref for Inner {
@@ -177,19 +186,22 @@ impl ObjectStore {
             drives: drives.clone(),
         });
         let handles = drives.iter().cloned().map(DriveHandle::Local).collect();
-        Self::with_layout(drives, catalog, layout, handles, &[])
+        Self::with_layout(drives, catalog, layout, handles, &[], None)
     }
 
     /// A store placing data by `layout`, whose drives are `handles` (in the layout's
     /// order: node by node, drive by drive); `local` are this node's own drives. Objects
     /// not found where `layout` places them are looked for where the `older` layouts placed
-    /// them (any order; versions at or above `layout`'s are ignored).
+    /// them (any order; versions at or above `layout`'s are ignored). New versions are
+    /// written where `layout` places them, or where the older layout of version
+    /// `writes_on` does (while a transition syncs).
     pub fn with_layout(
         local: Vec<Arc<Drive>>,
         catalog: Arc<dyn Catalog>,
         layout: Layout,
         handles: Vec<DriveHandle>,
         older: &[Layout],
+        writes_on: Option<u64>,
     ) -> Result<Self> {
         let shared = Arc::new(Shared {
             clock: AtomicU64::new(0),
@@ -199,19 +211,51 @@ impl ObjectStore {
             catalog,
             local,
             settled: Default::default(),
+            replaced: Mutex::new(Vec::new()),
         });
-        let inner = Inner::build(shared.clone(), layout, handles, older)?;
+        let inner = Inner::build(shared.clone(), layout, handles, older, writes_on)?;
         Ok(Self {
             current: Arc::new(RwLock::new(Arc::new(inner))),
             shared,
         })
     }
 
-    /// Switches to a new layout (see [`ObjectStore::with_layout`] for `handles` and `older`).
-    pub fn set_layout(&self, layout: Layout, handles: Vec<DriveHandle>, older: &[Layout]) -> Result<()> {
-        let inner = Inner::build(self.shared.clone(), layout, handles, older)?;
-        *self.current.write().expect("not poisoned") = Arc::new(inner);
+    /// Switches to a new layout (see [`ObjectStore::with_layout`] for `handles`, `older` and
+    /// `writes_on`).
+    pub fn set_layout(
+        &self,
+        layout: Layout,
+        handles: Vec<DriveHandle>,
+        older: &[Layout],
+        writes_on: Option<u64>,
+    ) -> Result<()> {
+        let inner = Inner::build(self.shared.clone(), layout, handles, older, writes_on)?;
+        let old = std::mem::replace(&mut *self.current.write().expect("not poisoned"), Arc::new(inner));
+        let mut replaced = self.shared.replaced.lock().expect("not poisoned");
+        replaced.retain(|w| w.strong_count() > 0);
+        replaced.push(Arc::downgrade(&old));
         Ok(())
+    }
+
+    /// Whether no operation that started with an older layout view is still running: once
+    /// this node places data with a new layout and this holds, nothing it does writes where
+    /// an older layout placed data (a transition waits for this on every node before it
+    /// moves anything).
+    pub fn older_views_drained(&self) -> bool {
+        let mut replaced = self.shared.replaced.lock().expect("not poisoned");
+        let current = self.inner();
+        let writes = current.writes_on();
+        replaced.retain(|w| {
+            w.upgrade()
+                .is_some_and(|i| i.layout.version < current.layout.version || i.writes_on() != writes)
+        });
+        replaced.is_empty()
+    }
+
+    /// The layout version new versions are written by: the current one, or an older one
+    /// while a transition syncs.
+    pub fn writes_on(&self) -> u64 {
+        self.inner().writes_on()
     }
 
     /// The current layout view.
@@ -407,6 +451,7 @@ impl Inner {
         layout: Layout,
         drives: Vec<DriveHandle>,
         older: &[Layout],
+        writes_on: Option<u64>,
     ) -> Result<Self> {
         let placement = layout
             .placement()
@@ -430,7 +475,7 @@ impl Inner {
             .filter(|o| o.version < layout.version && o.redundancy == layout.redundancy)
             .collect();
         older.sort_by_key(|o| std::cmp::Reverse(o.version));
-        let older = older
+        let older: Vec<OlderPlacement> = older
             .into_iter()
             .filter_map(|o| {
                 // a layout that cannot be placed (never committed as such) holds no data
@@ -441,12 +486,16 @@ impl Inner {
                     .flat_map(|n| n.drives.iter().map(|d| by_id.get(&d.id).copied()))
                     .collect();
                 Some(OlderPlacement {
+                    version: o.version,
                     placement,
                     offsets: node_offsets(o),
                     index,
                 })
             })
             .collect();
+        let write_older = writes_on
+            .filter(|v| *v != layout.version)
+            .and_then(|v| older.iter().position(|o| o.version == v));
         Ok(Inner {
             drives,
             by_id,
@@ -455,7 +504,33 @@ impl Inner {
             codec,
             shared,
             older,
+            write_older,
         })
+    }
+
+    /// The layout version new versions are written by.
+    pub(crate) fn writes_on(&self) -> u64 {
+        self.write_older
+            .map_or(self.layout.version, |i| self.older[i].version)
+    }
+
+    /// Where a new version of `bucket/key` is written, in shard order: the current
+    /// placement, or while a transition syncs the older one writes still go to (when every
+    /// drive of it is still in the cluster).
+    pub(crate) fn write_drives(&self, bucket: &str, key: &str) -> Vec<usize> {
+        if let Some(old) = self.write_older.map(|i| &self.older[i]) {
+            let p = ringstore_ring::partition_of(bucket, key);
+            let drives: Option<Vec<usize>> = old
+                .placement
+                .drives(p)
+                .iter()
+                .map(|d| old.index[old.offsets[d.node] + d.drive])
+                .collect();
+            if let Some(drives) = drives {
+                return drives;
+            }
+        }
+        self.partition_drives(bucket, key)
     }
 
     /// The codec for objects stored with `redundancy` (an object's record says which it was

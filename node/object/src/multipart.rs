@@ -159,7 +159,7 @@ impl ObjectStore {
     ) -> Result<String> {
         self.require_bucket(bucket).await?;
         let inner = &self.inner();
-        let drives = inner.partition_drives(bucket, key);
+        let drives = inner.write_drives(bucket, key);
         let version = inner.now();
         let upload_id = version.hex();
         let rec = UploadRecord {
@@ -582,6 +582,11 @@ impl ObjectStore {
             });
         }
         let object_checksum = checksum(&infos)?;
+        // drawn above a version written where an older layout in use places the key (see
+        // `put_object`)
+        if !inner.older_partition_drives(bucket, key).is_empty() {
+            self.lookup(bucket, key).await?;
+        }
         let version = inner.now();
         let record = ObjectRecord {
             size,

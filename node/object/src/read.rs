@@ -128,24 +128,31 @@ impl ObjectStore {
     /// Like [`ObjectStore::lookup`], asking every drive when `how.everywhere` (the healer
     /// needs every drive's frame).
     ///
-    /// An object not found where the current layout places it is looked for where older
-    /// layouts placed it: layout changes do not move data yet, so what was written before a
-    /// change stays readable (and deletable) there.
+    /// While older layouts are in use (a transition moves data off them), the key is also
+    /// looked for where each of them placed it, and the newest version found anywhere wins:
+    /// a version written before the change may sit there only, and the current placement
+    /// may hold only an older one (a drive that missed it and kept its slot).
     pub(crate) async fn find(&self, bucket: &str, key: &str, how: Reading) -> Result<Option<Found>> {
         let inner = &self.inner();
         let okey = object_key(bucket, key);
         let drives = inner.partition_drives(bucket, key);
         let width = drives.len();
         let mut found = find_on(inner, bucket, key, &okey, &drives, width, how).await?;
-        if found.is_none() {
+        let older = inner.older_partition_drives(bucket, key);
+        if !older.is_empty() {
             let how = Reading {
                 everywhere: true,
                 ..how
             };
-            for old in inner.older_partition_drives(bucket, key) {
-                found = find_on(inner, bucket, key, &okey, &old, width, how).await?;
-                if found.is_some() {
-                    break;
+            for old in older {
+                let Some(there) = find_on(inner, bucket, key, &okey, &old, width, how).await? else {
+                    continue;
+                };
+                if found
+                    .as_ref()
+                    .is_none_or(|f| there.record.version > f.record.version)
+                {
+                    found = Some(there);
                 }
             }
         }
@@ -315,7 +322,11 @@ impl Inner {
 
     /// Every shard's inline frame of `rec` (rebuilt from those in `inline`), or none for an
     /// object with shard files.
-    fn all_frames(&self, rec: &ObjectRecord, inline: &[Option<Vec<u8>>]) -> Result<Vec<Option<Vec<u8>>>> {
+    pub(crate) fn all_frames(
+        &self,
+        rec: &ObjectRecord,
+        inline: &[Option<Vec<u8>>],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
         let width = rec.drives.len();
         let mut frames: Vec<Option<Vec<u8>>> = (0..width).map(|i| inline.get(i).cloned().flatten()).collect();
         if rec.parts.len() == 1 && rec.parts[0].size == 0 && frames.iter().any(Option::is_some) {
@@ -483,13 +494,19 @@ async fn find_on(
     passed.dedup();
     let mut inline = vec![None; width];
     let mut holders = 0;
-    let mut record = None;
+    let mut record: Option<ObjectRecord> = None;
+    // a version moved by a transition has copies naming its old drives and copies naming
+    // the current placement (the same version): the latter is the one to read and heal by
+    let here = inner.drive_ids(&inner.partition_drives(bucket, key));
     for r in records.into_iter().filter(|r| r.version == newest) {
         holders += 1;
         if r.shard < width {
             inline[r.shard] = r.inline.clone();
         }
-        record.get_or_insert(r);
+        match &record {
+            Some(chosen) if chosen.drives == here || r.drives != here => {}
+            _ => record = Some(r),
+        }
     }
     let mut record = record.expect("newest exists");
     record.inline = None;
@@ -826,6 +843,19 @@ impl PartReader {
                 }
             }
         }
+    }
+
+    /// For a move: reads shards `shards` a window ahead when `s` starts one.
+    pub(crate) fn ahead_for(&mut self, s: u64, shards: &[usize]) {
+        if s.is_multiple_of(READ_AHEAD_STRIPES) {
+            self.read_ahead(s, self.stripes_end, shards);
+        }
+    }
+
+    /// One shard's frame of a stripe when it is there and intact.
+    pub(crate) fn intact_frame(&mut self, shard: usize, stripe: u64) -> Option<Vec<u8>> {
+        self.frame(shard, stripe)
+            .filter(|f| ringstore_erasure::frame_is_intact(f))
     }
 
     /// For repair: every shard of stripes `0..stripes` will be read, in order.

@@ -43,7 +43,7 @@ pub(crate) struct Written {
 }
 
 /// How long the data of a replaced or deleted version stays readable for GETs in flight.
-const RETIRE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const RETIRE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 enum Msg {
     Stripe(Vec<u8>),
@@ -66,7 +66,13 @@ impl ObjectStore {
     ) -> Result<ObjectRecord> {
         self.require_bucket(bucket).await?;
         let inner = &self.inner();
-        let drives = inner.partition_drives(bucket, key);
+        let drives = inner.write_drives(bucket, key);
+        // while older layouts are in use, another node may have written a newer version
+        // where one of them places the key, on drives this write's quorum need not meet:
+        // the new version is drawn above anything found there
+        if !inner.older_partition_drives(bucket, key).is_empty() {
+            self.lookup(bucket, key).await?;
+        }
         let version = inner.now();
         let data_id = version.hex();
         let written = inner.write_data(&drives, &data_id, body, true).await?;
@@ -370,7 +376,7 @@ impl ObjectStore {
     pub async fn delete_object_if(&self, bucket: &str, key: &str, pre: Precondition) -> Result<()> {
         self.require_bucket(bucket).await?;
         let inner = &self.inner();
-        let drives = inner.partition_drives(bucket, key);
+        let drives = inner.write_drives(bucket, key);
         let marker = ObjectRecord {
             deleted: true,
             ..inner.new_record(inner.now(), inner.drive_ids(&drives))

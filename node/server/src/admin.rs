@@ -79,6 +79,16 @@ pub async fn admin(State(state): State<AppState>, req: Request) -> Response {
         (http::Method::GET, "/_ringstore/admin/v1/status") => Json(status(&state).await).into_response(),
         (http::Method::GET, "/_ringstore/admin/v1/layout") => Json(layout_doc(&state)).into_response(),
         (http::Method::POST, "/_ringstore/admin/v1/layout") => apply_layout(&state, req).await,
+        (http::Method::GET, "/_ringstore/admin/v1/transition") => match transition_doc(&state).await {
+            Ok(doc) => Json(doc).into_response(),
+            Err(r) => r,
+        },
+        (http::Method::POST, "/_ringstore/admin/v1/transition") => change_transition(&state, req).await,
+        (_, "/_ringstore/admin/v1/transition") => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "use GET or POST",
+        ),
         (_, "/_ringstore/admin/v1/status") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use GET")
         }
@@ -354,6 +364,13 @@ async fn apply_layout(state: &AppState, req: Request) -> Response {
         Err(e) => return error(StatusCode::BAD_REQUEST, "InvalidLayout", &e.to_string()),
     };
     match cluster.propose_layout(layout.clone()).await {
+        Err(ringstore_cluster::Error::Rejected(
+            r @ ringstore_cluster::Rejection::TransitionRunning { .. },
+        )) => error(
+            StatusCode::CONFLICT,
+            "TransitionRunning",
+            &format!("{r}; wait for it to finish (ringstore admin transition) and apply the layout again"),
+        ),
         Ok(()) => Json(json!({
             "version": layout.version,
             "redundancy": layout.redundancy.to_string(),
@@ -366,5 +383,164 @@ async fn apply_layout(state: &AppState, req: Request) -> Response {
             "LayoutNotApplied",
             &e.to_string(),
         ),
+    }
+}
+
+/// `GET /transition`: the running (or last) layout transition, cluster-wide progress from
+/// Raft, and every member's part of it (asked over RPC).
+async fn transition_doc(state: &AppState) -> Result<Value, Response> {
+    let Some(cluster) = &state.cluster else {
+        return Err(error(
+            StatusCode::CONFLICT,
+            "NoCluster",
+            "this node runs without a control plane",
+        ));
+    };
+    let Some(t) = cluster.transition() else {
+        return Ok(json!({ "transition": null }));
+    };
+    let history = cluster.layout_history();
+    let layout = |v: u64| history.iter().find(|l| l.version == v);
+    let plan = match (layout(t.from), layout(t.to)) {
+        (Some(a), Some(b)) => ringstore_ring::Transition::between(a, b).ok(),
+        _ => None,
+    };
+    let mut nodes = Vec::new();
+    let mut total = ringstore_object::MoveStats::default();
+    for m in cluster.status().members {
+        let report = if m.name == state.node_name {
+            Ok(state.transitions.report(&state.store))
+        } else {
+            state
+                .client
+                .call::<_, crate::transition::NodeLayout>(&m.rpc_addr, "/node/layout", &())
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match report {
+            Ok(r) => {
+                total.objects_moved += r.moved.objects_moved;
+                total.bytes_moved += r.moved.bytes_moved;
+                total.move_errors += r.moved.move_errors;
+                nodes.push(json!({ "name": m.name, "state": "online", "report": r }));
+            }
+            Err(e) => nodes.push(json!({ "name": m.name, "state": "offline", "error": e })),
+        }
+    }
+    let done = t.done_count();
+    let elapsed = now_nanos().saturating_sub(t.started_nanos) as f64 / 1e9;
+    let fraction = done as f64 / t.partitions.max(1) as f64;
+    let eta = (t.is_running() && done > 0 && !t.paused).then(|| elapsed * (1.0 - fraction) / fraction);
+    let phase = match (t.phase, t.paused) {
+        (ringstore_cluster::Phase::Finished, _) => "finished",
+        (ringstore_cluster::Phase::Syncing, _) => "syncing",
+        (_, true) => "paused",
+        _ => "moving",
+    };
+    Ok(json!({
+        "transition": {
+            "from": t.from,
+            "to": t.to,
+            "kind": plan.as_ref().map(|p| json!(p.kind)).unwrap_or(json!(t.kind)),
+            "phase": phase,
+            "paused": t.paused,
+            "throttle": t.throttle,
+            "partitions": t.partitions,
+            "partitions_done": done,
+            "percent": (fraction * 1000.0).round() / 10.0,
+            "slots_moving": plan.as_ref().map(|p| p.moved_slots()),
+            "slots_minimum": plan.as_ref().map(|p| p.minimum_slots()),
+            "drives_arriving": plan.as_ref().map(|p| p.arriving.clone()),
+            "drives_leaving": plan.as_ref().map(|p| p.leaving.clone()),
+            "elapsed_seconds": elapsed.round(),
+            "eta_seconds": eta.map(f64::round),
+            "objects_moved": total.objects_moved,
+            "bytes_moved": total.bytes_moved,
+            "errors": total.move_errors,
+            "nodes": nodes,
+        }
+    }))
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// What `POST /transition` accepts: pause or resume, and a new throttle.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TransitionRequest {
+    #[serde(default)]
+    paused: Option<bool>,
+    #[serde(default)]
+    bytes_per_sec: Option<u64>,
+    #[serde(default)]
+    concurrency: Option<u32>,
+}
+
+async fn change_transition(state: &AppState, req: Request) -> Response {
+    let Some(cluster) = &state.cluster else {
+        return error(
+            StatusCode::CONFLICT,
+            "NoCluster",
+            "this node runs without a control plane",
+        );
+    };
+    let body = match http_body_util::BodyExt::collect(http_body_util::Limited::new(req.into_body(), 1 << 16))
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, "InvalidRequest", &e.to_string()),
+    };
+    let request: TransitionRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                &format!("invalid transition request: {e}"),
+            );
+        }
+    };
+    if request.concurrency == Some(0) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "InvalidThrottle",
+            "concurrency must be at least 1",
+        );
+    }
+    let Some(t) = cluster.transition().filter(|t| t.is_running()) else {
+        return error(
+            StatusCode::CONFLICT,
+            "NoTransition",
+            "no layout transition is running",
+        );
+    };
+    let failed = |e: ringstore_cluster::Error| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "TransitionNotChanged",
+            &e.to_string(),
+        )
+    };
+    if let Some(paused) = request.paused
+        && let Err(e) = cluster.pause_transition(t.to, paused).await
+    {
+        return failed(e);
+    }
+    if request.bytes_per_sec.is_some() || request.concurrency.is_some() {
+        let throttle = ringstore_cluster::Throttle {
+            bytes_per_sec: request.bytes_per_sec.unwrap_or(t.throttle.bytes_per_sec),
+            concurrency: request.concurrency.unwrap_or(t.throttle.concurrency),
+        };
+        if let Err(e) = cluster.throttle_transition(t.to, throttle).await {
+            return failed(e);
+        }
+    }
+    match transition_doc(state).await {
+        Ok(doc) => Json(doc).into_response(),
+        Err(r) => r,
     }
 }

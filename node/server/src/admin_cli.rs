@@ -10,7 +10,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-use crate::config::{AdminArgs, AdminCommand, AdminStatusArgs, LayoutApplyArgs, LayoutArgs, LayoutCommand};
+use crate::config::{
+    AdminArgs, AdminCommand, AdminStatusArgs, LayoutApplyArgs, LayoutArgs, LayoutCommand, ThrottleArgs,
+    TransitionArgs, TransitionCommand,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -26,6 +29,7 @@ pub fn run(args: AdminArgs) -> ExitCode {
                 AdminCommand::Layout(LayoutArgs {
                     command: LayoutCommand::Apply(a),
                 }) => layout_apply(a).await,
+                AdminCommand::Transition(TransitionArgs { command }) => transition(command).await,
             }
         })
     });
@@ -90,6 +94,120 @@ async fn layout_apply(args: LayoutApplyArgs) -> anyhow::Result<()> {
         print!("{}", layout_table(&doc));
     }
     Ok(())
+}
+
+async fn transition(command: TransitionCommand) -> anyhow::Result<()> {
+    const PATH: &str = "/_ringstore/admin/v1/transition";
+    let change = |common: AdminStatusArgs, body: Value| async move {
+        let doc = request_json(
+            &common.endpoint,
+            common.token.as_deref(),
+            http::Method::POST,
+            PATH,
+            body.to_string(),
+        )
+        .await?;
+        anyhow::Ok((common, doc))
+    };
+    let (common, doc) = match command {
+        TransitionCommand::Status(a) => {
+            let doc = get_json(&a.endpoint, a.token.as_deref(), PATH).await?;
+            (a, doc)
+        }
+        TransitionCommand::Pause(a) => change(a, serde_json::json!({ "paused": true })).await?,
+        TransitionCommand::Resume(a) => change(a, serde_json::json!({ "paused": false })).await?,
+        TransitionCommand::Throttle(ThrottleArgs {
+            common,
+            bytes_per_sec,
+            concurrency,
+        }) => {
+            if bytes_per_sec.is_none() && concurrency.is_none() {
+                bail!("give --bytes-per-sec, --concurrency or both");
+            }
+            let mut body = serde_json::Map::new();
+            if let Some(b) = bytes_per_sec {
+                body.insert("bytes_per_sec".into(), Value::from(b));
+            }
+            if let Some(c) = concurrency {
+                body.insert("concurrency".into(), Value::from(c));
+            }
+            change(common, Value::Object(body)).await?
+        }
+    };
+    if common.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", transition_table(&doc));
+    }
+    Ok(())
+}
+
+/// The readable form of a transition document.
+fn transition_table(doc: &Value) -> String {
+    use std::fmt::Write as _;
+    let t = &doc["transition"];
+    if t.is_null() {
+        return "no layout transition has run\n".into();
+    }
+    let s = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        v => v.to_string(),
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "transition:      layout {} -> {} ({})",
+        s(&t["from"]),
+        s(&t["to"]),
+        s(&t["kind"])
+    );
+    let _ = writeln!(out, "phase:           {}", s(&t["phase"]));
+    let _ = writeln!(
+        out,
+        "progress:        {}% ({} of {} partitions)",
+        s(&t["percent"]),
+        s(&t["partitions_done"]),
+        s(&t["partitions"])
+    );
+    let _ = writeln!(
+        out,
+        "moved:           {} objects, {}",
+        s(&t["objects_moved"]),
+        human_bytes(t["bytes_moved"].as_u64())
+    );
+    let _ = writeln!(out, "errors:          {}", s(&t["errors"]));
+    let _ = writeln!(
+        out,
+        "elapsed / ETA:   {} s / {}",
+        s(&t["elapsed_seconds"]),
+        t["eta_seconds"].as_f64().map_or("-".into(), |e| format!("{e} s"))
+    );
+    let _ = writeln!(
+        out,
+        "throttle:        {}/s, {} objects at once per node",
+        human_bytes(t["throttle"]["bytes_per_sec"].as_u64()),
+        s(&t["throttle"]["concurrency"])
+    );
+    let _ = writeln!(
+        out,
+        "{:<20} {:<8} {:>10} {:>12} {:>10}  WAITING",
+        "NODE", "STATE", "OBJECTS", "BYTES", "PARTS"
+    );
+    for n in t["nodes"].as_array().into_iter().flatten() {
+        let r = &n["report"];
+        let _ = writeln!(
+            out,
+            "{:<20} {:<8} {:>10} {:>12} {:>10}  {}",
+            s(&n["name"]),
+            s(&n["state"]),
+            s(&r["moved"]["objects_moved"]),
+            human_bytes(r["moved"]["bytes_moved"].as_u64()),
+            format!("{}/{}", s(&r["partitions_done"]), s(&r["partitions"])),
+            s(&r["waiting"]),
+        );
+    }
+    out
 }
 
 /// GETs an admin path and parses the JSON answer, with errors that name the endpoint.

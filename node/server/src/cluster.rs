@@ -158,6 +158,12 @@ pub fn follow_layout(
     };
     tokio::spawn(async move {
         let mut known = addresses(&cluster.status().members);
+        // what the view depends on besides the layout: the layouts kept, and where writes go
+        let versions = |c: &Cluster, current: u64| -> (Vec<u64>, Option<u64>) {
+            let kept = c.layout_history().iter().map(|l| l.version).collect();
+            (kept, writes_on(c, current))
+        };
+        let mut kept = versions(&cluster, store.layout_version());
         // a layout committed after the store was built but before this task subscribed
         rx.mark_changed();
         loop {
@@ -168,29 +174,54 @@ pub fn follow_layout(
                     }
                     true
                 }
-                _ = tokio::time::sleep(Duration::from_secs(5)) => false,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => false,
             };
             let members = cluster.status().members;
             let now = addresses(&members);
             let layout = rx.borrow_and_update().clone();
             let Some(layout) = layout else { continue };
             let newer = layout.version > store.layout_version();
-            if !newer && now == known {
+            // a transition that syncs sends writes to the new layout's places, and one that
+            // finishes retires older layouts: lookups stop asking their places
+            let history = versions(&cluster, layout.version);
+            if !newer && now == known && history == kept {
                 continue;
             }
-            if !changed && !newer {
+            if !changed && !newer && now != known {
                 tracing::info!("a member's address changed; reconnecting its drives");
             }
             known = now;
+            let writes = history.1;
+            kept = history;
             let handles = handles(&layout, &me, store.local_drives(), &members, &client);
             let version = layout.version;
-            match store.set_layout(layout, handles, &cluster.layout_history()) {
+            match store.set_layout(layout, handles, &cluster.layout_history(), writes) {
                 Ok(()) if newer => tracing::info!(version, "now placing data with a new layout"),
                 Ok(()) => {}
                 Err(e) => tracing::error!(version, error = %e, "cannot use the committed layout"),
             }
         }
     });
+}
+
+/// Where a node placing data with layout `current` writes new versions: where the newest
+/// older layout kept places them until the transition to `current` has synced (every node
+/// reads both places), so that nodes that have seen `current` and nodes that have not yet
+/// write to one set of drives; then where `current` places them. (See ARCHITECTURE.md,
+/// Layout transitions.)
+pub fn writes_on(cluster: &Cluster, current: u64) -> Option<u64> {
+    let synced = cluster
+        .transition()
+        .is_some_and(|t| t.to == current && t.phase != ringstore_cluster::Phase::Syncing);
+    if synced {
+        return None;
+    }
+    cluster
+        .layout_history()
+        .iter()
+        .map(|l| l.version)
+        .filter(|v| *v < current)
+        .max()
 }
 
 /// Asks every other member to walk its objects now, so that what this node missed (or lost

@@ -38,6 +38,64 @@ pub enum AdminCommand {
     Status(AdminStatusArgs),
     /// Show or change the cluster layout.
     Layout(LayoutArgs),
+    /// Show, pause, resume or throttle the layout transition (data moving onto a new layout).
+    Transition(TransitionArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TransitionArgs {
+    #[command(subcommand)]
+    pub command: TransitionCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum TransitionCommand {
+    /// Show the running (or last) transition: kind, phase, progress, rate, ETA, per node.
+    Status(AdminStatusArgs),
+    /// Pause moving data (reads and writes go on; the transition stays unfinished).
+    Pause(AdminStatusArgs),
+    /// Resume a paused transition.
+    Resume(AdminStatusArgs),
+    /// Change how fast data moves, live.
+    Throttle(ThrottleArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ThrottleArgs {
+    #[command(flatten)]
+    pub common: AdminStatusArgs,
+
+    /// Bytes moved per second over the whole cluster (0: unbounded); suffixes K, M, G
+    /// (powers of 1024) are accepted.
+    #[arg(long, value_parser = parse_rate)]
+    pub bytes_per_sec: Option<u64>,
+
+    /// Objects each node moves at once (at least 1).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency: Option<u32>,
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, ""),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a byte rate such as 104857600, 100M or 1G"))?;
+    let mul: u64 = match unit
+        .trim_end_matches(['B', 'i', '/', 's'])
+        .to_ascii_uppercase()
+        .as_str()
+    {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use K, M or G)")),
+    };
+    n.checked_mul(mul).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -50,8 +108,8 @@ pub struct LayoutArgs {
 pub enum LayoutCommand {
     /// Show the current layout: version, redundancy, nodes, zones and drives.
     Show(AdminStatusArgs),
-    /// Commit a new layout version made of the registered nodes (or those named).
-    /// Note: data placed by the previous layout is not moved yet.
+    /// Commit a new layout version made of the registered nodes (or those named); a
+    /// transition then moves the data onto it (see `ringstore admin transition`).
     Apply(LayoutApplyArgs),
 }
 

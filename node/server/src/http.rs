@@ -42,6 +42,8 @@ pub struct AppState {
     pub node_name: String,
     /// Bearer token of the admin API (the S3 secret key for now).
     pub admin_token: Arc<str>,
+    /// This node's part of the running layout transition.
+    pub transitions: Arc<crate::transition::Driver>,
 }
 
 /// Path of the Prometheus endpoint. Bucket names cannot contain `_`, so nothing under

@@ -9,6 +9,7 @@ mod http;
 mod metrics;
 mod mirror;
 mod server;
+mod transition;
 
 pub use config::{AdminArgs, AdminCommand, AdminStatusArgs, Cli, Command, LogFormat, ServerArgs};
 

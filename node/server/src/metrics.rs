@@ -92,6 +92,10 @@ pub struct Metrics {
     heal: [Counter; 5],
     /// Control plane: [term, this node leads, last applied index, members, layout version].
     raft: [Gauge; 5],
+    /// This node's mover: [objects, bytes, errors].
+    moved: [Counter; 3],
+    /// The layout transition: [running, paused, partitions done, partitions].
+    transition: [Gauge; 4],
     /// Serialises scrapes: healing counters are advanced by the difference since the last one.
     scrape: tokio::sync::Mutex<()>,
 }
@@ -179,6 +183,46 @@ impl Metrics {
         for ((name, help), g) in raft_help.into_iter().zip(&raft) {
             registry.register(name, help, g.clone());
         }
+        let moved: [Counter; 3] = Default::default();
+        let moved_help = [
+            (
+                "ringstore_transition_objects_moved",
+                "Objects this node moved onto a new layout's placement",
+            ),
+            (
+                "ringstore_transition_bytes_moved",
+                "Shard bytes this node wrote onto new drives in layout transitions",
+            ),
+            (
+                "ringstore_transition_move_errors",
+                "Objects this node failed to move (tried again later)",
+            ),
+        ];
+        for ((name, help), c) in moved_help.into_iter().zip(&moved) {
+            registry.register(name, help, c.clone());
+        }
+        let transition: [Gauge; 4] = Default::default();
+        let transition_help = [
+            (
+                "ringstore_transition_running",
+                "1 while a layout transition is unfinished",
+            ),
+            (
+                "ringstore_transition_paused",
+                "1 while the layout transition is paused",
+            ),
+            (
+                "ringstore_transition_partitions_done",
+                "Partitions the running (or last) transition has moved",
+            ),
+            (
+                "ringstore_transition_partitions",
+                "Partitions of the ring (the transition's total)",
+            ),
+        ];
+        for ((name, help), g) in transition_help.into_iter().zip(&transition) {
+            registry.register(name, help, g.clone());
+        }
         Self {
             registry,
             requests,
@@ -191,6 +235,8 @@ impl Metrics {
             drive_online,
             heal,
             raft,
+            moved,
+            transition,
             scrape: tokio::sync::Mutex::new(()),
         }
     }
@@ -266,6 +312,28 @@ impl Metrics {
             let seen = c.get();
             if total > seen {
                 c.inc_by(total - seen);
+            }
+        }
+        let m = store.move_stats();
+        for (c, total) in self
+            .moved
+            .iter()
+            .zip([m.objects_moved, m.bytes_moved, m.move_errors])
+        {
+            let seen = c.get();
+            if total > seen {
+                c.inc_by(total - seen);
+            }
+        }
+        if let Some(t) = cluster.and_then(ringstore_cluster::Cluster::transition) {
+            let values = [
+                u64::from(t.is_running()),
+                u64::from(t.paused),
+                u64::from(t.done_count()),
+                u64::from(t.partitions),
+            ];
+            for (g, v) in self.transition.iter().zip(values) {
+                g.set(clamp(v));
             }
         }
         if let Some(c) = cluster {

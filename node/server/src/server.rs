@@ -109,10 +109,15 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     .await
     .context("cannot start the control plane")?;
     let heal_target: Arc<std::sync::OnceLock<(ObjectStore, u32)>> = Default::default();
+    let transitions: Arc<crate::transition::Driver> = Default::default();
     if let Some(rpc) = args.rpc_address {
         let router = ringstore_rpc::drive_router(drive_service.clone())
             .merge(cluster.router())
             .merge(crate::cluster::node_router(heal_target.clone()))
+            .merge(crate::transition::router(
+                heal_target.clone(),
+                transitions.clone(),
+            ))
             .route_layer(axum::middleware::from_fn_with_state(
                 metrics.clone(),
                 Metrics::count_rpc,
@@ -182,9 +187,17 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                     client: client.clone(),
                     node_name: args.node_name.clone(),
                     admin_token: creds.secret_key.as_str().into(),
+                    transitions: transitions.clone(),
                 },
             ));
             spawn_background(&store, &args, started);
+            crate::transition::spawn(
+                store.clone(),
+                cluster.clone(),
+                client.clone(),
+                args.node_name.clone(),
+                transitions,
+            );
             if args.rpc_address.is_some() {
                 crate::cluster::share_settled(store.clone(), client.clone());
             }
@@ -326,7 +339,15 @@ async fn join_cluster(
         .is_empty()
         .then(|| crate::mirror::Mirror::start(cluster.clone(), &args.data));
     let catalog = Arc::new(crate::cluster::RaftCatalog(cluster.clone(), mirror));
-    let store = ObjectStore::with_layout(local.clone(), catalog, layout, handles, &cluster.layout_history())?;
+    let writes = crate::cluster::writes_on(cluster, layout.version);
+    let store = ObjectStore::with_layout(
+        local.clone(),
+        catalog,
+        layout,
+        handles,
+        &cluster.layout_history(),
+        writes,
+    )?;
     crate::cluster::import_legacy_buckets(&store, &local).await;
     crate::cluster::follow_layout(
         store.clone(),

@@ -725,13 +725,7 @@ fn an_unroutable_rpc_address_is_refused_at_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn objects_written_before_a_layout_change_stay_readable_and_deletable() {
-    let mut cluster = TestCluster::configure_seeded(5, 3, 1, &["--redundancy", "2+1"]);
-    for i in 0..3 {
-        cluster.nodes[i].launch();
-    }
-    for i in 0..3 {
-        cluster.nodes[i].wait_ready();
-    }
+    let mut cluster = start_seeded(5, 3, &["--redundancy", "2+1"], &[]);
     let c = cluster.nodes[0].client();
     c.create_bucket().bucket("bkt").send().await.unwrap();
     let keys: Vec<String> = (0..30)
@@ -741,16 +735,7 @@ async fn objects_written_before_a_layout_change_stay_readable_and_deletable() {
         put(&c, "bkt", k).await.unwrap();
     }
     // two more nodes join (as learners), then the layout grows to all five
-    for i in 3..5 {
-        cluster.nodes[i].launch();
-    }
-    for i in 3..5 {
-        cluster.nodes[i].wait_ready();
-    }
-    let (status, doc) = cluster.nodes[1]
-        .admin_post("layout", "{}")
-        .expect("layout apply answers");
-    assert_eq!(status, 200, "{doc}");
+    let doc = join_and_apply(&mut cluster, 3..5);
     assert_eq!(doc["version"], 2, "{doc}");
     assert_eq!(doc["nodes"].as_array().map(Vec::len), Some(5), "{doc}");
     eventually(
@@ -767,7 +752,8 @@ async fn objects_written_before_a_layout_change_stay_readable_and_deletable() {
         },
     )
     .await;
-    // nothing moved, yet everything reads back through every node, new ones included
+    // while the transition moves data, everything reads back through every node, new ones
+    // included
     for i in 0..5 {
         let ci = cluster.nodes[i].client();
         let bad = check_all(&ci, "bkt", &keys).await;
@@ -815,7 +801,19 @@ async fn objects_written_before_a_layout_change_stay_readable_and_deletable() {
         assert!(bad.is_empty(), "node {i}: {bad:?}");
         assert_eq!(list_keys(&ci, "bkt").await, live, "node {i} lists");
     }
-    // new writes use the new nodes too
+    // once the transition finished, everything still reads back and the new nodes hold
+    // shards (moved ones, and new writes)
+    transition_finished(&cluster.nodes[0], Duration::from_secs(120)).await;
+    for i in 0..5 {
+        let ci = cluster.nodes[i].client();
+        let bad = check_all(&ci, "bkt", &keys[12..]).await;
+        assert!(bad.is_empty(), "node {i} after the transition: {bad:?}");
+        assert_eq!(
+            list_keys(&ci, "bkt").await,
+            live,
+            "node {i} lists after the transition"
+        );
+    }
     let on_new: usize = (3..5)
         .map(|i| shard_files(&cluster.nodes[i].drives[0]).len())
         .sum();
@@ -1050,4 +1048,205 @@ async fn reads_of_settled_versions_ask_a_read_quorum_only() {
     let asked = (plain(&cluster) - p, with_data(&cluster) - w);
     assert!(asked.1 <= 2 * n, "{asked:?}");
     settles_to(&cluster, &[&c3], (0, asked.1), "the restarted node's GETs").await;
+}
+
+/// A cluster of `n` nodes whose first `seeds` are started (and ready): the others join
+/// later, as new nodes do.
+fn start_seeded(n: usize, seeds: usize, extra: &[&str], env: &[(&str, &str)]) -> TestCluster {
+    let mut cluster = TestCluster::configure_seeded(n, seeds, 1, extra);
+    for node in &mut cluster.nodes {
+        for (k, v) in env {
+            node.set_env(k, v);
+        }
+    }
+    for i in 0..seeds {
+        cluster.nodes[i].launch();
+    }
+    for i in 0..seeds {
+        cluster.nodes[i].wait_ready();
+    }
+    cluster
+}
+
+/// Starts the nodes `joining` (already configured), waits until they are ready, and applies
+/// a layout of every registered node through node 1; returns the new layout.
+fn join_and_apply(cluster: &mut TestCluster, joining: std::ops::Range<usize>) -> serde_json::Value {
+    for i in joining.clone() {
+        cluster.nodes[i].launch();
+    }
+    for i in joining {
+        cluster.nodes[i].wait_ready();
+    }
+    let (status, doc) = cluster.nodes[1]
+        .admin_post("layout", "{}")
+        .expect("layout apply answers");
+    assert_eq!(status, 200, "{doc}");
+    doc
+}
+
+/// Every shard file on every drive of `cluster`.
+fn all_shard_files(cluster: &TestCluster) -> usize {
+    cluster
+        .nodes
+        .iter()
+        .flat_map(|n| n.drives.iter())
+        .map(|d| shard_files(d).len())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scale_out_moves_objects_onto_the_new_node_under_load() {
+    let mut cluster = start_seeded(5, 4, &["--redundancy", "2+2"], &[]);
+    let c = cluster.nodes[0].client();
+    c.create_bucket().bucket("bkt").send().await.unwrap();
+    let sizes = [2 * KIB, 150 * KIB, 700 * KIB, 1100 * KIB];
+    let keys: Vec<String> = (0..80).map(|i| format!("old{i}-{}", sizes[i % 4])).collect();
+    for k in &keys {
+        put(&c, "bkt", k).await.unwrap();
+    }
+    let load = Load::start((0..4).map(|i| cluster.nodes[i].client()).collect(), "bkt", 4);
+    let doc = join_and_apply(&mut cluster, 4..5);
+    assert_eq!(doc["version"], 2, "{doc}");
+    let t = transition_finished(&cluster.nodes[2], Duration::from_secs(180)).await;
+    let (acked, gets_ok, gets_failed) = load.finish().await;
+    eprintln!("transition: {t}");
+    let t = &t["transition"];
+    assert_eq!(t["from"], 1, "{t}");
+    assert_eq!(t["to"], 2, "{t}");
+    assert_eq!(t["kind"], "rebalance", "{t}");
+    assert_eq!(t["partitions_done"], t["partitions"], "{t}");
+    assert!(t["objects_moved"].as_u64().unwrap() > 0, "{t}");
+    assert!(t["bytes_moved"].as_u64().unwrap() > 0, "{t}");
+    assert!(gets_ok > 0, "the load ran");
+    assert_eq!(gets_failed, 0, "reads during the transition failed");
+    // every acknowledged object reads back, through every node, new one included
+    let mut live: Vec<String> = keys.iter().cloned().chain(acked.iter().cloned()).collect();
+    live.sort();
+    for i in 0..5 {
+        let ci = cluster.nodes[i].client();
+        let bad = check_all(&ci, "bkt", &live).await;
+        assert!(
+            bad.is_empty(),
+            "node {i}: unreadable after the transition: {bad:?}"
+        );
+        assert_eq!(list_keys(&ci, "bkt").await, live, "node {i} lists");
+    }
+    // objects written before moved onto the new node
+    assert!(
+        !shard_files(&cluster.nodes[4].drives[0]).is_empty(),
+        "the new node holds shards"
+    );
+    // after the grace, no shard is left behind: each object with shard files has exactly
+    // k+m of them
+    let with_files = live
+        .iter()
+        .filter(|k| {
+            k.rsplit('-')
+                .next()
+                .and_then(|s| s.parse::<usize>().ok())
+                .unwrap()
+                > 128 * KIB
+        })
+        .count();
+    eventually(
+        Duration::from_secs(120),
+        "the shards of moved slots are removed after the grace",
+        async || {
+            let n = all_shard_files(&cluster);
+            if n == 4 * with_files {
+                Ok(())
+            } else {
+                Err(format!("{n} shard files for {with_files} objects of 2+2"))
+            }
+        },
+    )
+    .await;
+}
+
+/// Waits until the transition that `node` reports has finished; returns its document.
+async fn transition_finished(node: &Server, timeout: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let t = node.admin_get("transition").expect("transition status");
+        if t["transition"]["phase"] == "finished" {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the transition did not finish in {timeout:?}: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Overwrites and deletes that land between the mover's copy of an object and its switch
+/// (held open by the `move-pause-ms` fault point) win: the overwrite is what reads back and
+/// the delete sticks, through every node and after the old layout is retired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overwrites_and_deletes_racing_a_move_win() {
+    let mut cluster = start_seeded(
+        5,
+        4,
+        &["--redundancy", "2+2"],
+        &[("RINGSTORE_FAULTS", "move-pause-ms=5000")],
+    );
+    let c = cluster.nodes[0].client();
+    c.create_bucket().bucket("bkt").send().await.unwrap();
+    let keys: Vec<String> = (0..24)
+        .map(|i| format!("race{i}-{}", [2 * KIB, 300 * KIB][i % 2]))
+        .collect();
+    for k in &keys {
+        put(&c, "bkt", k).await.unwrap();
+    }
+    join_and_apply(&mut cluster, 4..5);
+    // moving starts once every node places data with layout 2; each mover then copies up
+    // to 8 objects and holds them 5 s before switching
+    eventually(Duration::from_secs(20), "the movers start", async || {
+        let t = cluster.nodes[0].admin_get("transition").unwrap_or_default();
+        let waiting = t["transition"]["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|n| !n["report"]["waiting"].is_null()));
+        if t["transition"]["phase"] == "moving" && !waiting {
+            Ok(())
+        } else {
+            Err(format!("{t}"))
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let c3 = cluster.nodes[3].client();
+    let (deleted, overwritten) = keys.split_at(12);
+    for k in deleted {
+        c3.delete_object().bucket("bkt").key(k).send().await.unwrap();
+    }
+    for k in overwritten {
+        c3.put_object()
+            .bucket("bkt")
+            .key(k)
+            .body(ByteStream::from(format!("new {k}").into_bytes()))
+            .send()
+            .await
+            .unwrap();
+    }
+    let t = transition_finished(&cluster.nodes[2], Duration::from_secs(120)).await;
+    // shards were copied, so the writes met objects between their copy and their switch
+    // (a switch that lost to them does not count as moved)
+    assert!(t["transition"]["bytes_moved"].as_u64().unwrap() > 0, "{t}");
+    let mut live: Vec<String> = overwritten.to_vec();
+    live.sort();
+    for i in 0..5 {
+        let ci = cluster.nodes[i].client();
+        for k in deleted {
+            let e = ci.get_object().bucket("bkt").key(k).send().await.unwrap_err();
+            assert_eq!(code(&e), "NoSuchKey", "node {i}: {k} came back");
+        }
+        for k in overwritten {
+            assert_eq!(
+                get_bytes(&ci, "bkt", k).await.unwrap(),
+                format!("new {k}").into_bytes(),
+                "node {i}: {k}"
+            );
+        }
+        assert_eq!(list_keys(&ci, "bkt").await, live, "node {i} lists");
+    }
 }
