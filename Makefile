@@ -81,9 +81,9 @@ linearizability: $(PYTHON_ENV)/.ready ## Porcupine-checked history under kill -9
 		--checker "$(LIN_BIN)/lincheck" --nodes $(LIN_NODES) --duration $(LIN_DURATION) \
 		--nemesis $(LIN_NEMESIS) $(LIN_ARGS)
 
-test-linearizability: ## The bounded form CI runs: 3 and 5 nodes, 75 s each, every fault kind, partitions included
+test-linearizability: ## The bounded form CI runs: 3 and 5 nodes (the 5th joining: a layout transition), 75 s each, every fault kind, partitions included
 	$(MAKE) --no-print-directory linearizability LIN_NODES=3 LIN_DURATION=75 LIN_ARGS="--netns --ip-block 7 $(LIN_ARGS)"
-	$(MAKE) --no-print-directory linearizability LIN_NODES=5 LIN_DURATION=75 LIN_ARGS="--netns --ip-block 8 --conditional $(LIN_ARGS)"
+	$(MAKE) --no-print-directory linearizability LIN_NODES=5 LIN_DURATION=75 LIN_ARGS="--netns --ip-block 8 --conditional --grow 1 --cold 100 $(LIN_ARGS)"
 
 $(PYTHON_ENV)/.ready: e2e/s3-clients/requirements.txt
 	python3 -m venv $(PYTHON_ENV)

@@ -707,6 +707,73 @@ class Nemesis:
         return ", ".join(parts)
 
 
+def admin_call(node, path, body=None, timeout=5):
+    """A node's admin API: the JSON answer, or None when it did not answer with one."""
+    req = urllib.request.Request(node.endpoint() + "/_ringstore/admin/v1/" + path,
+                                 data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Authorization": f"Bearer {SECRET_KEY}"},
+                                 method="GET" if body is None else "POST")
+    try:
+        return json.load(urllib.request.urlopen(req, timeout=timeout))
+    except Exception as e:
+        return {"error": str(e)}
+
+
+def grow(joining, targets, through, at, stop_at, events, out):
+    """At `at`, starts the nodes `joining`, applies a layout of every registered node through
+    the first node of `through` that takes it, and follows the transition that moves data
+    onto them until `stop_at` (the nemesis goes on meanwhile and may pick them)."""
+    while time.time() < at and not HALT.is_set():
+        time.sleep(0.2)
+    for n in joining:
+        n.start()
+    for n in joining:
+        n.wait_ready()
+    targets.extend(joining)
+    applied = None
+    deadline = time.time() + 60
+    while applied is None and time.time() < deadline and not HALT.is_set():
+        for n in through:
+            doc = admin_call(n, "layout", {})
+            if "version" in doc:
+                applied = doc
+                break
+        else:
+            time.sleep(1)
+    if applied is None:
+        out["summary"] = "the layout change was not accepted within 60 s"
+        log(f"grow: {out['summary']}")
+        return
+    if events:
+        events.write(json.dumps({"t": time.monotonic_ns(), "event": "layout",
+                                 "version": applied["version"]}) + "\n")
+        events.flush()
+    log(f"grow: {', '.join(n.name for n in joining)} joined; layout {applied['version']} "
+        f"applied over {len(applied.get('nodes', []))} nodes")
+    started, phase, last = time.time(), None, {}
+    # (each node counts what its mover did since it started: a restart forgets it)
+    most = {"objects_moved": 0, "bytes_moved": 0, "errors": 0}
+    while not HALT.is_set():
+        for n in through + joining:
+            doc = admin_call(n, "transition")
+            if isinstance(doc.get("transition"), dict):
+                last = doc["transition"]
+                for k in most:
+                    most[k] = max(most[k], last.get(k) or 0)
+                break
+        if last.get("phase") != phase:
+            phase = last.get("phase")
+            log(f"grow: transition to layout {last.get('to')} is {phase} "
+                f"({last.get('percent')}% after {time.time() - started:.0f} s)")
+        if phase == "finished" or time.time() > stop_at:
+            break
+        time.sleep(1)
+    out["summary"] = (f"layout {applied['version']}, transition {phase} after "
+                      f"{time.time() - started:.0f} s, at least {most['objects_moved']} objects "
+                      f"switched and {most['bytes_moved']} bytes copied, {most['errors']} move "
+                      f"errors (retried)")
+
+
 def count_lost_and_resurrected(path):
     """Acknowledged writes lost and deletes come back, judged from the final reads."""
     by_key = {}
@@ -771,6 +838,15 @@ def main():
                    help="how partitions drop packets inside the namespaces: nft, iptables, or "
                    "blackhole routes (iproute2 only; connects then fail at once instead of timing "
                    "out); auto takes the first that works in that order")
+    p.add_argument("--grow", type=int, default=0,
+                   help="nodes (of --nodes) that join during the run: a layout change then "
+                        "moves data onto them while the clients and the nemesis go on")
+    p.add_argument("--grow-at", type=float, default=0.3,
+                   help="when they join, as a fraction of --duration")
+    p.add_argument("--cold", type=int, default=0,
+                   help="keys written once before the clients start and never again (every "
+                        "other one large): with --grow they are what the transition has to "
+                        "move; each is read back through every node at the end")
     p.add_argument("--out", default=None, help="folder for the history and visualizations")
     p.add_argument("--keep", action="store_true", help="keep the nodes' folders")
     args = p.parse_args()
@@ -800,7 +876,11 @@ def main():
 
     net = Netns(args.ip_block, args.nodes, args.partition_tool) if args.netns else None
     nodes = []
-    seeds = lambda: ",".join(f"{n.rpc[0]}:{n.rpc[1]}" for n in nodes)  # noqa: E731
+    initial = args.nodes - args.grow
+    if args.grow < 0 or initial < 1:
+        p.error(f"--grow {args.grow} leaves no node to start with of --nodes {args.nodes}")
+    # the nodes that join later find the cluster through the first ones
+    seeds = lambda: ",".join(f"{n.rpc[0]}:{n.rpc[1]}" for n in nodes[:initial])  # noqa: E731
     extra = ["--scrub-interval", "5"]
     for i in range(args.nodes):
         nodes.append(Node(i, args.ip_block, args.binary, args.drives, seeds, extra, net))
@@ -808,12 +888,14 @@ def main():
     events = open(os.path.join(out, "nemesis.jsonl"), "w")
     errors = []
     threads = []
+    cold = {}
+    cold_bad = []  # cold keys that did not read back whole, through some node
     try:
         if net:
             net.setup()
-        for n in nodes:
+        for n in nodes[:initial]:
             n.start()
-        for n in nodes:
+        for n in nodes[:initial]:
             n.wait_ready()
         admin = s3_client(nodes[0].endpoint(), 10)
         deadline = time.time() + 30
@@ -833,16 +915,32 @@ def main():
         m = int(red.split("+")[1])
         log(f"cluster ready; redundancy {red}")
 
+        cold = {f"cold/{i:04d}": body_for(f"cold{i}", i % 2 == 1) for i in range(args.cold)}
+        for key, body in cold.items():
+            admin.put_object(Bucket=BUCKET, Key=key, Body=body)
+        if cold:
+            log(f"{len(cold)} cold keys written")
         keys = [f"k{i:02d}" for i in range(args.keys)]
         etags = {"lock": threading.Lock(), "of": {}}
         stop_at = time.time() + args.duration
+        serving = nodes[:initial]
         threads = [threading.Thread(target=client_loop,
-                                    args=(c, nodes, keys, args, history, stop_at, errors, etags))
+                                    args=(c, serving, keys, args, history, stop_at, errors, etags))
                    for c in range(args.clients)]
         for t in threads:
             t.start()
-        nemesis = Nemesis(nodes, kinds, args.interval, max(1, m), rng, net, events,
+        # the nemesis picks its victims among the nodes started so far
+        targets = list(serving)
+        nemesis = Nemesis(targets, kinds, args.interval, max(1, m), rng, net, events,
                           args.partition_max)
+        grown = {}
+        if args.grow:
+            grower = threading.Thread(
+                target=grow, args=(nodes[initial:], targets, nodes[:initial],
+                                   time.time() + args.grow_at * args.duration, stop_at, events,
+                                   grown))
+            grower.start()
+            threads.append(grower)
         if kinds:
             nemesis.run(stop_at)
         for t in threads:
@@ -875,6 +973,19 @@ def main():
                     time.sleep(1)
                 rec["ret"] = time.monotonic_ns()
                 history.add(rec)
+        for key, body in cold.items():
+            for i, c in enumerate(finals):
+                got = None
+                for attempt in range(10):
+                    try:
+                        got = c.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+                        break
+                    except Exception as e:
+                        got = f"{classify(e)}: {e}"
+                        time.sleep(1)
+                if got != body:
+                    what = got if isinstance(got, str) else f"{len(got)} bytes that differ"
+                    cold_bad.append(f"{key} through {nodes[i].name}: {what}")
     finally:
         # a second Ctrl-C must not leave namespaces behind
         handlers = {sig: signal.signal(sig, signal.SIG_IGN)
@@ -906,11 +1017,18 @@ def main():
             log(f"partition check failed: {e}")
     for e in errors[:20]:
         log(f"unexpected answer: {e}")
+    if args.grow:
+        log(f"layout change: {grown.get('summary', 'not applied')}")
     lost, resurrected = count_lost_and_resurrected(os.path.join(out, "history.jsonl"))
     log(f"acknowledged writes lost: {lost}; deletes resurrected: {resurrected}")
+    if cold:
+        log(f"cold keys: {len(cold)}, read back whole through every node: "
+            f"{len(cold) - len({b.split(' ')[0] for b in cold_bad})}")
+        for b in cold_bad[:20]:
+            log(f"cold key not read back: {b}")
     check = subprocess.run([args.checker, "-history", os.path.join(out, "history.jsonl"),
                             "-visualize", os.path.join(out, "visualize")])
-    ok = check.returncode == 0 and not errors and lost == 0 and resurrected == 0
+    ok = check.returncode == 0 and not errors and lost == 0 and resurrected == 0 and not cold_bad
     if kinds and nemesis.problems:
         log("a partition did not cut the nodes apart, or cut the clients off: "
             "the run proves nothing")

@@ -335,11 +335,29 @@ async fn move_batch(store: &ObjectStore, t: &TransitionState, partitions: &[u32]
         .buffer_unordered(throttle.concurrency.max(1) as usize)
         .collect::<Vec<_>>()
         .await;
+    let (mut looked, mut switched, mut bytes) = (0usize, 0usize, 0u64);
     for (bucket, key, r) in results {
-        if let Err(e) = r {
-            tracing::warn!(%bucket, %key, error = %e, "layout transition: object not moved yet");
-            failed.insert(ringstore_ring::partition_of(&bucket, &key));
+        looked += 1;
+        match r {
+            Ok(m) => {
+                switched += usize::from(m.switched);
+                bytes += m.bytes;
+            }
+            Err(e) => {
+                tracing::warn!(%bucket, %key, error = %e, "layout transition: object not moved yet");
+                failed.insert(ringstore_ring::partition_of(&bucket, &key));
+            }
         }
+    }
+    if looked > 0 {
+        tracing::info!(
+            partitions = partitions.len(),
+            objects = looked,
+            switched,
+            bytes,
+            failed = failed.len(),
+            "layout transition: moved a batch of partitions"
+        );
     }
     partitions
         .iter()
