@@ -731,4 +731,65 @@ mod tests {
         s.grow(false);
         assert_eq!(s.get(&key).await.unwrap(), body(3, 300 * 1024));
     }
+
+    /// A heal that read a record just before its switch writes it back onto a drive that
+    /// left the key's set after the mover removed it there. The scrub removes such a copy;
+    /// otherwise, once a later delete's markers are dropped, listings would show the key
+    /// again from it. (Found in review.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_copy_left_outside_the_set_is_removed_by_the_scrub() {
+        let s = setup();
+        s.store.create_bucket("b").await.unwrap();
+        let key = s.key_moving("left", 1);
+        s.put(&key, body(4, 300 * 1024)).await;
+        let before: Vec<(usize, Vec<u8>)> = s
+            .local
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| Some((i, d.get(Table::Objects, &object_key("b", &key)).unwrap()?)))
+            .collect();
+        s.grow(true);
+        s.store.move_object("b", &key).await.unwrap();
+        s.grow(false);
+        let target = s.target(&key);
+        let (left, value) = before
+            .iter()
+            .find(|(i, _)| !target.contains(&s.local[*i].id().to_string()))
+            .unwrap();
+        s.local[*left]
+            .commit(vec![Op::Put {
+                table: Table::Objects,
+                key: object_key("b", &key),
+                value: value.clone(),
+            }])
+            .await
+            .unwrap();
+        s.store.scrub(10_000).await.unwrap();
+        for (i, names) in s.records(&key) {
+            assert!(
+                target.contains(&s.local[i].id().to_string()),
+                "a record was left on drive {i}"
+            );
+            assert_eq!(names, target);
+        }
+        // the key deleted, and its markers dropped (as after their grace): nothing lists it
+        s.store.delete_object("b", &key).await.unwrap();
+        for d in s.local.iter().filter(|d| target.contains(&d.id().to_string())) {
+            d.commit(vec![Op::Delete {
+                table: Table::Objects,
+                key: object_key("b", &key),
+            }])
+            .await
+            .unwrap();
+        }
+        let page = s.store.list("b", "", None, 100).await.unwrap();
+        assert!(
+            page.entries.iter().all(|(k, _)| *k != key),
+            "the deleted key is listed again"
+        );
+        assert_eq!(
+            s.get(&key).await.err().map(|e| e.to_string()),
+            Some(Error::NoSuchKey.to_string())
+        );
+    }
 }
