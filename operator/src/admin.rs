@@ -30,6 +30,46 @@ pub struct AdminStatus {
     pub cluster: Option<ClusterDoc>,
     #[serde(default)]
     pub healing: HealingDoc,
+    /// The running (or last) layout transition, from the cluster's Raft state.
+    #[serde(default)]
+    pub transition: Option<TransitionDoc>,
+}
+
+/// A layout transition as the node's status shows it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct TransitionDoc {
+    #[serde(default)]
+    pub from: u64,
+    #[serde(default)]
+    pub to: u64,
+    /// `rebalance`, `drain` or `reencode`.
+    #[serde(default)]
+    pub kind: String,
+    /// `syncing`, `moving`, `paused` or `finished`.
+    #[serde(default)]
+    pub phase: String,
+    #[serde(default)]
+    pub partitions: u32,
+    #[serde(default)]
+    pub partitions_done: u32,
+    #[serde(default)]
+    pub percent: f64,
+}
+
+impl TransitionDoc {
+    /// Whether data may still be moving.
+    pub fn running(&self) -> bool {
+        self.phase != "finished"
+    }
+
+    /// The `Progressing` reason for its kind.
+    pub fn reason(&self) -> &'static str {
+        match self.kind.as_str() {
+            "drain" => "Draining",
+            "reencode" => "Reencoding",
+            _ => "Rebalancing",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

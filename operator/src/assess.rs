@@ -245,6 +245,13 @@ pub fn unhealthy(obs: &Observation, scrubbing: &[String]) -> Option<String> {
             scrubbing.join(", ")
         ));
     }
+    // a transition's sync waits for every node; restarting one then would hold it up
+    if let Some(t) = admin.transition.as_ref().filter(|t| t.phase == "syncing") {
+        return Some(format!(
+            "waiting for the layout transition to {} to sync on every node",
+            t.to
+        ));
+    }
     None
 }
 
@@ -504,6 +511,22 @@ pub fn tenant_status(
             true,
             "LayoutChange",
             format!("applied a layout with {} servers", nodes.len()),
+            generation,
+        )
+    } else if let Some(t) = admin.and_then(|a| a.transition.as_ref()).filter(|t| t.running()) {
+        let what = match t.phase.as_str() {
+            "syncing" => "waiting for every node to read both layouts".to_string(),
+            "paused" => format!("paused at {}%", t.percent),
+            _ => format!(
+                "{}% ({} of {} partitions)",
+                t.percent, t.partitions_done, t.partitions
+            ),
+        };
+        cond(
+            "Progressing",
+            true,
+            t.reason(),
+            format!("moving data from layout {} to {}: {what}", t.from, t.to),
             generation,
         )
     } else if !layout_matches && admin.is_some() {
@@ -934,6 +957,54 @@ mod tests {
         assert_eq!(s.conditions[1].reason, "RollingUpgrade");
         assert_eq!(s.conditions[1].message, "2 of 4 pods on image ringstore:test");
         assert_eq!(s.upgrade.as_ref().unwrap().updated_servers, 2);
+    }
+
+    #[test]
+    fn a_layout_transition_shows_as_progressing_and_its_sync_holds_up_restarts() {
+        let (tenant, pools) = t();
+        let with = |phase: &str| {
+            let mut o = healthy();
+            if let Ok(a) = &mut o.admin {
+                a.transition = Some(crate::admin::TransitionDoc {
+                    from: 1,
+                    to: 2,
+                    kind: "rebalance".into(),
+                    phase: phase.into(),
+                    partitions: 4096,
+                    partitions_done: 1024,
+                    percent: 25.0,
+                });
+            }
+            o
+        };
+        let o = with("moving");
+        let r = rollout(&o, &["a".into()]);
+        let s = tenant_status(&tenant, &pools, &[], &o, &r, &Activity::default());
+        assert_eq!(s.phase.as_deref(), Some("Scaling"));
+        assert_eq!(s.conditions[0].status, "True", "it serves meanwhile");
+        let p = &s.conditions[1];
+        assert_eq!(
+            (p.type_.as_str(), p.status.as_str(), p.reason.as_str()),
+            ("Progressing", "True", "Rebalancing")
+        );
+        assert_eq!(
+            p.message,
+            "moving data from layout 1 to 2: 25% (1024 of 4096 partitions)"
+        );
+        assert_eq!(unhealthy(&o, &[]), None, "an upgrade may go on while data moves");
+
+        let o = with("syncing");
+        assert!(unhealthy(&o, &[]).unwrap().contains("transition to 2 to sync"));
+        let s = tenant_status(&tenant, &pools, &[], &o, &r, &Activity::default());
+        assert!(
+            s.conditions[1]
+                .message
+                .ends_with("waiting for every node to read both layouts")
+        );
+
+        let o = with("finished");
+        let s = tenant_status(&tenant, &pools, &[], &o, &r, &Activity::default());
+        assert_eq!(s.conditions[1].reason, "UpToDate");
     }
 
     #[test]

@@ -444,6 +444,11 @@ impl<'a> Reconcile<'a> {
             self.write_pool_status(p, None, Some(&obs)).await?;
         }
 
+        // while data moves, the status follows its progress
+        busy |= obs
+            .admin
+            .as_ref()
+            .is_ok_and(|a| a.transition.as_ref().is_some_and(|t| t.running()));
         let steady = status.phase.as_deref() == Some("Ready") && !busy;
         let next = if steady { self.ctx.resync } else { BUSY };
         Ok((Action::requeue(next), "ok"))

@@ -216,6 +216,7 @@ pub async fn status(state: &AppState) -> Value {
         },
         "cluster": cluster,
         "healing": store.heal_stats(),
+        "transition": state.cluster.as_ref().and_then(|c| c.transition()).map(|t| transition_summary(&t)),
     })
 }
 
@@ -431,12 +432,7 @@ async fn transition_doc(state: &AppState) -> Result<Value, Response> {
     let elapsed = now_nanos().saturating_sub(t.started_nanos) as f64 / 1e9;
     let fraction = done as f64 / t.partitions.max(1) as f64;
     let eta = (t.is_running() && done > 0 && !t.paused).then(|| elapsed * (1.0 - fraction) / fraction);
-    let phase = match (t.phase, t.paused) {
-        (ringstore_cluster::Phase::Finished, _) => "finished",
-        (ringstore_cluster::Phase::Syncing, _) => "syncing",
-        (_, true) => "paused",
-        _ => "moving",
-    };
+    let phase = phase_name(&t);
     Ok(json!({
         "transition": {
             "from": t.from,
@@ -460,6 +456,31 @@ async fn transition_doc(state: &AppState) -> Result<Value, Response> {
             "nodes": nodes,
         }
     }))
+}
+
+/// The Raft state of a transition as `status` shows it (the operator reads it from there).
+fn transition_summary(t: &ringstore_cluster::TransitionState) -> Value {
+    let phase = phase_name(t);
+    let done = t.done_count();
+    json!({
+        "from": t.from,
+        "to": t.to,
+        "kind": t.kind,
+        "phase": phase,
+        "paused": t.paused,
+        "partitions": t.partitions,
+        "partitions_done": done,
+        "percent": (done as f64 * 1000.0 / t.partitions.max(1) as f64).round() / 10.0,
+    })
+}
+
+fn phase_name(t: &ringstore_cluster::TransitionState) -> &'static str {
+    match (t.phase, t.paused) {
+        (ringstore_cluster::Phase::Finished, _) => "finished",
+        (ringstore_cluster::Phase::Syncing, _) => "syncing",
+        (_, true) => "paused",
+        _ => "moving",
+    }
 }
 
 fn now_nanos() -> u64 {
