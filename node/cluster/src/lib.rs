@@ -316,6 +316,12 @@ impl Cluster {
         Ok(self.inner.write(cmd).await?.into_result()?)
     }
 
+    /// Waits until this node has applied everything committed before the call (a restarted
+    /// node must not serve with an older view of the layouts than the cluster has).
+    pub async fn catch_up(&self) -> Result<(), Error> {
+        self.inner.read_barrier().await
+    }
+
     /// The layout transition in progress, or the last one (finished); `None` before any.
     pub fn transition(&self) -> Option<ringstore_meta::TransitionState> {
         self.inner.state.read(|s| s.transition.clone())

@@ -647,7 +647,9 @@ impl ObjectStore {
             return Ok(());
         }
         let inner = &self.inner();
-        let drives = inner.partition_drives(bucket, key);
+        // (while a transition syncs, where writes still go: nodes that have not seen the
+        // new layout read there; found in review)
+        let drives = inner.write_drives(bucket, key);
         // above the version it deletes, whatever this node's clock says (the lookup read a
         // read quorum, so that version is at least the newest acknowledged one)
         let marker = ObjectRecord {

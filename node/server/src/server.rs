@@ -306,6 +306,19 @@ async fn join_cluster(
             Err(e) => tracing::info!(reason = %e, seeds = ?args.seeds, "waiting for the cluster to form"),
         }
     }
+    // a node that restarts may have applied less than it had before (the commit index is
+    // not synced on every commit): it serves only once it has caught up with the cluster,
+    // so that it never writes by a layout view the cluster has left behind (found in review
+    // of layout transitions)
+    loop {
+        match cluster.catch_up().await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::info!(reason = %e, "catching up with the control plane");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
     let mut layout_rx = cluster.layout();
     let layout = layout_rx
         .borrow_and_update()

@@ -221,6 +221,12 @@ async fn step(
     }
     let movers = cluster.status().members.len().max(1) as u64;
     for batch in busy.chunks(BATCH) {
+        // a node that restarted meanwhile may have come back on an older view (found in
+        // review): nothing moves until every node writes by `to` again
+        if let Some(why) = not_synced(store, cluster, client, me, t.to, t.to).await {
+            driver.set(|s| s.waiting = Some(why));
+            return Ok(());
+        }
         let moved = move_batch(store, &t, batch, movers).await;
         if !moved.is_empty() {
             cluster
