@@ -297,22 +297,7 @@ impl ObjectStore {
                 version: rec.version,
             }])
             .await?;
-        if rec.inline.is_none() && !rec.parts.is_empty() {
-            // after the grace: a GET that read this copy's record before the move may still
-            // be streaming its shards
-            let (drive, ids) = (
-                inner.drives[d].clone(),
-                rec.parts.iter().map(|p| p.data_id.clone()).collect::<Vec<_>>(),
-            );
-            tokio::spawn(async move {
-                tokio::time::sleep(crate::write::RETIRE_GRACE).await;
-                for id in ids {
-                    if let Err(e) = drive.delete_shard(&id).await {
-                        crate::drive_failure("could not remove a shard left behind", &e);
-                    }
-                }
-            });
-        }
+        crate::mover::retire_copy(&inner.drives[d], rec);
         Ok(())
     }
 

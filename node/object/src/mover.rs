@@ -291,21 +291,28 @@ impl ObjectStore {
                     version: old.version,
                 }])
                 .await?;
-            let ids: Vec<String> = old.parts.iter().map(|p| p.data_id.clone()).collect();
-            if !ids.is_empty() && old.inline.is_none() {
-                let drive = inner.drives[d].clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(crate::write::RETIRE_GRACE).await;
-                    for id in ids {
-                        if let Err(e) = drive.delete_shard(&id).await {
-                            crate::drive_failure("could not remove a moved shard", &e);
-                        }
-                    }
-                });
-            }
+            retire_copy(&inner.drives[d], &old);
         }
         Ok(())
     }
+}
+
+/// Removes the shards of `rec` (one drive's copy of a record) from `drive` after the grace
+/// an overwrite's data gets: a GET that read that copy's record may still be streaming them.
+pub(crate) fn retire_copy(drive: &ringstore_rpc::DriveHandle, rec: &ObjectRecord) {
+    if rec.inline.is_some() || rec.parts.is_empty() {
+        return;
+    }
+    let drive = drive.clone();
+    let ids: Vec<String> = rec.parts.iter().map(|p| p.data_id.clone()).collect();
+    tokio::spawn(async move {
+        tokio::time::sleep(crate::write::RETIRE_GRACE).await;
+        for id in ids {
+            if let Err(e) = drive.delete_shard(&id).await {
+                crate::drive_failure("could not remove the shard of a copy left behind", &e);
+            }
+        }
+    });
 }
 
 /// Copies the shards of `part` in the slots of `pairs` (slot, destination drive) from the
@@ -465,6 +472,15 @@ mod tests {
                     let v = d.get(Table::Objects, &object_key("b", key)).unwrap()?;
                     Some((i, ObjectRecord::decode(&v).unwrap().drives))
                 })
+                .collect()
+        }
+
+        /// Each local drive's stored record of `key`, as bytes, by drive index.
+        fn stored(&self, key: &str) -> Vec<(usize, Vec<u8>)> {
+            self.local
+                .iter()
+                .enumerate()
+                .filter_map(|(i, d)| Some((i, d.get(Table::Objects, &object_key("b", key)).unwrap()?)))
                 .collect()
         }
 
@@ -691,12 +707,7 @@ mod tests {
         s.store.create_bucket("b").await.unwrap();
         let key = s.key_moving("cut", 1);
         s.put(&key, body(3, 300 * 1024)).await;
-        let before: Vec<(usize, Vec<u8>)> = s
-            .local
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| Some((i, d.get(Table::Objects, &object_key("b", &key)).unwrap()?)))
-            .collect();
+        let before = s.stored(&key);
         s.grow(true);
         let m = s.store.move_object("b", &key).await.unwrap();
         assert!(m.switched, "{m:?}");
@@ -742,12 +753,7 @@ mod tests {
         s.store.create_bucket("b").await.unwrap();
         let key = s.key_moving("left", 1);
         s.put(&key, body(4, 300 * 1024)).await;
-        let before: Vec<(usize, Vec<u8>)> = s
-            .local
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| Some((i, d.get(Table::Objects, &object_key("b", &key)).unwrap()?)))
-            .collect();
+        let before = s.stored(&key);
         s.grow(true);
         s.store.move_object("b", &key).await.unwrap();
         s.grow(false);
