@@ -1250,3 +1250,148 @@ async fn overwrites_and_deletes_racing_a_move_win() {
         assert_eq!(list_keys(&ci, "bkt").await, live, "node {i} lists");
     }
 }
+
+/// Starts a multipart upload of `key` and uploads `sizes.len()` parts of those sizes; the
+/// upload id, the completed parts and the bytes the object will hold.
+async fn upload_parts(
+    c: &Client,
+    key: &str,
+    sizes: &[usize],
+) -> (String, Vec<aws_sdk_s3::types::CompletedPart>, Vec<u8>) {
+    let id = c
+        .create_multipart_upload()
+        .bucket("bkt")
+        .key(key)
+        .send()
+        .await
+        .unwrap()
+        .upload_id()
+        .unwrap()
+        .to_string();
+    let mut parts = Vec::new();
+    let mut whole = Vec::new();
+    for (i, size) in sizes.iter().enumerate() {
+        let n = i as i32 + 1;
+        let (done, bytes) = upload_part(c, key, &id, n, *size).await;
+        parts.push(done);
+        whole.extend(bytes);
+    }
+    (id, parts, whole)
+}
+
+async fn upload_part(
+    c: &Client,
+    key: &str,
+    id: &str,
+    n: i32,
+    size: usize,
+) -> (aws_sdk_s3::types::CompletedPart, Vec<u8>) {
+    let bytes = content_for(&format!("{key}/{n}-{size}"));
+    let etag = c
+        .upload_part()
+        .bucket("bkt")
+        .key(key)
+        .upload_id(id)
+        .part_number(n)
+        .body(ByteStream::from(bytes.clone()))
+        .send()
+        .await
+        .unwrap()
+        .e_tag()
+        .unwrap()
+        .to_string();
+    let done = aws_sdk_s3::types::CompletedPart::builder()
+        .part_number(n)
+        .e_tag(etag)
+        .build();
+    (done, bytes)
+}
+
+async fn complete_upload(c: &Client, key: &str, id: &str, parts: &[aws_sdk_s3::types::CompletedPart]) {
+    c.complete_multipart_upload()
+        .bucket("bkt")
+        .key(key)
+        .upload_id(id)
+        .multipart_upload(
+            aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                .set_parts(Some(parts.to_vec()))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("complete {key}: {e:?}"));
+}
+
+/// Multipart uploads started before a scale-out complete while its data moves and after it
+/// finished (one of them with a part uploaded after the change), and read back whole through
+/// every node, also once the old layout's shards are past their grace and scrubbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn multipart_uploads_started_before_a_scale_out_complete_during_and_after_it() {
+    // movers hold each batch 3 s between copy and switch, so the transition lasts
+    let mut cluster = start_seeded(
+        5,
+        4,
+        &["--redundancy", "2+2", "--scrub-interval", "3"],
+        &[("RINGSTORE_FAULTS", "move-pause-ms=3000")],
+    );
+    let c = cluster.nodes[0].client();
+    c.create_bucket().bucket("bkt").send().await.unwrap();
+    let mut uploads = Vec::new();
+    for i in 0..6 {
+        let key = format!("mp{i}");
+        // the last upload gets its second part only after the change
+        let sizes: &[usize] = if i == 5 {
+            &[5 * 1024 * KIB]
+        } else {
+            &[5 * 1024 * KIB, 300 * KIB]
+        };
+        let (id, parts, bytes) = upload_parts(&c, &key, sizes).await;
+        uploads.push((key, id, parts, bytes));
+    }
+    // enough other objects that the movers run for a while
+    let others: Vec<String> = (0..40).map(|i| format!("obj{i}-{}", 200 * KIB)).collect();
+    for k in &others {
+        put(&c, "bkt", k).await.unwrap();
+    }
+    join_and_apply(&mut cluster, 4..5);
+    let c4 = cluster.nodes[4].client();
+    let c2 = cluster.nodes[2].client();
+    // completed while the transition runs, through the new node and an old one
+    for (i, (key, id, parts, _)) in uploads.iter().take(3).enumerate() {
+        let via = if i % 2 == 0 { &c4 } else { &c2 };
+        complete_upload(via, key, id, parts).await;
+    }
+    let t = cluster.nodes[2].admin_get("transition").unwrap();
+    assert_ne!(
+        t["transition"]["phase"], "finished",
+        "completed during the transition: {t}"
+    );
+    transition_finished(&cluster.nodes[2], Duration::from_secs(180)).await;
+    let (done, bytes) = upload_part(&c4, &uploads[5].0, &uploads[5].1, 2, 300 * KIB).await;
+    uploads[5].2.push(done);
+    uploads[5].3.extend(bytes);
+    for (key, id, parts, _) in &uploads[3..] {
+        complete_upload(&c4, key, id, parts).await;
+    }
+    let check = async |when: &str| {
+        for n in 0..5 {
+            let cn = cluster.nodes[n].client();
+            for (key, _, _, bytes) in &uploads {
+                let got = get_bytes(&cn, "bkt", key)
+                    .await
+                    .unwrap_or_else(|e| panic!("{when}: node {n}: {key}: {e}"));
+                assert!(got == *bytes, "{when}: node {n}: {key} reads back other bytes");
+            }
+            let listed = cn.list_multipart_uploads().bucket("bkt").send().await.unwrap();
+            assert!(
+                listed.uploads().is_empty(),
+                "{when}: node {n}: {:?}",
+                listed.uploads()
+            );
+        }
+    };
+    check("after the transition").await;
+    // past the grace of the old layout's shards, with scrubs in between
+    tokio::time::sleep(Duration::from_secs(75)).await;
+    check("after the grace").await;
+}
