@@ -1258,16 +1258,7 @@ async fn upload_parts(
     key: &str,
     sizes: &[usize],
 ) -> (String, Vec<aws_sdk_s3::types::CompletedPart>, Vec<u8>) {
-    let id = c
-        .create_multipart_upload()
-        .bucket("bkt")
-        .key(key)
-        .send()
-        .await
-        .unwrap()
-        .upload_id()
-        .unwrap()
-        .to_string();
+    let id = common::create_upload(c, "bkt", key).await;
     let mut parts = Vec::new();
     let mut whole = Vec::new();
     for (i, size) in sizes.iter().enumerate() {
@@ -1287,39 +1278,14 @@ async fn upload_part(
     size: usize,
 ) -> (aws_sdk_s3::types::CompletedPart, Vec<u8>) {
     let bytes = content_for(&format!("{key}/{n}-{size}"));
-    let etag = c
-        .upload_part()
-        .bucket("bkt")
-        .key(key)
-        .upload_id(id)
-        .part_number(n)
-        .body(ByteStream::from(bytes.clone()))
-        .send()
-        .await
-        .unwrap()
-        .e_tag()
-        .unwrap()
-        .to_string();
-    let done = aws_sdk_s3::types::CompletedPart::builder()
-        .part_number(n)
-        .e_tag(etag)
-        .build();
+    let done = common::upload_part(c, "bkt", key, id, n, bytes.clone()).await;
     (done, bytes)
 }
 
 async fn complete_upload(c: &Client, key: &str, id: &str, parts: &[aws_sdk_s3::types::CompletedPart]) {
-    c.complete_multipart_upload()
-        .bucket("bkt")
-        .key(key)
-        .upload_id(id)
-        .multipart_upload(
-            aws_sdk_s3::types::CompletedMultipartUpload::builder()
-                .set_parts(Some(parts.to_vec()))
-                .build(),
-        )
-        .send()
+    common::complete_upload(c, "bkt", key, id, parts)
         .await
-        .unwrap_or_else(|e| panic!("complete {key}: {e:?}"));
+        .unwrap_or_else(|status| panic!("complete {key}: {status}"));
 }
 
 /// Multipart uploads started before a scale-out complete while its data moves and after it

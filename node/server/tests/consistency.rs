@@ -443,25 +443,7 @@ async fn start_upload(
     let mut done = Vec::new();
     for (i, body) in parts.iter().enumerate() {
         let n = i as i32 + 1;
-        let etag = c
-            .upload_part()
-            .bucket("bkt")
-            .key(key)
-            .upload_id(&id)
-            .part_number(n)
-            .body(ByteStream::from(body.clone()))
-            .send()
-            .await
-            .unwrap()
-            .e_tag()
-            .unwrap()
-            .to_string();
-        done.push(
-            aws_sdk_s3::types::CompletedPart::builder()
-                .part_number(n)
-                .e_tag(etag)
-                .build(),
-        );
+        done.push(common::upload_part(c, "bkt", key, &id, n, body.clone()).await);
     }
     (id, done)
 }
@@ -477,19 +459,7 @@ async fn complete(
     id: &str,
     parts: &[aws_sdk_s3::types::CompletedPart],
 ) -> Result<(), u16> {
-    c.complete_multipart_upload()
-        .bucket("bkt")
-        .key(key)
-        .upload_id(id)
-        .multipart_upload(
-            aws_sdk_s3::types::CompletedMultipartUpload::builder()
-                .set_parts(Some(parts.to_vec()))
-                .build(),
-        )
-        .send()
-        .await
-        .map(|_| ())
-        .map_err(|e| status(&e))
+    common::complete_upload(c, "bkt", key, id, parts).await
 }
 
 async fn abort(c: &Client, key: &str, id: &str) -> Result<(), u16> {

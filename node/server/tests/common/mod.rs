@@ -266,6 +266,54 @@ pub async fn create_upload(c: &Client, bucket: &str, key: &str) -> String {
     created.unwrap().upload_id().unwrap().to_string()
 }
 
+/// Uploads part `n` of an upload of `bucket/key`; the part as a Complete names it.
+pub async fn upload_part(
+    c: &Client,
+    bucket: &str,
+    key: &str,
+    id: &str,
+    n: i32,
+    body: Vec<u8>,
+) -> aws_sdk_s3::types::CompletedPart {
+    let sent = c
+        .upload_part()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(id)
+        .part_number(n)
+        .body(aws_sdk_s3::primitives::ByteStream::from(body))
+        .send()
+        .await;
+    let etag = sent.unwrap().e_tag().unwrap().to_string();
+    aws_sdk_s3::types::CompletedPart::builder()
+        .part_number(n)
+        .e_tag(etag)
+        .build()
+}
+
+/// Completes a multipart upload of `bucket/key` with `parts`; the HTTP status of a failure.
+pub async fn complete_upload(
+    c: &Client,
+    bucket: &str,
+    key: &str,
+    id: &str,
+    parts: &[aws_sdk_s3::types::CompletedPart],
+) -> Result<(), u16> {
+    c.complete_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(id)
+        .multipart_upload(
+            aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                .set_parts(Some(parts.to_vec()))
+                .build(),
+        )
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| status(&e))
+}
+
 /// The same client without retries, so a dead server fails requests at once.
 pub fn no_retry(c: &Client) -> Client {
     Client::from_conf(
