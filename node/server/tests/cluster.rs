@@ -1361,3 +1361,58 @@ async fn multipart_uploads_started_before_a_scale_out_complete_during_and_after_
     tokio::time::sleep(Duration::from_secs(75)).await;
     check("after the grace").await;
 }
+
+/// A multipart upload started before a change that moves two slots of its key's partition
+/// (4 to 8 nodes), completed after a plain PUT of the key that followed the change: the
+/// Complete came last, so it is what reads back, through every node, also once every node
+/// restarted. (24 keys; the test does not pick keys whose partition moved `W` or more slots.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "known bug, fails about 2 runs in 5: a Complete of an upload open across the change answers 404 when the move took its upload records' slots (ARCHITECTURE, layout transitions)"]
+async fn a_complete_after_a_put_that_followed_a_big_layout_change_wins() {
+    let mut cluster = start_seeded(8, 4, &["--redundancy", "2+2"], &[]);
+    let c = cluster.nodes[0].client();
+    c.create_bucket().bucket("bkt").send().await.unwrap();
+    let mut uploads = Vec::new();
+    for i in 0..24 {
+        let key = format!("late{i}");
+        let (id, parts, bytes) = upload_parts(&c, &key, &[200 * KIB]).await;
+        uploads.push((key, id, parts, bytes));
+    }
+    join_and_apply(&mut cluster, 4..8);
+    transition_finished(&cluster.nodes[2], Duration::from_secs(180)).await;
+    let c6 = cluster.nodes[6].client();
+    for (key, id, parts, _) in &uploads {
+        c6.put_object()
+            .bucket("bkt")
+            .key(key)
+            .body(ByteStream::from(b"the put before the complete".to_vec()))
+            .send()
+            .await
+            .unwrap();
+        complete_upload(&c6, key, id, parts).await;
+    }
+    // restarted nodes have forgotten which versions are settled: their lookups ask a write
+    // quorum of the new placement first
+    for node in &mut cluster.nodes {
+        node.kill9();
+    }
+    for node in &mut cluster.nodes {
+        node.launch();
+    }
+    for node in &mut cluster.nodes {
+        node.wait_ready();
+    }
+    for n in 0..8 {
+        let cn = cluster.nodes[n].client();
+        let mut stale = Vec::new();
+        for (key, _, _, bytes) in &uploads {
+            if get_bytes(&cn, "bkt", key).await.unwrap() != *bytes {
+                stale.push(key.clone());
+            }
+        }
+        assert!(
+            stale.is_empty(),
+            "node {n}: the PUT hides the later Complete of {stale:?}"
+        );
+    }
+}
