@@ -300,10 +300,19 @@ async fn move_batch(store: &ObjectStore, t: &TransitionState, partitions: &[u32]
         drives.extend(store.older_drives_of(*p));
     }
     let mut failed: BTreeSet<u32> = BTreeSet::new();
-    let mut keys: BTreeSet<(String, String)> = BTreeSet::new();
+    // objects, then open multipart uploads (`Some(upload id)`), which move too
+    let mut keys: BTreeSet<(String, String, Option<String>)> = BTreeSet::new();
     for d in &drives {
-        match store.partition_keys(d, &bitmap).await {
-            Ok(k) => keys.extend(k),
+        let listed = async {
+            let objects = store.partition_keys(d, &bitmap).await?;
+            let uploads = store.partition_uploads(d, &bitmap).await?;
+            Ok::<_, ringstore_object::Error>((objects, uploads))
+        };
+        match listed.await {
+            Ok((objects, uploads)) => {
+                keys.extend(objects.into_iter().map(|(b, k)| (b, k, None)));
+                keys.extend(uploads.into_iter().map(|(b, k, u)| (b, k, Some(u))));
+            }
             Err(e) => {
                 // without this drive's keys no partition of the batch can be called done
                 tracing::warn!(drive = %d, error = %e, "layout transition: could not list a drive's keys");
@@ -320,10 +329,10 @@ async fn move_batch(store: &ObjectStore, t: &TransitionState, partitions: &[u32]
     let started = Instant::now();
     let moved_bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let results = futures::stream::iter(keys)
-        .map(|(bucket, key)| {
+        .map(|(bucket, key, upload)| {
             let moved_bytes = moved_bytes.clone();
             async move {
-                let r = store.move_counted(&bucket, &key).await;
+                let r = store.move_counted(&bucket, &key, upload.as_deref()).await;
                 if let Ok(m) = &r {
                     let total =
                         moved_bytes.fetch_add(m.bytes, std::sync::atomic::Ordering::Relaxed) + m.bytes;
