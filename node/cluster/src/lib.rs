@@ -223,6 +223,12 @@ impl Cluster {
             .collect()
     }
 
+    /// Drives that a finished transition drained: what they hold is stale, and no layout may
+    /// place data on them again.
+    pub fn retired_drives(&self) -> std::collections::BTreeSet<String> {
+        self.inner.state.read(|s| s.retired_drives.clone())
+    }
+
     /// Whether the restore of the control-plane state from its copy is still running (a copy
     /// taken meanwhile would be partial).
     pub fn restoring(&self) -> bool {

@@ -1,6 +1,6 @@
 //! The control-plane state and the pure function that applies commands to it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::EntryPayload;
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,10 @@ pub struct StateMachineData {
     pub nodes: BTreeMap<String, NodeInfo>,
     /// The layout transition in progress, or the last one (finished).
     pub transition: Option<TransitionState>,
+    /// Drives that a finished transition drained (in a retired layout, not in the one that
+    /// replaced it). What they still hold is stale, so no layout may place data on them
+    /// again: a node comes back with new, empty drives.
+    pub retired_drives: BTreeSet<String>,
 }
 
 /// A registered cluster member.
@@ -52,6 +56,20 @@ pub struct BucketInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessKey {
     pub secret_key: Secret,
+}
+
+/// The drive ids a layout (as committed, JSON) places data on; meta keeps layouts opaque
+/// otherwise.
+fn drive_ids(layout_json: &str) -> BTreeSet<String> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(layout_json) else {
+        return BTreeSet::new();
+    };
+    let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+    nodes
+        .iter()
+        .flat_map(|n| n["drives"].as_array().cloned().unwrap_or_default())
+        .filter_map(|d| d["id"].as_str().map(str::to_string))
+        .collect()
 }
 
 impl StateMachineData {
@@ -156,6 +174,14 @@ impl StateMachineData {
                 }
                 t.phase = crate::Phase::Finished;
                 let to = *to;
+                let staying = self.layouts.get(&to).map(|j| drive_ids(j)).unwrap_or_default();
+                let retired: Vec<String> = self
+                    .layouts
+                    .range(..to)
+                    .flat_map(|(_, j)| drive_ids(j))
+                    .filter(|d| !staying.contains(d))
+                    .collect();
+                self.retired_drives.extend(retired);
                 self.layouts.retain(|v, _| *v >= to);
             }
             Command::PutAccessKey {
@@ -250,6 +276,41 @@ mod tests {
             version,
             layout_json: format!("{{\"v\":{version}}}"),
         }
+    }
+
+    /// A finished drain retires the drives that left: they are recorded, and stay recorded
+    /// across later transitions; drives still placed are not.
+    #[test]
+    fn a_finished_transition_records_the_drives_it_drained() {
+        let layout = |v: u64, drives: &[&str]| {
+            let drives: Vec<serde_json::Value> =
+                drives.iter().map(|d| serde_json::json!({"id": d})).collect();
+            Command::SetLayout {
+                version: v,
+                layout_json: serde_json::json!({"version": v, "nodes": [{"name": "n", "drives": drives}]})
+                    .to_string(),
+            }
+        };
+        // a transition to `to` that runs to its end
+        let run = |s: &mut StateMachineData, to: u64| {
+            let before = s.retired_drives.clone();
+            assert_eq!(s.apply(&start(to - 1, to)), Response::Ok);
+            s.apply(&Command::TransitionSynced { to });
+            s.apply(&Command::PartitionsDone {
+                to,
+                partitions: (0..20).collect(),
+            });
+            assert_eq!(s.retired_drives, before, "nothing retires before the finish");
+            assert_eq!(s.apply(&Command::FinishTransition { to }), Response::Ok);
+        };
+        let mut s = StateMachineData::default();
+        s.apply(&layout(1, &["a", "b", "c"]));
+        s.apply(&layout(2, &["a", "b"]));
+        run(&mut s, 2);
+        assert_eq!(s.retired_drives.iter().collect::<Vec<_>>(), vec!["c"]);
+        s.apply(&layout(3, &["a", "b", "d"]));
+        run(&mut s, 3);
+        assert_eq!(s.retired_drives.iter().collect::<Vec<_>>(), vec!["c"]);
     }
 
     #[test]

@@ -139,6 +139,7 @@ pub(crate) struct OlderPlacement {
 /// placement computed from it. Replaced whole when the layout changes; an operation keeps
 /// the view it started with.
 pub(crate) struct Inner {
+    /// The layout's drives in its order, then those only older layouts in use have.
     pub(crate) drives: Vec<DriveHandle>,
     pub(crate) by_id: HashMap<String, usize>,
     pub(crate) layout: Layout,
@@ -190,7 +191,9 @@ impl ObjectStore {
     }
 
     /// A store placing data by `layout`, whose drives are `handles` (in the layout's
-    /// order: node by node, drive by drive); `local` are this node's own drives. Objects
+    /// order: node by node, drive by drive), followed by the drives of the `older` layouts
+    /// that `layout` no longer has (drives being drained, which keep their data until a
+    /// transition moved it); `local` are this node's own drives. Objects
     /// not found where `layout` places them are looked for where the `older` layouts placed
     /// them (any order; versions at or above `layout`'s are ignored). New versions are
     /// written where `layout` places them, or where the older layout of version
@@ -461,7 +464,8 @@ impl Inner {
             .iter()
             .flat_map(|n| n.drives.iter().map(|d| d.id.as_str()))
             .collect();
-        if ids.len() != drives.len() || ids.iter().zip(&drives).any(|(a, b)| *a != b.id()) {
+        // the layout's drives first, in its order; drives only older layouts have after them
+        if ids.len() > drives.len() || ids.iter().zip(&drives).any(|(a, b)| *a != b.id()) {
             return Err(Error::Internal("drive handles do not match the layout".into()));
         }
         let codec = Arc::new(Codec::new(layout.redundancy)?);

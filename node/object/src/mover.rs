@@ -376,6 +376,10 @@ impl ObjectStore {
             .into_iter()
             .collect::<Option<Vec<usize>>>()
         else {
+            if moved.in_place {
+                // moved by a transition that finished and drained those drives
+                return Ok(moved);
+            }
             return Err(Error::Internal(format!(
                 "upload {upload_id}: a drive it is on left the cluster"
             )));

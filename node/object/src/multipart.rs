@@ -733,6 +733,11 @@ impl ObjectStore {
         let Some(from) = &upload.moved_from else {
             return Ok(());
         };
+        // drained drives are gone only once the transition that moved it finished, after
+        // the mover's second look
+        if self.inner().present(from).len() < from.len() {
+            return Ok(());
+        }
         let (copied, _) = self
             .copy_newer_parts(from, slots, upload_id, Some(chosen))
             .await?;

@@ -241,12 +241,11 @@ struct LayoutRequest {
     redundancy: Option<String>,
 }
 
-/// Whether the data plane can serve `next` after `current`: data does not move between
-/// layouts yet, so objects stay where the layout they were written under placed them. A
-/// new redundancy would leave every existing object with a different `k+m` than the
-/// partition's quorums, and a removed node takes its shards with it; both are refused
-/// until the migrator moves data. Adding nodes is served: reads fall back to the older
-/// placements.
+/// Whether the data plane can serve `next` after `current`: a transition moves shards
+/// between placements of one redundancy, onto drives that join and off nodes that leave (a
+/// drain; they keep serving their data until it has moved). Re-encoding to a new redundancy
+/// is not built yet, and neither is draining single drives of a node that stays (a node
+/// registers its drives whole): both are refused.
 fn servable(
     current: &ringstore_ring::Layout,
     redundancy: ringstore_ring::Redundancy,
@@ -262,25 +261,6 @@ fn servable(
             ),
         ));
     }
-    let leaving = |code, what: &str, names: Vec<String>| {
-        if names.is_empty() {
-            return Ok(());
-        }
-        Err((
-            code,
-            format!(
-                "{what} cannot leave the layout yet (their data is not moved off them): {}",
-                names.join(", ")
-            ),
-        ))
-    };
-    let removed: Vec<String> = current
-        .nodes
-        .iter()
-        .filter(|n| !nodes.iter().any(|m| m.name == n.name))
-        .map(|n| n.name.clone())
-        .collect();
-    leaving("NodeRemovalUnsupported", "nodes", removed)?;
     let shrunk: Vec<String> = current
         .nodes
         .iter()
@@ -292,7 +272,16 @@ fn servable(
         })
         .map(|n| format!("on {}", n.name))
         .collect();
-    leaving("DriveRemovalUnsupported", "drives", shrunk)?;
+    if !shrunk.is_empty() {
+        return Err((
+            "DriveRemovalUnsupported",
+            format!(
+                "drives cannot leave a node that stays in the layout yet (drain the whole node \
+                 instead): {}",
+                shrunk.join(", ")
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -335,9 +324,16 @@ async fn apply_layout(state: &AppState, req: Request) -> Response {
         Some(Err(e)) => return error(StatusCode::BAD_REQUEST, "InvalidRedundancy", &e.to_string()),
     };
     let members = cluster.status().members;
-    let wanted: Vec<String> = request
-        .nodes
-        .unwrap_or_else(|| members.iter().map(|m| m.name.clone()).collect());
+    // drives a finished drain retired hold stale data: their node comes back with new ones
+    let retired = cluster.retired_drives();
+    let stale = |m: &ringstore_cluster::MemberInfo| m.drives.iter().any(|d| retired.contains(&d.id));
+    let wanted: Vec<String> = request.nodes.unwrap_or_else(|| {
+        members
+            .iter()
+            .filter(|m| !stale(m))
+            .map(|m| m.name.clone())
+            .collect()
+    });
     let mut nodes = Vec::new();
     for name in &wanted {
         let Some(m) = members.iter().find(|m| &m.name == name) else {
@@ -347,6 +343,16 @@ async fn apply_layout(state: &AppState, req: Request) -> Response {
                 &format!("node {name} is not a member of the cluster"),
             );
         };
+        if stale(m) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "DrainedNode",
+                &format!(
+                    "node {name} was drained out of the layout and its drives hold stale data: \
+                     start it with new, empty drives to add it back"
+                ),
+            );
+        }
         nodes.push(ringstore_ring::NodeSpec {
             name: m.name.clone(),
             zone: m.zone.clone(),

@@ -70,35 +70,54 @@ impl Catalog for RaftCatalog {
     }
 }
 
-/// One handle per drive of `layout`, in layout order: this node's drives locally, the
-/// others through their node's RPC address.
+/// One handle per drive of `layout`, in layout order, then one per drive that only the
+/// `older` layouts still in use have (being drained): this node's drives locally, the others
+/// through their node's RPC address.
 pub fn handles(
     layout: &Layout,
     me: &str,
     local: &[Arc<Drive>],
     members: &[MemberInfo],
     client: &Client,
+    older: &[Layout],
 ) -> Vec<DriveHandle> {
-    let mut out = Vec::new();
-    for node in &layout.nodes {
-        let addr = members
-            .iter()
-            .find(|m| m.name == node.name)
-            .map(|m| m.rpc_addr.clone())
-            .unwrap_or_default();
-        for d in &node.drives {
-            let here = (node.name == me)
-                .then(|| local.iter().find(|l| l.id() == d.id))
-                .flatten();
-            out.push(match here {
-                Some(l) => DriveHandle::Local(l.clone()),
-                None => DriveHandle::Remote(Arc::new(RemoteDrive::new(
-                    d.id.clone(),
-                    node.name.clone(),
-                    addr.clone(),
+    let handle = |node: &str, id: &str| {
+        let here = (node == me)
+            .then(|| local.iter().find(|l| l.id() == id))
+            .flatten();
+        match here {
+            Some(l) => DriveHandle::Local(l.clone()),
+            None => {
+                let addr = members
+                    .iter()
+                    .find(|m| m.name == node)
+                    .map(|m| m.rpc_addr.clone())
+                    .unwrap_or_default();
+                DriveHandle::Remote(Arc::new(RemoteDrive::new(
+                    id.to_string(),
+                    node.to_string(),
+                    addr,
                     client.clone(),
-                ))),
-            });
+                )))
+            }
+        }
+    };
+    let mut out = Vec::new();
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    for node in &layout.nodes {
+        for d in &node.drives {
+            seen.insert(&d.id);
+            out.push(handle(&node.name, &d.id));
+        }
+    }
+    // drives being drained: older layouts in use still place data on them
+    for old in older.iter().filter(|o| o.version < layout.version) {
+        for node in &old.nodes {
+            for d in &node.drives {
+                if seen.insert(&d.id) {
+                    out.push(handle(&node.name, &d.id));
+                }
+            }
         }
     }
     out
@@ -193,9 +212,10 @@ pub fn follow_layout(
             known = now;
             let writes = history.1;
             kept = history;
-            let handles = handles(&layout, &me, store.local_drives(), &members, &client);
+            let older = cluster.layout_history();
+            let handles = handles(&layout, &me, store.local_drives(), &members, &client, &older);
             let version = layout.version;
-            match store.set_layout(layout, handles, &cluster.layout_history(), writes) {
+            match store.set_layout(layout, handles, &older, writes) {
                 Ok(()) if newer => tracing::info!(version, "now placing data with a new layout"),
                 Ok(()) => {}
                 Err(e) => tracing::error!(version, error = %e, "cannot use the committed layout"),

@@ -342,7 +342,8 @@ async fn join_cluster(
             .context("cannot register the replacement drives")?;
     }
     let members = cluster.status().members;
-    let handles = crate::cluster::handles(&layout, &args.node_name, &local, &members, client);
+    let older = cluster.layout_history();
+    let handles = crate::cluster::handles(&layout, &args.node_name, &local, &members, client, &older);
     if handles.iter().all(|h| h.local().is_none()) {
         tracing::warn!("this node holds no drive of the current layout; it serves requests for the others");
     }
@@ -353,14 +354,7 @@ async fn join_cluster(
         .then(|| crate::mirror::Mirror::start(cluster.clone(), &args.data));
     let catalog = Arc::new(crate::cluster::RaftCatalog(cluster.clone(), mirror));
     let writes = crate::cluster::writes_on(cluster, layout.version);
-    let store = ObjectStore::with_layout(
-        local.clone(),
-        catalog,
-        layout,
-        handles,
-        &cluster.layout_history(),
-        writes,
-    )?;
+    let store = ObjectStore::with_layout(local.clone(), catalog, layout, handles, &older, writes)?;
     crate::cluster::import_legacy_buckets(&store, &local).await;
     crate::cluster::follow_layout(
         store.clone(),
@@ -400,7 +394,8 @@ fn spawn_background(store: &ObjectStore, args: &ServerArgs, started: SystemTime)
     let sweeper = store.clone();
     // on its own, a node that starts has no write in flight: what it wrote before it
     // started is done or dead, so its first sweep need not wait for shards to age
-    let alone = store.local_drives().len() == store.layout().drive_count();
+    let layout = store.layout();
+    let alone = layout.nodes.len() == 1 && store.local_drives().len() == layout.drive_count();
     let mut first = alone.then_some(started);
     tokio::spawn(async move {
         let mut wait = Duration::from_secs(2);

@@ -219,7 +219,8 @@ async fn step(
             .await
             .map_err(|e| format!("could not record partitions done: {e}"))?;
     }
-    let movers = cluster.status().members.len().max(1) as u64;
+    // partitions are moved by nodes of the current layout only
+    let movers = store.layout().nodes.len().max(1) as u64;
     for batch in busy.chunks(BATCH) {
         // a node that restarted meanwhile may have come back on an older view (found in
         // review): nothing moves until every node writes by `to` again
@@ -276,7 +277,14 @@ async fn not_synced(
     if let Some(why) = check(me, &mine) {
         return Some(why);
     }
-    for m in cluster.status().members.into_iter().filter(|m| m.name != me) {
+    // members no layout in use places data on (drained, or not added yet) take no part
+    let placed = placed_nodes(store, cluster);
+    for m in cluster
+        .status()
+        .members
+        .into_iter()
+        .filter(|m| m.name != me && placed.contains(&m.name))
+    {
         let r: Result<NodeLayout, _> = client.call(&m.rpc_addr, "/node/layout", &()).await;
         match r {
             Ok(l) => {
@@ -288,6 +296,16 @@ async fn not_synced(
         }
     }
     None
+}
+
+/// Names of the nodes that the current layout or an older one still in use places data on.
+fn placed_nodes(store: &ObjectStore, cluster: &Cluster) -> BTreeSet<String> {
+    let mut layouts = cluster.layout_history();
+    layouts.push(store.layout());
+    layouts
+        .iter()
+        .flat_map(|l| l.nodes.iter().map(|n| n.name.clone()))
+        .collect()
 }
 
 /// Moves every object of `partitions`, within this node's share (one of `movers`) of the

@@ -1094,16 +1094,23 @@ fn all_shard_files(cluster: &TestCluster) -> usize {
         .sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_scale_out_moves_objects_onto_the_new_node_under_load() {
-    let mut cluster = start_seeded(5, 4, &["--redundancy", "2+2"], &[]);
-    let c = cluster.nodes[0].client();
+/// Creates bucket `bkt` and puts 80 objects of four sizes (inline, one stripe, several,
+/// over a MiB) through `c`; answers their keys, which end in their sizes.
+async fn put_mixed_sizes(c: &Client) -> Vec<String> {
     c.create_bucket().bucket("bkt").send().await.unwrap();
     let sizes = [2 * KIB, 150 * KIB, 700 * KIB, 1100 * KIB];
     let keys: Vec<String> = (0..80).map(|i| format!("old{i}-{}", sizes[i % 4])).collect();
     for k in &keys {
-        put(&c, "bkt", k).await.unwrap();
+        put(c, "bkt", k).await.unwrap();
     }
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scale_out_moves_objects_onto_the_new_node_under_load() {
+    let mut cluster = start_seeded(5, 4, &["--redundancy", "2+2"], &[]);
+    let c = cluster.nodes[0].client();
+    let keys = put_mixed_sizes(&c).await;
     let load = Load::start((0..4).map(|i| cluster.nodes[i].client()).collect(), "bkt", 4);
     let doc = join_and_apply(&mut cluster, 4..5);
     assert_eq!(doc["version"], 2, "{doc}");
@@ -1163,12 +1170,104 @@ async fn a_scale_out_moves_objects_onto_the_new_node_under_load() {
     .await;
 }
 
+/// Draining a node: a layout without it moves its shards onto the nodes that stay, under
+/// load. Every acknowledged object reads back and lists through every node that stays, also
+/// once the drained node is killed; an upload open across the drain takes a part and
+/// completes after it; once the grace is past, the drained node holds no shard. Stopped, it
+/// holds up no later change (a node joins and its data moves), and it is not placed again
+/// with the stale data it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn draining_a_node_moves_its_data_onto_the_others_under_load() {
+    let mut cluster = start_seeded(6, 5, &["--redundancy", "2+2"], &[]);
+    let c = cluster.nodes[0].client();
+    let keys = put_mixed_sizes(&c).await;
+    assert!(
+        !shard_files(&cluster.nodes[4].drives[0]).is_empty(),
+        "the node to drain holds shards"
+    );
+    let (id, mut parts, mut whole) = upload_parts(&c, "open-upload", &[5 * 1024 * KIB]).await;
+    let load = Load::start((0..4).map(|i| cluster.nodes[i].client()).collect(), "bkt", 4);
+    let (status, doc) = cluster.nodes[1]
+        .admin_post("layout", r#"{"nodes": ["node-0", "node-1", "node-2", "node-3"]}"#)
+        .expect("layout apply answers");
+    assert_eq!(status, 200, "{doc}");
+    let t = transition_to_finished(&cluster.nodes[2], Some(2), Duration::from_secs(180)).await;
+    let (acked, gets_ok, gets_failed) = load.finish().await;
+    eprintln!("transition: {t}");
+    let t = &t["transition"];
+    assert_eq!(t["kind"], "drain", "{t}");
+    assert_eq!(t["partitions_done"], t["partitions"], "{t}");
+    assert!(t["objects_moved"].as_u64().unwrap() > 0, "{t}");
+    assert!(gets_ok > 0, "the load ran");
+    assert_eq!(gets_failed, 0, "reads during the drain failed");
+    // the upload open across the drain takes another part and completes
+    let (done, bytes) = upload_part(&cluster.nodes[3].client(), "open-upload", &id, 2, 300 * KIB).await;
+    parts.push(done);
+    whole.extend(bytes);
+    complete_upload(&cluster.nodes[2].client(), "open-upload", &id, &parts).await;
+    let live: Vec<String> = keys.iter().cloned().chain(acked.iter().cloned()).collect();
+    let mut listed: Vec<String> = live.iter().cloned().chain(["open-upload".into()]).collect();
+    listed.sort();
+    let check = async |label: &str, cluster: &TestCluster| {
+        for i in 0..4 {
+            let ci = cluster.nodes[i].client();
+            let bad = check_all(&ci, "bkt", &live).await;
+            assert!(bad.is_empty(), "{label}, node {i}: unreadable: {bad:?}");
+            assert_eq!(list_keys(&ci, "bkt").await, listed, "{label}, node {i} lists");
+            assert_eq!(get_bytes(&ci, "bkt", "open-upload").await.unwrap(), whole);
+        }
+    };
+    check("after the drain", &cluster).await;
+    eventually(
+        Duration::from_secs(120),
+        "the drained node's shards are removed after the grace",
+        async || match shard_files(&cluster.nodes[4].drives[0]).len() {
+            0 => Ok(()),
+            n => Err(format!("{n} shard files left on the drained node")),
+        },
+    )
+    .await;
+    cluster.nodes[4].kill9();
+    check("with the drained node killed", &cluster).await;
+    // the stopped node holds up no later change, and is not placed again with what it holds
+    let (status, doc) = cluster.nodes[0]
+        .admin_post(
+            "layout",
+            r#"{"nodes": ["node-0", "node-1", "node-2", "node-3", "node-4"]}"#,
+        )
+        .expect("layout apply answers");
+    assert_eq!(status, 400, "{doc}");
+    assert_eq!(doc["error"]["code"], "DrainedNode", "{doc}");
+    let doc = join_and_apply(&mut cluster, 5..6);
+    let names: Vec<&str> = doc["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["name"].as_str())
+        .collect();
+    assert_eq!(names, ["node-0", "node-1", "node-2", "node-3", "node-5"], "{doc}");
+    transition_to_finished(&cluster.nodes[5], Some(3), Duration::from_secs(180)).await;
+    assert!(
+        !shard_files(&cluster.nodes[5].drives[0]).is_empty(),
+        "data moved onto the node that joined"
+    );
+    let ci = cluster.nodes[5].client();
+    let bad = check_all(&ci, "bkt", &live).await;
+    assert!(bad.is_empty(), "after a node joined, unreadable: {bad:?}");
+}
+
 /// Waits until the transition that `node` reports has finished; returns its document.
 async fn transition_finished(node: &Server, timeout: Duration) -> serde_json::Value {
+    transition_to_finished(node, None, timeout).await
+}
+
+/// Waits until the transition to layout `to` (any, when `None`) that `node` reports has
+/// finished; returns its document.
+async fn transition_to_finished(node: &Server, to: Option<u64>, timeout: Duration) -> serde_json::Value {
     let deadline = Instant::now() + timeout;
     loop {
         let t = node.admin_get("transition").expect("transition status");
-        if t["transition"]["phase"] == "finished" {
+        if t["transition"]["phase"] == "finished" && to.is_none_or(|to| t["transition"]["to"] == to) {
             return t;
         }
         assert!(
