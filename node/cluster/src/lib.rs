@@ -7,7 +7,8 @@
 //! `/rpc/v1/cluster/read-barrier`) and retries across leader changes for about 10 s.
 //!
 //! Node ids are a stable hash of the node name, so a node that restarts, or is replaced under
-//! the same name with empty disks, keeps its id. Voters grow to 3 then 5 as members join;
+//! the same name with empty disks, keeps its id. Voters grow to 3 then 5 as members join,
+//! and members drained out of the layout hand their vote over to members that stay;
 //! replacing a voter that is gone for good is not automated (an operator removes it).
 
 mod api;
@@ -188,11 +189,12 @@ impl Cluster {
         tracing::info!(node = %inner.cfg.node_name, id, addr = %inner.cfg.rpc_addr, "cluster node started");
         let watcher = tokio::spawn(watch_metrics(inner.clone()));
         let boot = tokio::spawn(bootstrap::run(inner.clone()));
+        let votes = tokio::spawn(hand_over_votes(inner.clone()));
         inner
             .tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .extend([watcher, boot]);
+            .extend([watcher, boot, votes]);
         Ok(Cluster { inner })
     }
 
@@ -454,6 +456,24 @@ fn role(s: ServerState) -> Role {
         ServerState::Candidate => Role::Candidate,
         ServerState::Learner => Role::Learner,
         ServerState::Shutdown => Role::Shutdown,
+    }
+}
+
+/// On the leader, every few seconds: voters that leave the layout (drained) hand their vote
+/// over to members that stay ([`Inner::promote`]), while they still run.
+async fn hand_over_votes(n: Arc<Inner>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if n.shut.load(Ordering::SeqCst) {
+            return;
+        }
+        if n.raft.metrics().borrow().current_leader != Some(n.id) {
+            continue;
+        }
+        let _guard = n.membership_lock.lock().await;
+        if let Err(e) = n.promote().await {
+            tracing::warn!(error = %e, "could not change the voter set");
+        }
     }
 }
 

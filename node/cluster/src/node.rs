@@ -63,6 +63,76 @@ pub(crate) fn target_voters(members: usize) -> usize {
     }
 }
 
+/// A change of the Raft voter set.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum VoterChange {
+    Promote(BTreeSet<NodeId>),
+    Demote(BTreeSet<NodeId>),
+    None,
+}
+
+/// The next change of the voter set, from its voters and learners (name, id) and the names
+/// of members that leave: learners that stay are promoted (smallest names first) until the
+/// voters that stay reach the target for the members that stay; only then are voters that
+/// leave demoted, all at once (the set never shrinks below the target first).
+pub(crate) fn voter_change(
+    voters: &[(String, NodeId)],
+    learners: &[(String, NodeId)],
+    leaving: &BTreeSet<String>,
+) -> VoterChange {
+    let stays = |(name, _): &&(String, NodeId)| !leaving.contains(name);
+    let staying_voters = voters.iter().filter(stays).count();
+    let mut candidates: Vec<&(String, NodeId)> = learners.iter().filter(stays).collect();
+    candidates.sort();
+    let target = target_voters(staying_voters + candidates.len());
+    if staying_voters < target && !candidates.is_empty() {
+        let ids = candidates
+            .into_iter()
+            .take(target - staying_voters)
+            .map(|(_, id)| *id)
+            .collect();
+        return VoterChange::Promote(ids);
+    }
+    let gone: BTreeSet<NodeId> = voters
+        .iter()
+        .filter(|v| leaving.contains(&v.0))
+        .map(|(_, id)| *id)
+        .collect();
+    if !gone.is_empty() && staying_voters >= target.max(1) {
+        return VoterChange::Demote(gone);
+    }
+    VoterChange::None
+}
+
+/// Members that leave: placed by an older layout still in use but not by the current one
+/// (being drained), or holding a drive a finished drain retired.
+pub(crate) fn leaving_members(s: &ringstore_meta::StateMachineData) -> BTreeSet<String> {
+    let names = |json: &str| -> BTreeSet<String> {
+        serde_json::from_str::<Layout>(json)
+            .map(|l| l.nodes.into_iter().map(|n| n.name).collect())
+            .unwrap_or_default()
+    };
+    let current = s
+        .layouts
+        .values()
+        .next_back()
+        .map(|j| names(j))
+        .unwrap_or_default();
+    let mut out: BTreeSet<String> = s
+        .layouts
+        .values()
+        .flat_map(|j| names(j))
+        .filter(|n| !current.contains(n))
+        .collect();
+    out.extend(
+        s.nodes
+            .iter()
+            .filter(|(_, info)| info.drives.iter().any(|(d, _)| s.retired_drives.contains(d)))
+            .map(|(name, _)| name.clone()),
+    );
+    out
+}
+
 impl Inner {
     pub fn is_shut(&self) -> bool {
         self.shut.load(Ordering::Acquire)
@@ -366,27 +436,32 @@ impl Inner {
         }
     }
 
-    /// Promotes learners (smallest names first) until the voter count reaches its target.
-    /// Only grows the voter set: replacing a voter that died for good is an operator action.
-    async fn promote(&self) -> WireResult<()> {
+    /// Keeps the voter set at its target among the members that stay: promotes learners
+    /// (smallest names first) until it is reached, then demotes voters that leave (drained
+    /// out of the layout), so that quorum never rests on a node about to go. Replacing a voter
+    /// that died for good is still an operator action.
+    pub(crate) async fn promote(&self) -> WireResult<()> {
         let metrics = self.metrics();
         let membership = metrics.membership_config.membership();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let mut learners: Vec<(String, NodeId)> = membership
-            .learner_ids()
-            .filter_map(|id| membership.get_node(&id).map(|n| (n.name.clone(), id)))
-            .collect();
-        let target = target_voters(voters.len() + learners.len());
-        if voters.len() >= target || learners.is_empty() {
-            return Ok(());
-        }
-        learners.sort();
-        let promoted: Vec<(String, NodeId)> = learners.into_iter().take(target - voters.len()).collect();
-        tracing::info!(promoted = ?promoted.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-            voters = voters.len(), target, "promoting learners to voters");
-        let ids: BTreeSet<NodeId> = promoted.into_iter().map(|(_, id)| id).collect();
+        let named = |ids: Vec<NodeId>| -> Vec<(String, NodeId)> {
+            ids.into_iter()
+                .filter_map(|id| membership.get_node(&id).map(|n| (n.name.clone(), id)))
+                .collect()
+        };
+        let voters = named(membership.voter_ids().collect());
+        let learners = named(membership.learner_ids().collect());
+        let leaving = self.state.read(leaving_members);
+        let (change, what) = match voter_change(&voters, &learners, &leaving) {
+            VoterChange::Promote(ids) => (ChangeMembers::AddVoterIds(ids), "promoting learners to voters"),
+            VoterChange::Demote(ids) => (
+                ChangeMembers::RemoveVoters(ids),
+                "demoting voters that leave the layout to learners",
+            ),
+            VoterChange::None => return Ok(()),
+        };
+        tracing::info!(change = ?change, voters = voters.len(), "{what}");
         self.raft
-            .change_membership(ChangeMembers::AddVoterIds(ids), true)
+            .change_membership(change, true)
             .await
             .map(|_| ())
             .map_err(|e| WireError::Failed(e.to_string()))
@@ -414,7 +489,54 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
-    use super::target_voters;
+    use std::collections::BTreeSet;
+
+    use super::{VoterChange, target_voters, voter_change};
+
+    fn named(names: &[&str], first_id: u64) -> Vec<(String, u64)> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.to_string(), first_id + i as u64))
+            .collect()
+    }
+
+    /// A voter that leaves is replaced before it is demoted, so the voter count stays at
+    /// its target; with no learner to promote it is demoted only while enough voters stay.
+    #[test]
+    fn voters_that_leave_hand_over_to_learners_first() {
+        let leaving: BTreeSet<String> = ["c".to_string()].into();
+        let voters = named(&["a", "b", "c"], 1);
+        let learners = named(&["e", "d"], 4);
+        // 4 members stay: target 3, two voters stay: the smallest learner is promoted first
+        assert_eq!(
+            voter_change(&voters, &learners, &leaving),
+            VoterChange::Promote([5].into())
+        );
+        let voters = named(&["a", "b", "c", "d"], 1);
+        let learners = named(&["e"], 5);
+        assert_eq!(
+            voter_change(&voters, &learners, &leaving),
+            VoterChange::Demote([3].into())
+        );
+        // nothing leaves: nothing changes once the target is reached
+        let none = BTreeSet::new();
+        assert_eq!(
+            voter_change(&named(&["a", "b", "c"], 1), &learners, &none),
+            VoterChange::None
+        );
+        // two members stay and no learner: the leaving voter goes (target 1, two stay)
+        assert_eq!(
+            voter_change(&named(&["a", "b", "c"], 1), &[], &leaving),
+            VoterChange::Demote([3].into())
+        );
+        // every voter leaves and nobody can take over: nothing is demoted
+        let all: BTreeSet<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            voter_change(&named(&["a", "b", "c"], 1), &[], &all),
+            VoterChange::None
+        );
+    }
 
     #[test]
     fn voter_targets_are_odd_and_capped() {

@@ -1175,7 +1175,8 @@ async fn a_scale_out_moves_objects_onto_the_new_node_under_load() {
 /// once the drained node is killed; an upload open across the drain takes a part and
 /// completes after it; once the grace is past, the drained node holds no shard. Stopped, it
 /// holds up no later change (a node joins and its data moves), and it is not placed again
-/// with the stale data it holds.
+/// with the stale data it holds. Its Raft vote goes before it is stopped, and the node that
+/// joins takes one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn draining_a_node_moves_its_data_onto_the_others_under_load() {
     let mut cluster = start_seeded(6, 5, &["--redundancy", "2+2"], &[]);
@@ -1218,6 +1219,30 @@ async fn draining_a_node_moves_its_data_onto_the_others_under_load() {
         }
     };
     check("after the drain", &cluster).await;
+    // the drained node hands its Raft vote over while it still runs
+    let voters = |cluster: &TestCluster| -> Vec<String> {
+        let status = cluster.nodes[0].admin_get("status").unwrap_or_default();
+        let names = status["cluster"]["voters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        names
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the drained node is no voter",
+        async || {
+            let v = voters(&cluster);
+            match v.contains(&"node-4".to_string()) || v.is_empty() {
+                false => Ok(()),
+                true => Err(format!("voters {v:?}")),
+            }
+        },
+    )
+    .await;
     eventually(
         Duration::from_secs(120),
         "the drained node's shards are removed after the grace",
@@ -1247,6 +1272,18 @@ async fn draining_a_node_moves_its_data_onto_the_others_under_load() {
         .collect();
     assert_eq!(names, ["node-0", "node-1", "node-2", "node-3", "node-5"], "{doc}");
     transition_to_finished(&cluster.nodes[5], Some(3), Duration::from_secs(180)).await;
+    eventually(
+        Duration::from_secs(30),
+        "the node that joined votes",
+        async || {
+            let v = voters(&cluster);
+            match v.len() == 5 && v.contains(&"node-5".to_string()) {
+                true => Ok(()),
+                false => Err(format!("voters {v:?}")),
+            }
+        },
+    )
+    .await;
     assert!(
         !shard_files(&cluster.nodes[5].drives[0]).is_empty(),
         "data moved onto the node that joined"
