@@ -471,8 +471,11 @@ async fn hand_over_votes(n: Arc<Inner>) {
             continue;
         }
         let _guard = n.membership_lock.lock().await;
-        if let Err(e) = n.promote().await {
-            tracing::warn!(error = %e, "could not change the voter set");
+        // bounded, so that a change that cannot commit does not hold up joins for ever
+        match tokio::time::timeout(Duration::from_secs(10), n.promote()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not change the voter set"),
+            Err(_) => tracing::warn!("a voter set change did not finish in 10 s"),
         }
     }
 }
