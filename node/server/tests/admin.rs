@@ -154,8 +154,11 @@ async fn status_requires_the_token_and_describes_the_node() {
     let (code, _) = get_with_token(server.addr, "/_ringstore/admin/v1/nothing", SECRET_KEY);
     assert_eq!(code, 404);
 
-    // a drive whose folder disappears under the running node shows as offline
-    std::fs::remove_dir_all(server.drives[3].join(".ringstore")).unwrap();
+    // a drive whose folder disappears under the running node shows as offline; moved away in
+    // one step, since the node's background tasks may write into it while a recursive
+    // removal runs (which then fails with "directory not empty")
+    let gone = server.drives[3].with_extension("gone");
+    std::fs::rename(server.drives[3].join(".ringstore"), &gone).unwrap();
     let (_, body) = get_with_token(server.addr, STATUS, SECRET_KEY);
     let doc: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(doc["drives"][3]["state"], "offline", "{doc}");
