@@ -83,6 +83,10 @@ pub enum Error {
     Decode(#[from] ringstore_erasure::Error),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A layout transition that changes the redundancy waits for an open multipart upload
+    /// to end (its parts are not re-encoded).
+    #[error("{0}")]
+    UploadOpen(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -127,6 +131,10 @@ pub(crate) struct Shared {
 /// An older layout's placement, with each of its drives' index in the current view.
 pub(crate) struct OlderPlacement {
     version: u64,
+    /// The layout's redundancy: objects it placed are stored with it, unless a transition
+    /// re-encoded them already.
+    pub(crate) redundancy: Redundancy,
+    codec: Arc<Codec>,
     placement: Placement,
     /// Index of each node's first drive in `index`.
     offsets: Vec<usize>,
@@ -474,16 +482,17 @@ impl Inner {
             .enumerate()
             .map(|(i, d)| (d.id().to_string(), i))
             .collect();
-        let mut older: Vec<&Layout> = older
-            .iter()
-            .filter(|o| o.version < layout.version && o.redundancy == layout.redundancy)
-            .collect();
+        let mut older: Vec<&Layout> = older.iter().filter(|o| o.version < layout.version).collect();
         older.sort_by_key(|o| std::cmp::Reverse(o.version));
         let older: Vec<OlderPlacement> = older
             .into_iter()
             .filter_map(|o| {
                 // a layout that cannot be placed (never committed as such) holds no data
                 let placement = o.placement().ok()?;
+                let codec = match o.redundancy == layout.redundancy {
+                    true => codec.clone(),
+                    false => Arc::new(Codec::new(o.redundancy).ok()?),
+                };
                 let index = o
                     .nodes
                     .iter()
@@ -491,6 +500,8 @@ impl Inner {
                     .collect();
                 Some(OlderPlacement {
                     version: o.version,
+                    redundancy: o.redundancy,
+                    codec,
                     placement,
                     offsets: node_offsets(o),
                     index,
@@ -520,8 +531,9 @@ impl Inner {
 
     /// Where a new version of `bucket/key` is written, in shard order: the current
     /// placement, or while a transition syncs the older one writes still go to (when every
-    /// drive of it is still in the cluster).
-    pub(crate) fn write_drives(&self, bucket: &str, key: &str) -> Vec<usize> {
+    /// drive of it is still in the cluster); with the codec a new version is encoded with
+    /// there (the redundancy of the layout that places it).
+    pub(crate) fn write_placement(&self, bucket: &str, key: &str) -> (Vec<usize>, Arc<Codec>) {
         if let Some(old) = self.write_older.map(|i| &self.older[i]) {
             let p = ringstore_ring::partition_of(bucket, key);
             let drives: Option<Vec<usize>> = old
@@ -531,10 +543,10 @@ impl Inner {
                 .map(|d| old.index[old.offsets[d.node] + d.drive])
                 .collect();
             if let Some(drives) = drives {
-                return drives;
+                return (drives, old.codec.clone());
             }
         }
-        self.partition_drives(bucket, key)
+        (self.partition_drives(bucket, key), self.codec.clone())
     }
 
     /// The codec for objects stored with `redundancy` (an object's record says which it was
@@ -543,9 +555,13 @@ impl Inner {
         if self.codec.redundancy() == redundancy {
             return Ok(self.codec.clone());
         }
+        if let Some(old) = self.older.iter().find(|o| o.redundancy == redundancy) {
+            return Ok(old.codec.clone());
+        }
         Ok(Arc::new(Codec::new(redundancy)?))
     }
 
+    /// Object bytes per stripe with the current layout's redundancy.
     pub(crate) fn block_size(&self) -> usize {
         ringstore_erasure::block_size(self.codec.redundancy().k)
     }
@@ -613,19 +629,19 @@ impl Inner {
         if failed.is_empty() {
             return Ok(());
         }
-        let r = self.layout.redundancy;
-        let tolerated = r.width() - r.read_quorum();
+        let tolerated = |r: Redundancy| r.width() - r.read_quorum();
         let mut down = vec![false; self.drives.len()];
         for d in failed {
             down[*d] = true;
         }
         let offsets = node_offsets(&self.layout);
-        let current = (&self.placement, &offsets, None);
+        let current = (self.layout.redundancy, &self.placement, &offsets, None);
         let older = self
             .older
             .iter()
-            .map(|o| (&o.placement, &o.offsets, Some(&o.index)));
-        for (placement, offsets, index) in std::iter::once(current).chain(older) {
+            .map(|o| (o.redundancy, &o.placement, &o.offsets, Some(&o.index)));
+        for (redundancy, placement, offsets, index) in std::iter::once(current).chain(older) {
+            let tolerated = tolerated(redundancy);
             for p in 0..ringstore_ring::PARTITIONS {
                 let missing = placement
                     .drives(p)
@@ -763,10 +779,10 @@ impl Inner {
         self.resolve(ids).into_iter().flatten().collect()
     }
 
-    /// A record for a new version stored on `drives` with this node's codec; the caller
-    /// fills in what the version holds.
-    pub(crate) fn new_record(&self, version: Version, drives: Vec<String>) -> ObjectRecord {
-        let r = self.codec.redundancy();
+    /// A record for a new version stored on `drives` with `codec`; the caller fills in what
+    /// the version holds.
+    pub(crate) fn new_record(&self, version: Version, drives: Vec<String>, codec: &Codec) -> ObjectRecord {
+        let r = codec.redundancy();
         ObjectRecord {
             version,
             deleted: false,
@@ -777,7 +793,7 @@ impl Inner {
             checksum: None,
             k: r.k,
             m: r.m,
-            block_size: self.block_size(),
+            block_size: ringstore_erasure::block_size(r.k),
             codec: ringstore_erasure::CODEC_ID.to_string(),
             drives,
             parts: vec![],
@@ -805,14 +821,23 @@ impl Inner {
     }
 
     /// Where older layouts placed `bucket/key`, newest first, for each one that placed it
-    /// elsewhere: the slots whose drives are still in the cluster.
+    /// elsewhere or with another redundancy: the slots whose drives are still in the cluster.
     pub(crate) fn older_partition_drives(&self, bucket: &str, key: &str) -> Vec<Vec<usize>> {
+        self.older_partition_sets(bucket, key)
+            .into_iter()
+            .map(|(_, drives)| drives)
+            .collect()
+    }
+
+    /// [`Inner::older_partition_drives`] with the redundancy each of those layouts stored
+    /// objects with.
+    pub(crate) fn older_partition_sets(&self, bucket: &str, key: &str) -> Vec<(Redundancy, Vec<usize>)> {
         if self.older.is_empty() {
             return vec![];
         }
         let p = ringstore_ring::partition_of(bucket, key);
-        let current = self.partition_drives(bucket, key);
-        let mut out: Vec<Vec<usize>> = Vec::new();
+        let current = (self.layout.redundancy, self.partition_drives(bucket, key));
+        let mut out: Vec<(Redundancy, Vec<usize>)> = Vec::new();
         for old in &self.older {
             let drives: Vec<usize> = old
                 .placement
@@ -820,8 +845,9 @@ impl Inner {
                 .iter()
                 .filter_map(|d| old.index[old.offsets[d.node] + d.drive])
                 .collect();
-            if drives != current && !out.contains(&drives) {
-                out.push(drives);
+            let set = (old.redundancy, drives);
+            if set != current && !out.contains(&set) {
+                out.push(set);
             }
         }
         out

@@ -25,7 +25,9 @@ use ringstore_store::{Op, Table, Version};
 use crate::multipart::{
     Finished, UploadRecord, encode_upload, ended_long_ago, moved_version, part_key, upload_key,
 };
-use crate::read::{PartReader, Reading};
+use md5::Digest;
+
+use crate::read::{Found, PartReader, Reading};
 use crate::record::ObjectRecord;
 use crate::{Error, Inner, ObjectStore, PartRef, Result, object_key};
 
@@ -79,6 +81,8 @@ impl ObjectStore {
                 c.bytes_moved.fetch_add(m.bytes, Relaxed);
                 Ok(m)
             }
+            // (an upload that keeps a re-encoding waiting is no failure)
+            Err(e @ Error::UploadOpen(_)) => Err(e),
             Err(e) => {
                 c.move_errors.fetch_add(1, Relaxed);
                 Err(e)
@@ -86,8 +90,8 @@ impl ObjectStore {
         }
     }
 
-    /// Whether any layout still in use places partition `p` elsewhere than the current one
-    /// (its objects may have to move).
+    /// Whether any layout still in use places partition `p` elsewhere than the current one,
+    /// or with another redundancy (its objects may have to move or be re-encoded).
     pub fn partition_moves(&self, p: u32) -> bool {
         let inner = self.inner();
         let here: Vec<String> = {
@@ -100,12 +104,16 @@ impl ObjectStore {
                 .collect()
         };
         inner.older.iter().any(|old| {
-            old.placement
-                .drives(p)
-                .iter()
-                .map(|d| old.index[old.offsets[d.node] + d.drive].map(|i| inner.drives[i].id().to_string()))
-                .collect::<Vec<_>>()
-                != here.iter().cloned().map(Some).collect::<Vec<_>>()
+            old.redundancy != inner.layout.redundancy
+                || old
+                    .placement
+                    .drives(p)
+                    .iter()
+                    .map(|d| {
+                        old.index[old.offsets[d.node] + d.drive].map(|i| inner.drives[i].id().to_string())
+                    })
+                    .collect::<Vec<_>>()
+                    != here.iter().cloned().map(Some).collect::<Vec<_>>()
         })
     }
 
@@ -215,17 +223,21 @@ impl ObjectStore {
         else {
             return Ok(Moved::default());
         };
-        let rec = found.record;
+        let rec = found.record.clone();
         let target = inner.partition_drives(bucket, key);
         let target_ids = inner.drive_ids(&target);
-        if rec.k + rec.m != target.len() || rec.redundancy() != inner.layout.redundancy {
-            return Err(Error::InvalidArgument(format!(
-                "{bucket}/{key} is stored as {}+{} and the layout places {}: re-encoding is not \
-                 supported yet",
-                rec.k, rec.m, inner.layout.redundancy
+        if rec.redundancy() != inner.layout.redundancy {
+            return self.reencode_object(&inner, found, &target).await;
+        }
+        if rec.k + rec.m != target.len() {
+            return Err(Error::Internal(format!(
+                "{bucket}/{key} is stored on {} drives as {}+{}, which the layout places on {}",
+                rec.drives.len(),
+                rec.k,
+                rec.m,
+                target.len()
             )));
         }
-        let okey = object_key(bucket, key);
         let mut moved = Moved::default();
         let slots: Vec<usize> = (0..target.len())
             .filter(|i| rec.drives[*i] != target_ids[*i])
@@ -259,14 +271,147 @@ impl ObjectStore {
             ))
             .await;
         }
-        // The switch, also when the record found names the new set already: a switch cut
-        // short leaves drives holding the same version naming the old set, and the lookup
-        // prefers the copies naming the new one. Every drive of the new set takes the record
-        // naming it unless it holds a newer version (that write won; nothing to do there),
-        // and must answer: only then does every read quorum of the new set meet this version
-        // or a newer one, and may the old copies go.
         let mut switched = rec.clone();
         switched.drives = target_ids.clone();
+        let took = self
+            .switch(&inner, bucket, key, &rec, &switched, &frames, &target)
+            .await?;
+        moved.switched = !slots.is_empty() && took > 0;
+        Ok(moved)
+    }
+
+    /// Re-encodes one object found stored with another redundancy than the current layout's
+    /// onto the current placement: each part is read (frames verified, rebuilt where
+    /// damaged), encoded again with the layout's codec into a new data id on the new drives
+    /// (an inline object in memory), and checked against its ETag; then the record, with
+    /// the new `k+m`, drives and data ids and the same version, is switched in like a moved
+    /// one. Existing data is never rewritten: the old shards go only once the switch is
+    /// everywhere, after the grace.
+    async fn reencode_object(&self, inner: &Arc<Inner>, found: Found, target: &[usize]) -> Result<Moved> {
+        let (bucket, key) = (found.bucket.as_str(), found.key.as_str());
+        let rec = &found.record;
+        let codec = inner.codec.clone();
+        let r = codec.redundancy();
+        let width = r.width();
+        if target.len() != width {
+            return Err(Error::Internal(format!(
+                "{bucket}/{key}: the layout places {} on {} drives",
+                r,
+                target.len()
+            )));
+        }
+        let mut switched = ObjectRecord {
+            k: r.k,
+            m: r.m,
+            block_size: ringstore_erasure::block_size(r.k),
+            drives: inner.drive_ids(target),
+            parts: Vec::with_capacity(rec.parts.len()),
+            ..rec.clone()
+        };
+        let mut frames: Vec<Option<Vec<u8>>> = vec![None; width];
+        let mut moved = Moved::default();
+        let inline = found.inline.iter().any(Option::is_some);
+        if rec.deleted || rec.parts.is_empty() {
+            switched.parts = rec.parts.clone();
+        } else if inline {
+            let part = &rec.parts[0];
+            let old = inner.all_frames(rec, &found.inline)?;
+            let data = if part.size == 0 {
+                Vec::new()
+            } else {
+                inner
+                    .codec_for(rec.redundancy())?
+                    .decode_data(part.size as usize, old)?
+                    .data
+            };
+            if hex::encode(md5::Md5::digest(&data)) != part.etag {
+                return Err(Error::Internal(format!(
+                    "re-encoding {bucket}/{key}: its inline data does not match its ETag"
+                )));
+            }
+            let new = if data.is_empty() {
+                vec![Vec::new(); width]
+            } else {
+                codec.encode(&data)
+            };
+            moved.bytes += new.iter().map(|f| f.len() as u64).sum::<u64>();
+            frames = new.into_iter().map(Some).collect();
+            switched.parts.push(PartRef {
+                data_id: inner.now().hex(),
+                ..part.clone()
+            });
+        } else {
+            for part in &rec.parts {
+                let data_id = inner.now().hex();
+                let body = crate::read::part_body(inner.clone(), rec.clone(), part.clone());
+                let written = inner.write_data(&codec, target, &data_id, body, false).await?;
+                if hex::encode(written.md5) != part.etag || written.size != part.size {
+                    inner.delete_data(&switched.drives, &data_id).await;
+                    return Err(Error::Internal(format!(
+                        "re-encoding {bucket}/{key}: part {} read back other bytes than its ETag \
+                         says",
+                        part.number
+                    )));
+                }
+                if written.ok.iter().any(|ok| !ok) {
+                    inner.delete_data(&switched.drives, &data_id).await;
+                    return Err(Error::Quorum(format!(
+                        "re-encoding {bucket}/{key}: a drive of the new placement took no shard"
+                    )));
+                }
+                let geometry = ringstore_erasure::Geometry {
+                    redundancy: r,
+                    block_size: switched.block_size,
+                    size: part.size,
+                };
+                moved.bytes += geometry.shard_len() * width as u64;
+                switched.parts.push(PartRef {
+                    data_id,
+                    ..part.clone()
+                });
+            }
+        }
+        #[cfg(feature = "faults")]
+        if crate::faults::get().move_pause_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(
+                crate::faults::get().move_pause_ms,
+            ))
+            .await;
+        }
+        let took = self
+            .switch(inner, bucket, key, rec, &switched, &frames, target)
+            .await?;
+        if took == 0 {
+            // a newer version won everywhere: the new shards serve nothing
+            for p in switched.parts.iter().filter(|_| !inline) {
+                inner.delete_data(&switched.drives, &p.data_id).await;
+            }
+        }
+        moved.switched = took > 0;
+        Ok(moved)
+    }
+
+    /// Switches `rec` to `switched` (the same version placed on `target`, with its
+    /// `frames` when inline), also when the record found names the new set already: a
+    /// switch cut short leaves drives holding the same version naming the old set, and the
+    /// lookup prefers the copies naming the new one. Every drive of the new set takes the
+    /// record naming it unless it holds a newer version (that write won; nothing to do
+    /// there), and must answer: only then does every read quorum of the new set meet this
+    /// version or a newer one, and may the old copies go (records on drives that left the
+    /// set now, shards after the grace, also those a re-encoding replaced on drives that
+    /// stay). Answers how many drives took it.
+    #[allow(clippy::too_many_arguments)]
+    async fn switch(
+        &self,
+        inner: &Arc<Inner>,
+        bucket: &str,
+        key: &str,
+        rec: &ObjectRecord,
+        switched: &ObjectRecord,
+        frames: &[Option<Vec<u8>>],
+        target: &[usize],
+    ) -> Result<usize> {
+        let okey = object_key(bucket, key);
         let commits = target.iter().enumerate().map(|(i, d)| {
             let value = switched.for_shard(i, frames[i].clone()).encode();
             inner.drives[*d].commit_replacing(vec![Op::PutIfVersion {
@@ -277,24 +422,30 @@ impl ObjectStore {
             }])
         });
         let mut took = 0;
-        for r in futures::future::join_all(commits).await {
+        let mut replaced_here: Vec<(usize, ObjectRecord)> = Vec::new();
+        for (d, r) in target.iter().zip(futures::future::join_all(commits).await) {
             let replaced = r.map_err(|e| {
                 Error::Quorum(format!(
                     "moving {bucket}/{key}: switch not taken everywhere ({e})"
                 ))
             })?;
-            let held = replaced
-                .first()
-                .and_then(|o| o.as_deref())
-                .and_then(Version::from_bytes);
-            if held.is_none_or(|v| v <= rec.version) {
+            let held = replaced.first().and_then(|o| o.as_deref());
+            let version = held.and_then(Version::from_bytes);
+            if version.is_none_or(|v| v <= rec.version) {
                 took += 1;
+                if let Some(old) = held.and_then(|b| ObjectRecord::decode(b).ok())
+                    && !crate::read::same_encoding(&old, switched)
+                {
+                    replaced_here.push((*d, old));
+                }
             }
         }
-        moved.switched = !slots.is_empty() && took > 0;
-        self.remove_left_behind(&inner, bucket, key, &okey, &target_ids, rec.version)
+        self.remove_left_behind(inner, bucket, key, &okey, &switched.drives, rec.version)
             .await?;
-        Ok(moved)
+        for (d, old) in replaced_here {
+            retire_copy(&inner.drives[d], &old);
+        }
+        Ok(took)
     }
 
     /// Moves one multipart upload of `bucket/key` onto the current placement.
@@ -384,10 +535,15 @@ impl ObjectStore {
                 "upload {upload_id}: a drive it is on left the cluster"
             )));
         };
-        if from.len() != target.len() {
-            return Err(Error::InvalidArgument(format!(
-                "upload {upload_id} of {bucket}/{key} has another width than the layout: \
-                 re-encoding is not supported yet"
+        // An open upload's parts are not re-encoded: it stays where it is, with the
+        // redundancy it was made with (its operations use that one), and the partition waits
+        // for it to be completed (its object is then re-encoded) or aborted.
+        let stored_as = state.redundancy(&inner);
+        if stored_as != inner.layout.redundancy || from.len() != target.len() {
+            return Err(Error::UploadOpen(format!(
+                "upload {upload_id} of {bucket}/{key} is open with redundancy {stored_as}: the \
+                 partition is re-encoded to {} once it is completed or aborted",
+                inner.layout.redundancy
             )));
         }
         // the parts, before the upload is reopened where they are copied to
@@ -869,6 +1025,197 @@ mod tests {
             !s.store.heal_object("b", &damaged).await.unwrap(),
             "the copy of the damaged shard was rebuilt intact"
         );
+    }
+
+    impl Setup {
+        /// A layout after the first with redundancy `r` on all six drives, in use with the
+        /// first one still read (a re-encoding transition).
+        fn reencode_to(&self, r: Redundancy) -> Layout {
+            let to = self.first.next(r, self.second.nodes.clone()).unwrap();
+            let handles = self.local.iter().cloned().map(DriveHandle::Local).collect();
+            self.store
+                .set_layout(to.clone(), handles, std::slice::from_ref(&self.first), None)
+                .unwrap();
+            to
+        }
+
+        /// Every local copy of `key`'s record.
+        fn copies(&self, key: &str) -> Vec<(usize, ObjectRecord)> {
+            self.stored(key)
+                .into_iter()
+                .map(|(i, v)| (i, ObjectRecord::decode(&v).unwrap()))
+                .collect()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reencoded_objects_read_back_with_the_new_redundancy() {
+        let s = setup();
+        s.store.create_bucket("b").await.unwrap();
+        // inline, empty, shard files of one and of several stripes, and deleted keys
+        let sizes = [900, 300 * 1024, 0, 2 * 1024 * 1024 + 17];
+        let keys: Vec<(String, usize)> = (0..24).map(|i| (format!("k{i}"), sizes[i % 4])).collect();
+        for (i, (k, size)) in keys.iter().enumerate() {
+            s.put(k, body(i, *size)).await;
+        }
+        let deleted: Vec<&String> = keys.iter().map(|(k, _)| k).step_by(5).collect();
+        for k in &deleted {
+            s.store.delete_object("b", k).await.unwrap();
+        }
+        let before: Vec<ObjectRecord> = keys
+            .iter()
+            .filter(|(k, _)| !deleted.contains(&k))
+            .map(|(k, _)| s.copies(k)[0].1.clone())
+            .collect();
+        let to = s.reencode_to(Redundancy { k: 4, m: 2 });
+        // before anything moves, every object reads back through the older placement, with
+        // the redundancy in its record
+        for (i, (k, size)) in keys.iter().enumerate() {
+            if deleted.contains(&k) {
+                assert!(matches!(s.get(k).await, Err(Error::NoSuchKey)), "{k} came back");
+            } else {
+                assert_eq!(s.get(k).await.unwrap(), body(i, *size), "{k} before re-encoding");
+            }
+        }
+        // new writes go to the new placement with the new redundancy and read back
+        s.put("new", body(99, 700 * 1024)).await;
+        assert_eq!(s.get("new").await.unwrap(), body(99, 700 * 1024));
+        assert!(s.copies("new").iter().all(|(_, r)| (r.k, r.m) == (4, 2)));
+        // a damaged source frame is rebuilt from the other shards on the way
+        let big = keys
+            .iter()
+            .position(|(k, size)| *size > 1 << 20 && !deleted.contains(&k))
+            .unwrap();
+        let (k, _) = &keys[big];
+        let rec = s.copies(k)[0].1.clone();
+        let holder = s.local.iter().find(|d| d.id() == rec.drives[0]).unwrap();
+        holder
+            .patch_shard(&rec.parts[0].data_id, 100, &[0xff; 16])
+            .unwrap();
+        let mut switched = 0;
+        for (k, _) in &keys {
+            let m = s.store.move_object("b", k).await.unwrap();
+            switched += m.switched as usize;
+            let again = s.store.move_object("b", k).await.unwrap();
+            assert!(!again.switched && again.in_place, "{k} re-encoded twice");
+        }
+        assert_eq!(switched, keys.len(), "every record, markers too, is re-encoded");
+        // every copy names the new drives with the new redundancy; none of the old encoding
+        // is left, and the data ids are new
+        for (k, _) in &keys {
+            let copies = s.copies(k);
+            assert_eq!(copies.len(), 6, "{k}: every drive of the new set holds it");
+            for (i, r) in copies {
+                assert_eq!(
+                    (r.k, r.m, r.drives.clone()),
+                    (4, 2, s.target(k)),
+                    "{k} on drive {i}"
+                );
+                assert_eq!(
+                    r.shard,
+                    r.drives.iter().position(|d| d == s.local[i].id()).unwrap()
+                );
+                assert!(
+                    before.iter().all(|b| b
+                        .parts
+                        .iter()
+                        .all(|p| r.parts.iter().all(|q| q.data_id != p.data_id))),
+                    "{k}: re-encoded into its old data id"
+                );
+            }
+        }
+        // with the old layout retired, everything reads back from the new encoding alone
+        let handles = s.local.iter().cloned().map(DriveHandle::Local).collect();
+        s.store.set_layout(to, handles, &[], None).unwrap();
+        for (i, (k, size)) in keys.iter().enumerate() {
+            if deleted.contains(&k) {
+                assert!(matches!(s.get(k).await, Err(Error::NoSuchKey)), "{k} came back");
+            } else {
+                assert_eq!(s.get(k).await.unwrap(), body(i, *size), "{k} after re-encoding");
+                assert!(!s.store.heal_object("b", k).await.unwrap(), "{k} needed healing");
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_re_encoded_part_way_reads_back_and_is_finished_by_the_next_move() {
+        for (i, size) in [900usize, 300 * 1024].into_iter().enumerate() {
+            let s = setup();
+            s.store.create_bucket("b").await.unwrap();
+            let key = format!("half{i}");
+            s.put(&key, body(i, size)).await;
+            let old = s.stored(&key);
+            assert_eq!(old.len(), 4);
+            s.reencode_to(Redundancy { k: 4, m: 2 });
+            assert!(s.store.move_object("b", &key).await.unwrap().switched);
+            // a switch cut short: three drives still hold the old encoding of the version,
+            // three the new one (fewer than the 4 frames an inline object needs of it)
+            for (d, value) in old.iter().take(3) {
+                s.local[*d]
+                    .commit(vec![Op::Put {
+                        table: Table::Objects,
+                        key: object_key("b", &key),
+                        value: value.clone(),
+                    }])
+                    .await
+                    .unwrap();
+            }
+            let kinds: Vec<usize> = s.copies(&key).iter().map(|(_, r)| r.k).collect();
+            assert_eq!(kinds.iter().filter(|k| **k == 2).count(), 3, "{kinds:?}");
+            assert_eq!(
+                s.get(&key).await.unwrap(),
+                body(i, size),
+                "{key} with both encodings"
+            );
+            // the next move finishes it
+            s.store.move_object("b", &key).await.unwrap();
+            let copies = s.copies(&key);
+            assert_eq!(copies.len(), 6);
+            assert!(
+                copies.iter().all(|(_, r)| (r.k, r.m) == (4, 2)),
+                "{key}: {copies:?}"
+            );
+            assert_eq!(s.get(&key).await.unwrap(), body(i, size), "{key} finished");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upload_open_across_a_redundancy_change_completes_and_is_then_re_encoded() {
+        let s = setup();
+        s.store.create_bucket("b").await.unwrap();
+        let id = s
+            .store
+            .create_upload("b", "mp", NewObject::default(), None)
+            .await
+            .unwrap();
+        let part1 = body(1, crate::MIN_PART_SIZE as usize);
+        let e1 = upload_part_on(&s.store, "mp", &id, 1, part1.clone()).await;
+        s.reencode_to(Redundancy { k: 4, m: 2 });
+        // the transition leaves the open upload where it is, and says why it waits
+        let err = s.store.move_upload("b", "mp", &id).await.unwrap_err();
+        assert!(matches!(err, Error::UploadOpen(_)), "{err}");
+        // its parts keep the redundancy it was made with, after the change too
+        let part2 = body(2, 1000);
+        let e2 = upload_part_on(&s.store, "mp", &id, 2, part2.clone()).await;
+        let listed = s.store.list_parts("b", "mp", &id).await.unwrap();
+        assert_eq!(listed.len(), 2);
+        let rec = complete_on(&s.store, "mp", &id, &[(1, e1), (2, e2)])
+            .await
+            .unwrap();
+        let whole = [part1, part2].concat();
+        assert_eq!(s.get("mp").await.unwrap(), whole);
+        // the completed object follows the new layout (at Complete, or by the mover)
+        s.store.move_object("b", "mp").await.unwrap();
+        let copies = s.copies("mp");
+        assert_eq!(copies.len(), 6, "{copies:?}");
+        assert!(
+            copies
+                .iter()
+                .all(|(_, r)| (r.k, r.m) == (4, 2) && r.version == rec.version)
+        );
+        assert_eq!(s.get("mp").await.unwrap(), whole);
+        // the ended upload moves on (its record only)
+        s.store.move_upload("b", "mp", &id).await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

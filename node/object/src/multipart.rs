@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::record::{ObjectRecord, PartRef, StoredChecksum};
 use crate::write::{BodyStream, NewObject, Verify};
-use crate::{Error, MIN_PART_SIZE, ObjectStore, Result, object_key, rmp_decode, rmp_encode};
+use ringstore_ring::Redundancy;
+
+use crate::{Error, Inner, MIN_PART_SIZE, ObjectStore, Result, object_key, rmp_decode, rmp_encode};
 
 /// An upload in progress, stored on the drives of the object's partition.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,6 +48,30 @@ pub(crate) struct UploadRecord {
     /// uploaded there while it moved may not have been copied yet (see `parts_for`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moved_from: Option<Vec<String>>,
+    /// The redundancy its parts are stored with: the one of the layout that placed it.
+    /// Records written before redundancy changes existed have none: theirs is the
+    /// layout's (see [`UploadRecord::redundancy_or`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redundancy: Option<Redundancy>,
+}
+
+impl UploadRecord {
+    /// The redundancy the upload's parts are stored with; `layout`'s for a record that does
+    /// not say (no redundancy change can have happened since it was written: a transition
+    /// that changes the redundancy waits for every open upload to end, see `move_upload`).
+    pub(crate) fn redundancy_or(&self, layout: Redundancy) -> Redundancy {
+        self.redundancy.unwrap_or(layout)
+    }
+}
+
+/// The write quorum of an upload from the records its drives hold: of the redundancy they
+/// store its parts with (every incarnation of an upload has the same one: uploads move
+/// only between layouts of one redundancy).
+fn upload_need(held: &[Held], layout: Redundancy) -> usize {
+    held.iter()
+        .find_map(|(_, _, r)| r.redundancy)
+        .unwrap_or(layout)
+        .write_quorum()
 }
 
 /// The version at which a transition reopens an upload open at `v` on new drives: the
@@ -131,6 +157,15 @@ impl UploadState {
         rec.finished = Some(how);
         rec.ends = Some(self.opened.hex());
         rec
+    }
+
+    /// The write quorum of the upload's drives.
+    pub(crate) fn need(&self, inner: &Inner) -> usize {
+        self.redundancy(inner).write_quorum()
+    }
+
+    pub(crate) fn redundancy(&self, inner: &Inner) -> Redundancy {
+        self.record.redundancy_or(inner.layout.redundancy)
     }
 
     pub(crate) fn decided(&self, need: usize) -> Option<Finished> {
@@ -355,7 +390,7 @@ impl ObjectStore {
     ) -> Result<String> {
         self.require_bucket(bucket).await?;
         let inner = &self.inner();
-        let drives = inner.write_drives(bucket, key);
+        let (drives, codec) = inner.write_placement(bucket, key);
         let version = inner.now();
         let upload_id = version.hex();
         let rec = UploadRecord {
@@ -368,6 +403,7 @@ impl ObjectStore {
             object: None,
             ends: None,
             moved_from: None,
+            redundancy: Some(codec.redundancy()),
         };
         let value = encode_upload(version, &rec);
         let ukey = upload_key(bucket, key, &upload_id);
@@ -382,7 +418,7 @@ impl ObjectStore {
             )
         });
         inner
-            .commit_quorum("upload", inner.codec.redundancy().write_quorum(), writes)
+            .commit_quorum("upload", codec.redundancy().write_quorum(), writes)
             .await?;
         Ok(upload_id)
     }
@@ -393,9 +429,9 @@ impl ObjectStore {
         self.require_bucket(bucket).await?;
         let inner = &self.inner();
         let ukey = upload_key(bucket, key, upload_id);
-        let mut placements = vec![inner.partition_drives(bucket, key)];
-        placements.extend(inner.older_partition_drives(bucket, key));
-        let mut drives: Vec<usize> = placements.concat();
+        let mut placements = vec![(inner.layout.redundancy, inner.partition_drives(bucket, key))];
+        placements.extend(inner.older_partition_sets(bucket, key));
+        let mut drives: Vec<usize> = placements.iter().flat_map(|(_, p)| p.clone()).collect();
         drives.sort_unstable();
         drives.dedup();
         let reads = drives.iter().map(|d| inner.drives[*d].get(Table::Uploads, &ukey));
@@ -408,8 +444,8 @@ impl ObjectStore {
                 held.push((inner.drives[*d].id().to_string(), version, rec));
             }
         }
-        let need = inner.codec.redundancy().read_quorum();
-        for p in &placements {
+        for (r, p) in &placements {
+            let need = r.read_quorum();
             let n = p.iter().filter(|d| answered.contains(d)).count();
             if n < need {
                 return Err(Error::Quorum(format!(
@@ -417,8 +453,8 @@ impl ObjectStore {
                 )));
             }
         }
-        let mut state =
-            judge(upload_id, &held, inner.codec.redundancy().write_quorum()).ok_or(Error::NoSuchUpload)?;
+        let need = upload_need(&held, inner.layout.redundancy);
+        let mut state = judge(upload_id, &held, need).ok_or(Error::NoSuchUpload)?;
         state.slots = inner.present(&state.record.drives);
         Ok(state)
     }
@@ -456,7 +492,7 @@ impl ObjectStore {
             ));
         }
         let inner = &self.inner();
-        let need = inner.codec.redundancy().write_quorum();
+        let need = state.need(inner);
         let count = |s: &UploadState, h: Finished| match h {
             Finished::Completed => s.completed,
             Finished::Aborted => s.aborted,
@@ -544,9 +580,10 @@ impl ObjectStore {
                 "a drive of this upload is no longer in the layout".into(),
             ));
         }
+        let codec = inner.codec_for(upload.redundancy_or(inner.layout.redundancy))?;
         let version = inner.now();
         let data_id = version.hex();
-        let written = inner.write_data(&slots, &data_id, body, false).await?;
+        let written = inner.write_data(&codec, &slots, &data_id, body, false).await?;
         let checksum = match verify(&written.md5, written.size) {
             Ok(c) => c,
             Err(e) => {
@@ -595,7 +632,7 @@ impl ObjectStore {
         // on another node may have chosen it just before): the orphan sweep removes data
         // once no record names it.
         inner
-            .commit_quorum("part", inner.codec.redundancy().write_quorum(), writes)
+            .commit_quorum("part", codec.redundancy().write_quorum(), writes)
             .await?;
         // A layout transition may have moved the upload while this part went to its old
         // drives, after the mover copied the parts it found there: then this part follows it
@@ -643,9 +680,14 @@ impl ObjectStore {
 
     /// The newest record of every part of the upload, from at least a read quorum of its
     /// drives (so that every part acknowledged is seen).
-    async fn all_parts(&self, slots: &[usize], upload_id: &str) -> Result<BTreeMap<u32, PartRecord>> {
+    async fn all_parts(
+        &self,
+        slots: &[usize],
+        upload_id: &str,
+        redundancy: Redundancy,
+    ) -> Result<BTreeMap<u32, PartRecord>> {
         let (answered, best) = self.scan_parts(slots, upload_id).await;
-        let need = self.inner().codec.redundancy().read_quorum();
+        let need = redundancy.read_quorum();
         if answered < need {
             return Err(Error::Quorum(format!(
                 "{answered} drives of the upload listed its parts, {need} needed"
@@ -709,7 +751,7 @@ impl ObjectStore {
             .filter(|d| !state.slots.contains(d))
             .collect();
         let (_, parts) = self.scan_parts(&slots, upload_id).await;
-        if state.decided(inner.codec.redundancy().write_quorum()) == Some(Finished::Aborted) {
+        if state.decided(state.need(&inner)) == Some(Finished::Aborted) {
             for (_, p) in parts.values() {
                 inner.delete_data(from, &p.data_id).await;
             }
@@ -830,7 +872,7 @@ impl ObjectStore {
         let bytes = if pairs.is_empty() {
             0
         } else {
-            let source = inner.new_record(version, from.to_vec());
+            let source = inner.new_record(version, from.to_vec(), &inner.codec);
             crate::mover::copy_shards(&inner, &source, &part, pairs).await?
         };
         let op = Op::PutIfNewer {
@@ -847,9 +889,10 @@ impl ObjectStore {
 
     pub async fn list_parts(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Vec<PartInfo>> {
         let upload = self.upload(bucket, key, upload_id).await?;
-        let slots: Vec<usize> = self.inner().present(&upload.drives);
+        let inner = self.inner();
+        let slots: Vec<usize> = inner.present(&upload.drives);
         Ok(self
-            .all_parts(&slots, upload_id)
+            .all_parts(&slots, upload_id, upload.redundancy_or(inner.layout.redundancy))
             .await?
             .into_iter()
             .map(|(number, r)| PartInfo {
@@ -885,7 +928,8 @@ impl ObjectStore {
                 "the upload is being moved to the new layout's drives: retry".into(),
             ));
         }
-        let need = inner.codec.redundancy().write_quorum();
+        let need = state.need(inner);
+        let redundancy = state.redundancy(inner);
         if state.aborted >= need {
             return Err(Error::NoSuchUpload);
         }
@@ -895,7 +939,7 @@ impl ObjectStore {
             return self.completed_before(bucket, key, chosen, &state).await;
         }
         let (upload, slots) = (state.record, state.slots);
-        let mut stored = self.all_parts(&slots, upload_id).await?;
+        let mut stored = self.all_parts(&slots, upload_id, redundancy).await?;
         self.parts_for(&upload, &slots, upload_id, chosen, &mut stored)
             .await?;
         let mut parts = Vec::with_capacity(chosen.len());
@@ -952,7 +996,7 @@ impl ObjectStore {
             user_meta: upload.user_meta.clone(),
             checksum: object_checksum,
             parts,
-            ..inner.new_record(version, upload.drives.clone())
+            ..inner.new_record(version, upload.drives.clone(), &*inner.codec_for(redundancy)?)
         };
         // the upload ends here, once, as completed (naming this object): an Abort can no
         // longer remove its parts
@@ -987,10 +1031,12 @@ impl ObjectStore {
     pub(crate) async fn heal_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<()> {
         let state = self.upload_state(bucket, key, upload_id).await?;
         let inner = &self.inner();
-        let need = inner.codec.redundancy().write_quorum();
+        let need = state.need(inner);
         let ukey = upload_key(bucket, key, upload_id);
         let decided = state.decided(need);
-        let parts = self.all_parts(&state.slots, upload_id).await?;
+        let parts = self
+            .all_parts(&state.slots, upload_id, state.redundancy(inner))
+            .await?;
         let put = |op: Op| {
             let commits = state
                 .slots
@@ -1119,7 +1165,9 @@ impl ObjectStore {
         let (state, now) = self
             .finish_upload(bucket, key, upload_id, Finished::Aborted, None)
             .await?;
-        let parts = self.all_parts(&state.slots, upload_id).await?;
+        let parts = self
+            .all_parts(&state.slots, upload_id, state.redundancy(&self.inner()))
+            .await?;
         for p in parts.values() {
             self.inner().delete_data(&state.record.drives, &p.data_id).await;
         }
@@ -1187,7 +1235,6 @@ impl ObjectStore {
         // an upload's ending is on a write quorum: a read quorum of every partition answering
         // sees it
         inner.need_listing_quorum(&failed)?;
-        let need = inner.codec.redundancy().write_quorum();
         let mut out = Vec::new();
         for (k, held) in all {
             let rest = &k[bucket.len() + 1..];
@@ -1196,7 +1243,7 @@ impl ObjectStore {
             };
             let key = String::from_utf8_lossy(&rest[..sep]).into_owned();
             let upload_id = String::from_utf8_lossy(&rest[sep + 1..]).into_owned();
-            let Some(state) = judge(&upload_id, &held, need) else {
+            let Some(state) = judge(&upload_id, &held, upload_need(&held, inner.layout.redundancy)) else {
                 continue;
             };
             if state.finished() {
@@ -1240,6 +1287,7 @@ mod tests {
             object: None,
             ends: None,
             moved_from: moved_from.map(|f| f.iter().map(|d| d.to_string()).collect()),
+            redundancy: None,
         }
     }
 

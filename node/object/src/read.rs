@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::Stream;
-use ringstore_erasure::{Codec, Geometry};
+use ringstore_erasure::{Codec, Geometry, Redundancy};
 use ringstore_rpc::{Caching, DriveHandle, ShardSource};
 use ringstore_store::{Table, Version};
 
@@ -85,6 +85,15 @@ fn caching_of(shard: usize, k: usize) -> Caching {
     }
 }
 
+impl Found {
+    /// Whether the record's data can be read from what the lookup found: shard files (one
+    /// record names them), or for an inline object at least `k` of its frames.
+    pub(crate) fn readable(&self) -> bool {
+        let frames = self.inline.iter().filter(|f| f.is_some()).count();
+        self.record.deleted || self.record.size == 0 || frames == 0 || frames >= self.record.k
+    }
+}
+
 impl ObjectStore {
     /// The newest live version of `bucket/key`.
     pub async fn head(&self, bucket: &str, key: &str) -> Result<Found> {
@@ -136,22 +145,30 @@ impl ObjectStore {
         let inner = &self.inner();
         let okey = object_key(bucket, key);
         let drives = inner.partition_drives(bucket, key);
-        let width = drives.len();
-        let mut found = find_on(inner, bucket, key, &okey, &drives, width, how).await?;
-        let older = inner.older_partition_drives(bucket, key);
+        let r = inner.layout.redundancy;
+        let mut found = find_on(inner, bucket, key, &okey, &drives, r, how).await?;
+        let older = inner.older_partition_sets(bucket, key);
         if !older.is_empty() {
             let how = Reading {
                 everywhere: true,
                 ..how
             };
-            for old in older {
-                let Some(there) = find_on(inner, bucket, key, &okey, &old, width, how).await? else {
+            let here = inner.drive_ids(&drives);
+            for (r, old) in older {
+                let Some(there) = find_on(inner, bucket, key, &okey, &old, r, how).await? else {
                     continue;
                 };
-                if found
-                    .as_ref()
-                    .is_none_or(|f| there.record.version > f.record.version)
-                {
+                // A version a transition moved or re-encoded has copies here and there: the
+                // one naming the current placement is read, unless only the older copy can
+                // be (an inline object whose switch is cut short).
+                let better = found.as_ref().is_none_or(|f| {
+                    there.record.version > f.record.version
+                        || there.record.version == f.record.version
+                            && f.record.drives != here
+                            && !f.readable()
+                            && there.readable()
+                });
+                if better {
                     found = Some(there);
                 }
             }
@@ -355,18 +372,19 @@ pub(crate) struct Reading {
     pub with_data: Option<Option<u64>>,
 }
 
-/// Looks `bucket/key` up on `drives` (a partition's shard slots, `width` in all; slots
-/// whose drive left the cluster are left out): a read quorum first, the others when needed.
+/// Looks `bucket/key` up on `drives` (a partition's shard slots in a layout of redundancy
+/// `r`; slots whose drive left the cluster are left out): a read quorum first, the others
+/// when needed.
 async fn find_on(
     inner: &Inner,
     bucket: &str,
     key: &str,
     okey: &[u8],
     drives: &[usize],
-    width: usize,
+    r: Redundancy,
     how: Reading,
 ) -> Result<Option<Found>> {
-    let r = inner.codec.redundancy();
+    let width = r.width();
     let need = r.read_quorum();
     // A version is returned without a write-back only when a write quorum of drives is
     // known to hold it: then every later read quorum meets it. So the first round asks a
@@ -385,7 +403,7 @@ async fn find_on(
     } else {
         need.max(r.write_quorum())
     };
-    let (first, rest) = quorum_first(inner, drives, first_round, okey);
+    let (first, rest) = quorum_first(inner, drives, r.k, first_round, okey);
     let order: Vec<usize> = first.iter().chain(&rest).map(|s| drives[*s]).collect();
     // the first k drives asked (the data shards' unless one is down) attach the first
     // bytes of their shards: those are the shards the read goes on to fetch
@@ -466,8 +484,8 @@ async fn find_on(
             "{answered} drives answered, {need} needed"
         )));
     }
-    let unknown = width - records.len() - empty;
-    let write_quorum = inner.codec.redundancy().write_quorum();
+    let unknown = width.saturating_sub(records.len() + empty);
+    let write_quorum = r.write_quorum();
     let newest = loop {
         let newest = match newest_readable(&records, unknown) {
             Ok(Some(v)) => v,
@@ -492,23 +510,27 @@ async fn find_on(
         .collect();
     passed.sort_unstable();
     passed.dedup();
-    let mut inline = vec![None; width];
-    let mut holders = 0;
-    let mut record: Option<ObjectRecord> = None;
-    // a version moved by a transition has copies naming its old drives and copies naming
-    // the current placement (the same version): the latter is the one to read and heal by
+    // A version moved by a transition has copies naming its old drives and copies naming
+    // the current placement (the same version): the latter is the one to read and heal by.
+    // Every copy holds the version (they count alike for the quorums), but the frames of an
+    // inline object are read from copies of one encoding only: a re-encoded version's
+    // frames are of another stripe than the copies it replaces.
     let here = inner.drive_ids(&inner.partition_drives(bucket, key));
-    for r in records.into_iter().filter(|r| r.version == newest) {
-        holders += 1;
-        if r.shard < width {
+    let copies: Vec<ObjectRecord> = records.into_iter().filter(|r| r.version == newest).collect();
+    let holders = copies.len();
+    let chosen = choose_encoding(&copies, &here);
+    let mut inline = vec![None; chosen.k + chosen.m];
+    let mut record: Option<&ObjectRecord> = None;
+    for r in copies.iter().filter(|r| same_encoding(r, chosen)) {
+        if r.shard < inline.len() {
             inline[r.shard] = r.inline.clone();
         }
         match &record {
-            Some(chosen) if chosen.drives == here || r.drives != here => {}
+            Some(c) if c.drives == here || r.drives != here => {}
             _ => record = Some(r),
         }
     }
-    let mut record = record.expect("newest exists");
+    let mut record = record.expect("the chosen encoding has a copy").clone();
     record.inline = None;
     if holders >= record.redundancy().write_quorum() {
         inner
@@ -541,8 +563,13 @@ async fn find_on(
 /// attach its first bytes), this node's own drives first within each group, each group
 /// starting at a place that depends on the key so that lookups spread over the nodes;
 /// drives of nodes that just failed to connect go last.
-fn quorum_first(inner: &Inner, drives: &[usize], need: usize, okey: &[u8]) -> (Vec<usize>, Vec<usize>) {
-    let k = inner.codec.redundancy().k;
+fn quorum_first(
+    inner: &Inner,
+    drives: &[usize],
+    k: usize,
+    need: usize,
+    okey: &[u8],
+) -> (Vec<usize>, Vec<usize>) {
     let n = drives.len();
     let spin = okey
         .iter()
@@ -570,13 +597,17 @@ fn agreed(
         records.push(ObjectRecord::decode(bytes).ok()?);
     }
     let first = records.first()?;
-    if records.iter().any(|r| r.version != first.version) {
+    if records
+        .iter()
+        .any(|r| r.version != first.version || !same_encoding(r, first))
+    {
         return None;
     }
-    let mut inline = vec![None; width];
+    // (indexed by the record's shards: the placement asked may have another width)
+    let mut inline = vec![None; first.k + first.m];
     let mut frames = 0;
     for r in &records {
-        if r.shard < width && r.inline.is_some() {
+        if r.shard < inline.len() && r.inline.is_some() {
             inline[r.shard] = r.inline.clone();
             frames += 1;
         }
@@ -598,9 +629,40 @@ fn agreed(
         holding: Vec::new(),
         stale: false,
         // the drives not asked count as unanswered: their frames are not missing
-        unanswered: width - answers.len(),
+        unanswered: width.saturating_sub(answers.len()),
         first: Vec::new(),
     })
+}
+
+/// Whether two copies of a version hold frames of the same stripes: the same `k+m` and data
+/// (a transition's copy of a version keeps both; a re-encoding changes both).
+pub(crate) fn same_encoding(a: &ObjectRecord, b: &ObjectRecord) -> bool {
+    a.k == b.k
+        && a.m == b.m
+        && a.parts.len() == b.parts.len()
+        && a.parts.iter().zip(&b.parts).all(|(x, y)| x.data_id == y.data_id)
+}
+
+/// The copy whose encoding a lookup reads among `copies` of one version: one naming the
+/// placement `here` when its encoding can be read (an inline object needs `k` frames of
+/// it), else the encoding with the most copies that can be.
+fn choose_encoding<'a>(copies: &'a [ObjectRecord], here: &[String]) -> &'a ObjectRecord {
+    let readable = |c: &ObjectRecord| {
+        let frames = copies
+            .iter()
+            .filter(|r| same_encoding(r, c) && r.inline.is_some())
+            .count();
+        c.deleted || c.size == 0 || frames == 0 || frames >= c.k
+    };
+    let count = |c: &ObjectRecord| copies.iter().filter(|r| same_encoding(r, c)).count();
+    let mut order: Vec<&ObjectRecord> = copies.iter().collect();
+    order.sort_by_key(|c| (c.drives != here, std::cmp::Reverse(count(c))));
+    order
+        .iter()
+        .find(|c| readable(c))
+        .or(order.first())
+        .copied()
+        .expect("a version found has a copy")
 }
 
 /// Whether `version` is a conditional write that lost its compare-and-swap for good: more
@@ -662,6 +724,21 @@ fn tokio_stream<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl Stream<Item = T> + Send + Sync {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// The bytes of `part` of `rec` as a body to write elsewhere, read as the healer reads
+/// (every frame verified; stripes rebuilt from parity where a shard is missing or damaged):
+/// for a re-encoding.
+pub(crate) fn part_body(inner: Arc<Inner>, rec: ObjectRecord, part: PartRef) -> crate::write::BodyStream {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(2);
+    tokio::task::spawn_blocking(move || {
+        let mut reader = PartReader::for_repair(&inner, &rec, &part);
+        let result = reader.stream_range(0, part.size, |b| tx.blocking_send(Ok(b)).is_ok());
+        if let Err(e) = result {
+            let _ = tx.blocking_send(Err(e.to_string()));
+        }
+    });
+    Box::pin(tokio_stream(rx))
 }
 
 /// Reads stripes of one data file, verifying checksums and decoding as needed.

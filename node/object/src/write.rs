@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use md5::{Digest, Md5};
+use ringstore_erasure::Codec;
 use ringstore_rpc::{DriveHandle, ShardSink};
 use ringstore_store::{Op, Table};
 
@@ -66,7 +67,7 @@ impl ObjectStore {
     ) -> Result<ObjectRecord> {
         self.require_bucket(bucket).await?;
         let inner = &self.inner();
-        let drives = inner.write_drives(bucket, key);
+        let (drives, codec) = inner.write_placement(bucket, key);
         // while older layouts are in use, another node may have written a newer version
         // where one of them places the key, on drives this write's quorum need not meet:
         // the new version is drawn above anything found there
@@ -75,7 +76,7 @@ impl ObjectStore {
         }
         let version = inner.now();
         let data_id = version.hex();
-        let written = inner.write_data(&drives, &data_id, body, true).await?;
+        let written = inner.write_data(&codec, &drives, &data_id, body, true).await?;
         let record = ObjectRecord {
             size: written.size,
             etag: hex::encode(written.md5),
@@ -88,7 +89,7 @@ impl ObjectStore {
                 data_id: data_id.clone(),
                 checksum: None,
             }],
-            ..inner.new_record(version, inner.drive_ids(&drives))
+            ..inner.new_record(version, inner.drive_ids(&drives), &codec)
         };
         let checksum = match verify(&written.md5, written.size) {
             Ok(c) => c,
@@ -376,10 +377,10 @@ impl ObjectStore {
     pub async fn delete_object_if(&self, bucket: &str, key: &str, pre: Precondition) -> Result<()> {
         self.require_bucket(bucket).await?;
         let inner = &self.inner();
-        let drives = inner.write_drives(bucket, key);
+        let (drives, codec) = inner.write_placement(bucket, key);
         let marker = ObjectRecord {
             deleted: true,
-            ..inner.new_record(inner.now(), inner.drive_ids(&drives))
+            ..inner.new_record(inner.now(), inner.drive_ids(&drives), &codec)
         };
         let ok = vec![true; drives.len()];
         self.commit_conditional(bucket, key, marker, None, &ok, &pre)
@@ -437,15 +438,17 @@ impl Inner {
 }
 
 impl Inner {
-    /// Streams `body` into shards of `data_id` on `drives` (in shard order).
+    /// Streams `body` into shards of `data_id` on `drives` (in shard order), encoded with
+    /// `codec`.
     pub(crate) async fn write_data(
         &self,
+        codec: &Arc<Codec>,
         drives: &[usize],
         data_id: &str,
         mut body: BodyStream,
         allow_inline: bool,
     ) -> Result<Written> {
-        let block = self.block_size();
+        let block = ringstore_erasure::block_size(codec.redundancy().k);
         // Most objects are small: the first stripe grows as the body comes instead of taking
         // a whole block (1 MiB and up) for a 4 KiB PUT. A request of that size costs more
         // than the copy: glibc serves it by consolidating its free lists first.
@@ -463,13 +466,13 @@ impl Inner {
             }
             stripe.extend_from_slice(&chunk);
         }
-        let width = self.codec.redundancy().width();
+        let width = codec.redundancy().width();
         if !first_full && allow_inline && stripe.len() as u64 <= INLINE_MAX {
             let md5: [u8; 16] = Md5::digest(&stripe).into();
             let frames = if stripe.is_empty() {
                 vec![Vec::new(); width]
             } else {
-                self.codec.encode(&stripe)
+                codec.encode(&stripe)
             };
             return Ok(Written {
                 size: stripe.len() as u64,
@@ -479,7 +482,7 @@ impl Inner {
             });
         }
 
-        let need = self.codec.redundancy().write_quorum();
+        let need = codec.redundancy().write_quorum();
         // shards for drives of peers that are down are not attempted while enough others are
         // up (the record then names the drive without a record on it: the healer fills it)
         let mut targets: Vec<Option<DriveHandle>> = vec![None; drives.len()];
@@ -487,7 +490,7 @@ impl Inner {
         for (d, i) in self.reachable(slots, need) {
             targets[i] = Some(self.drives[d].clone());
         }
-        let codec = self.codec.clone();
+        let codec = codec.clone();
         let id = data_id.to_string();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(2);
         let writer = tokio::task::spawn_blocking(move || {
@@ -649,12 +652,12 @@ impl ObjectStore {
         let inner = &self.inner();
         // (while a transition syncs, where writes still go: nodes that have not seen the
         // new layout read there; found in review)
-        let drives = inner.write_drives(bucket, key);
+        let (drives, codec) = inner.write_placement(bucket, key);
         // above the version it deletes, whatever this node's clock says (the lookup read a
         // read quorum, so that version is at least the newest acknowledged one)
         let marker = ObjectRecord {
             deleted: true,
-            ..inner.new_record(inner.after(prev.record.version), inner.drive_ids(&drives))
+            ..inner.new_record(inner.after(prev.record.version), inner.drive_ids(&drives), &codec)
         };
         let okey = object_key(bucket, key);
         let value = marker.encode();

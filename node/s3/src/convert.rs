@@ -35,7 +35,8 @@ pub fn s3_err(e: Error) -> S3Error {
             )
         }
         Error::Body(m) => S3Error::with_message(S3ErrorCode::IncompleteBody, m),
-        Error::Quorum(m) => S3Error::with_message(S3ErrorCode::ServiceUnavailable, m),
+        // (only the mover meets an open upload that waits: never an S3 request)
+        Error::Quorum(m) | Error::UploadOpen(m) => S3Error::with_message(S3ErrorCode::ServiceUnavailable, m),
         e @ (Error::Storage(_) | Error::Decode(_) | Error::Internal(_)) => {
             tracing::error!(error = %e, "internal error");
             S3Error::with_message(

@@ -242,25 +242,14 @@ struct LayoutRequest {
 }
 
 /// Whether the data plane can serve `next` after `current`: a transition moves shards
-/// between placements of one redundancy, onto drives that join and off nodes that leave (a
-/// drain; they keep serving their data until it has moved). Re-encoding to a new redundancy
-/// is not built yet, and neither is draining single drives of a node that stays (a node
-/// registers its drives whole): both are refused.
+/// between placements onto drives that join and off nodes that leave (a drain; they keep
+/// serving their data until it has moved), and re-encodes every object when the redundancy
+/// changes. Draining single drives of a node that stays is not built yet (a node registers
+/// its drives whole): refused.
 fn servable(
     current: &ringstore_ring::Layout,
-    redundancy: ringstore_ring::Redundancy,
     nodes: &[ringstore_ring::NodeSpec],
 ) -> Result<(), (&'static str, String)> {
-    if redundancy != current.redundancy {
-        return Err((
-            "RedundancyChangeUnsupported",
-            format!(
-                "the redundancy cannot change yet: the cluster stores data as {} and does not \
-                 re-encode existing objects to {}",
-                current.redundancy, redundancy
-            ),
-        ));
-    }
     let shrunk: Vec<String> = current
         .nodes
         .iter()
@@ -362,7 +351,7 @@ async fn apply_layout(state: &AppState, req: Request) -> Response {
     if nodes == current.nodes && redundancy == current.redundancy {
         return Json(layout_doc(state)).into_response();
     }
-    if let Err((code, message)) = servable(&current, redundancy, &nodes) {
+    if let Err((code, message)) = servable(&current, &nodes) {
         return error(StatusCode::BAD_REQUEST, code, &message);
     }
     // placed from the current layout, so that only the shards whose drive changes move

@@ -228,7 +228,15 @@ async fn step(
             driver.set(|s| s.waiting = Some(why));
             return Ok(());
         }
-        let moved = move_batch(store, &t, batch, movers).await;
+        let (moved, uploads) = move_batch(store, &t, batch, movers).await;
+        if uploads > 0 {
+            driver.set(|s| {
+                s.waiting = Some(format!(
+                    "{uploads} open multipart uploads stored with the old redundancy: their \
+                     partitions are re-encoded once they are completed or aborted"
+                ))
+            });
+        }
         if !moved.is_empty() {
             cluster
                 .transition_done(t.to, moved)
@@ -309,8 +317,14 @@ fn placed_nodes(store: &ObjectStore, cluster: &Cluster) -> BTreeSet<String> {
 }
 
 /// Moves every object of `partitions`, within this node's share (one of `movers`) of the
-/// throttle's bytes per second; returns the partitions whose objects all moved.
-async fn move_batch(store: &ObjectStore, t: &TransitionState, partitions: &[u32], movers: u64) -> Vec<u32> {
+/// throttle's bytes per second; returns the partitions whose objects all moved, and how
+/// many open uploads a re-encoding waits for.
+async fn move_batch(
+    store: &ObjectStore,
+    t: &TransitionState,
+    partitions: &[u32],
+    movers: u64,
+) -> (Vec<u32>, usize) {
     let mut bitmap = vec![0u8; t.partitions.div_ceil(8) as usize];
     let mut drives: BTreeSet<String> = BTreeSet::new();
     for p in partitions {
@@ -334,7 +348,7 @@ async fn move_batch(store: &ObjectStore, t: &TransitionState, partitions: &[u32]
             Err(e) => {
                 // without this drive's keys no partition of the batch can be called done
                 tracing::warn!(drive = %d, error = %e, "layout transition: could not list a drive's keys");
-                return vec![];
+                return (vec![], 0);
             }
         }
     }
@@ -368,13 +382,18 @@ async fn move_batch(store: &ObjectStore, t: &TransitionState, partitions: &[u32]
         .buffer_unordered(throttle.concurrency.max(1) as usize)
         .collect::<Vec<_>>()
         .await;
-    let (mut looked, mut switched, mut bytes) = (0usize, 0usize, 0u64);
+    let (mut looked, mut switched, mut bytes, mut uploads) = (0usize, 0usize, 0u64, 0usize);
     for (bucket, key, r) in results {
         looked += 1;
         match r {
             Ok(m) => {
                 switched += usize::from(m.switched);
                 bytes += m.bytes;
+            }
+            Err(ringstore_object::Error::UploadOpen(e)) => {
+                tracing::info!(%bucket, %key, "layout transition: {e}");
+                uploads += 1;
+                failed.insert(ringstore_ring::partition_of(&bucket, &key));
             }
             Err(e) => {
                 tracing::warn!(%bucket, %key, error = %e, "layout transition: object not moved yet");
@@ -392,9 +411,10 @@ async fn move_batch(store: &ObjectStore, t: &TransitionState, partitions: &[u32]
             "layout transition: moved a batch of partitions"
         );
     }
-    partitions
+    let done = partitions
         .iter()
         .copied()
         .filter(|p| !failed.contains(p))
-        .collect()
+        .collect();
+    (done, uploads)
 }

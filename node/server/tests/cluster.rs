@@ -1293,6 +1293,216 @@ async fn draining_a_node_moves_its_data_onto_the_others_under_load() {
     assert!(bad.is_empty(), "after a node joined, unreadable: {bad:?}");
 }
 
+/// Changing the redundancy re-encodes every object, under load: 2+2 to 4+2 on six nodes.
+/// An upload open across the change holds its partition until it completes (its object is
+/// then re-encoded too). Afterwards every acknowledged object reads back and lists through
+/// every node, also with two nodes down (which 2+2 on four of the six nodes could not serve
+/// for every key), and once the grace is past each object's data is exactly 4+2 shards:
+/// nothing of the old encoding is left. (Killed nodes are in the next test: a deferred
+/// removal a kill cuts short is left to the daily orphan sweep, so it would not count.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changing_the_redundancy_re_encodes_every_object_under_load() {
+    let mut cluster = start_seeded(6, 6, &["--redundancy", "2+2"], &[]);
+    let c = cluster.nodes[0].client();
+    let keys = put_mixed_sizes(&c).await;
+    let (id, mut parts, mut whole) = upload_parts(&c, "open-upload", &[5 * 1024 * KIB]).await;
+    let steady: Vec<usize> = (0..6).collect();
+    let load = Load::start(
+        steady.iter().map(|i| cluster.nodes[*i].client()).collect(),
+        "bkt",
+        4,
+    );
+    let (status, doc) = cluster.nodes[steady[0]]
+        .admin_post("layout", r#"{"redundancy": "4+2"}"#)
+        .expect("layout apply answers");
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["redundancy"], "4+2", "{doc}");
+    let watcher = steady[1];
+    let moved = |cluster: &TestCluster| -> u64 {
+        let t = cluster.nodes[watcher].admin_get("transition").unwrap_or_default();
+        t["transition"]["objects_moved"].as_u64().unwrap_or(0)
+    };
+    eventually(
+        Duration::from_secs(60),
+        "objects are re-encoded",
+        async || match moved(&cluster) {
+            0 => Err("nothing re-encoded yet".into()),
+            _ => Ok(()),
+        },
+    )
+    .await;
+    // the open upload keeps its partition waiting, and says so
+    eventually(
+        Duration::from_secs(180),
+        "a mover waits for the open upload",
+        async || {
+            let t = cluster.nodes[watcher].admin_get("transition").unwrap_or_default();
+            let waiting: Vec<String> = t["transition"]["nodes"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|n| n["report"]["waiting"].as_str().map(str::to_string))
+                .collect();
+            match waiting.iter().any(|w| w.contains("open multipart upload")) {
+                true => Ok(()),
+                false => Err(format!("waiting: {waiting:?}; {t}")),
+            }
+        },
+    )
+    .await;
+    assert_ne!(
+        cluster.nodes[watcher].admin_get("transition").unwrap()["transition"]["phase"],
+        "finished"
+    );
+    // it takes another part (with the redundancy it was made with) and completes
+    let (done, bytes) = upload_part(
+        &cluster.nodes[steady[2]].client(),
+        "open-upload",
+        &id,
+        2,
+        300 * KIB,
+    )
+    .await;
+    parts.push(done);
+    whole.extend(bytes);
+    complete_upload(&cluster.nodes[steady[3]].client(), "open-upload", &id, &parts).await;
+    let t = transition_to_finished(&cluster.nodes[watcher], Some(2), Duration::from_secs(240)).await;
+    let (acked, gets_ok, gets_failed) = load.finish().await;
+    eprintln!("transition: {t}");
+    let t = &t["transition"];
+    assert_eq!(t["kind"], "reencode", "{t}");
+    assert_eq!(t["partitions_done"], t["partitions"], "{t}");
+    assert!(t["objects_moved"].as_u64().unwrap() >= keys.len() as u64, "{t}");
+    assert!(gets_ok > 0, "the load ran");
+    assert_eq!(gets_failed, 0, "reads during the re-encoding failed");
+    let live: Vec<String> = keys.iter().cloned().chain(acked.iter().cloned()).collect();
+    let mut listed: Vec<String> = live.iter().cloned().chain(["open-upload".into()]).collect();
+    listed.sort();
+    let check = async |label: &str, cluster: &TestCluster, through: &[usize]| {
+        for i in through {
+            let ci = cluster.nodes[*i].client();
+            let bad = check_all(&ci, "bkt", &live).await;
+            assert!(bad.is_empty(), "{label}, node {i}: unreadable: {bad:?}");
+            assert_eq!(list_keys(&ci, "bkt").await, listed, "{label}, node {i} lists");
+            assert_eq!(get_bytes(&ci, "bkt", "open-upload").await.unwrap(), whole);
+        }
+    };
+    check("after re-encoding", &cluster, &[0, 1, 2, 3, 4, 5]).await;
+    // every object's data is 4+2 once the old shards are past their grace: six shard files
+    // per object with shard files (two parts for the upload), none of the old encoding
+    let with_files = live
+        .iter()
+        .filter(|k| {
+            k.rsplit('-')
+                .next()
+                .and_then(|s| s.parse::<usize>().ok())
+                .unwrap()
+                > 128 * KIB
+        })
+        .count();
+    eventually(
+        Duration::from_secs(150),
+        "the old encoding's shards are removed after the grace",
+        async || {
+            let n = all_shard_files(&cluster);
+            match n == 6 * (with_files + 2) {
+                true => Ok(()),
+                false => Err(format!(
+                    "{n} shard files for {with_files} objects and 2 parts of 4+2"
+                )),
+            }
+        },
+    )
+    .await;
+    // 4+2 over six nodes serves every object with any two of them down
+    cluster.nodes[4].kill9();
+    cluster.nodes[5].kill9();
+    check("with two nodes down", &cluster, &[0, 2]).await;
+}
+
+/// A re-encoding (2+2 to 4+2 on six nodes) resumes by itself after kill -9 of a node that
+/// moves data and of the Raft leader while it runs, each restarted; reads through the nodes
+/// that stay up never fail, and afterwards every object reads back through every node, also
+/// with two nodes down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_re_encoding_resumes_after_kill9_of_a_mover_and_of_the_leader() {
+    let mut cluster = start_seeded(6, 6, &["--redundancy", "2+2"], &[]);
+    let keys = put_mixed_sizes(&cluster.nodes[0].client()).await;
+    let leader = cluster.leader(0).expect("a leader");
+    let victim = (leader + 1) % 6;
+    let steady: Vec<usize> = (0..6).filter(|i| *i != leader && *i != victim).collect();
+    let load = Load::start(
+        steady.iter().map(|i| cluster.nodes[*i].client()).collect(),
+        "bkt",
+        2,
+    );
+    // slowly, so that the kills land while objects are re-encoded
+    let (status, doc) = cluster.nodes[steady[0]]
+        .admin_post("layout", r#"{"redundancy": "4+2"}"#)
+        .expect("layout apply answers");
+    assert_eq!(status, 200, "{doc}");
+    eventually(
+        Duration::from_secs(20),
+        "the transition throttled",
+        async || match cluster.nodes[steady[0]]
+            .admin_post("transition", r#"{"concurrency": 1, "bytes_per_sec": 2000000}"#)
+        {
+            Some((200, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    let watcher = steady[1];
+    let progress = |cluster: &TestCluster| -> (u64, String) {
+        let t = cluster.nodes[watcher].admin_get("transition").unwrap_or_default();
+        let t = &t["transition"];
+        (
+            t["objects_moved"].as_u64().unwrap_or(0),
+            t["phase"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    for node in [victim, leader] {
+        let (before, _) = progress(&cluster);
+        eventually(
+            Duration::from_secs(60),
+            "objects are re-encoded",
+            async || match progress(&cluster) {
+                (n, phase) if n > before && phase == "moving" => Ok(()),
+                p => Err(format!("{p:?}")),
+            },
+        )
+        .await;
+        cluster.nodes[node].kill9();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        cluster.nodes[node].restart();
+    }
+    let (status, doc) = cluster.nodes[steady[0]]
+        .admin_post("transition", r#"{"concurrency": 4, "bytes_per_sec": 0}"#)
+        .expect("throttle answers");
+    assert_eq!(status, 200, "{doc}");
+    let t = transition_to_finished(&cluster.nodes[watcher], Some(2), Duration::from_secs(240)).await;
+    let (acked, gets_ok, gets_failed) = load.finish().await;
+    eprintln!("transition: {t}");
+    assert_eq!(t["transition"]["kind"], "reencode", "{t}");
+    assert!(gets_ok > 0, "the load ran");
+    assert_eq!(gets_failed, 0, "reads through the nodes that stayed up failed");
+    let mut live: Vec<String> = keys.iter().cloned().chain(acked.iter().cloned()).collect();
+    live.sort();
+    for i in 0..6 {
+        let ci = cluster.nodes[i].client();
+        assert_eq!(list_keys(&ci, "bkt").await, live, "node {i} lists");
+    }
+    for i in [leader, victim] {
+        let bad = check_all(&cluster.nodes[i].client(), "bkt", &live).await;
+        assert!(bad.is_empty(), "node {i}: unreadable: {bad:?}");
+    }
+    cluster.nodes[leader].kill9();
+    cluster.nodes[victim].kill9();
+    let bad = check_all(&cluster.nodes[steady[0]].client(), "bkt", &live).await;
+    assert!(bad.is_empty(), "with two nodes down: unreadable: {bad:?}");
+}
+
 /// Waits until the transition that `node` reports has finished; returns its document.
 async fn transition_finished(node: &Server, timeout: Duration) -> serde_json::Value {
     transition_to_finished(node, None, timeout).await

@@ -688,41 +688,60 @@ async fn listing_needs_a_read_quorum_per_partition_not_per_layout() {
     assert!(buckets.buckets().is_empty(), "{buckets:?}");
 }
 
-// ---- layouts the data plane cannot serve yet --------------------------------------------
+// ---- layout changes -----------------------------------------------------------------
 
 /// The reported defect: on 4 drives (2+2) a layout with redundancy 3+1 was accepted, and a
-/// GET of an object written before answered 500. A redundancy change is refused with a 400
-/// naming the reason until transitions re-encode data.
+/// GET of an object written before answered 500. Now the change re-encodes what was written
+/// before (inline and shard-file objects alike) and every object reads back, during and
+/// after; a redundancy the drives cannot hold is refused with a 400 that says why, by the
+/// API and the CLI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn layouts_that_would_strand_data_are_refused() {
+async fn a_redundancy_change_re_encodes_what_was_written_before() {
     let server = Server::start(4);
     let c = server.client();
     c.create_bucket().bucket("bkt").send().await.unwrap();
-    put(&c, "bkt", "k", b"written under 2+2").await.unwrap();
-    let (code, answer) = server
-        .admin_post("layout", r#"{"redundancy": "3+1"}"#)
-        .expect("layout apply answers");
-    assert_eq!(code, 400, "{answer}");
-    assert_eq!(answer["error"]["code"], "RedundancyChangeUnsupported", "{answer}");
-    let message = answer["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("2+2") && message.contains("3+1"), "{message}");
-    assert_eq!(
-        read(&c, "bkt", "k").await.as_deref(),
-        Some(&b"written under 2+2"[..])
-    );
-    let layout = server.admin_get("layout").expect("layout answers");
-    assert_eq!(layout["redundancy"], "2+2", "{layout}");
-
-    // the CLI says why
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringstore"))
-        .args(["admin", "layout", "apply", "--redundancy", "3+1", "--endpoint"])
-        .arg(server.endpoint())
-        .env("RINGSTORE_SECRET_KEY", common::SECRET_KEY)
-        .output()
-        .expect("run the CLI");
+    let bodies: Vec<(String, Vec<u8>)> = [17usize, 4 * 1024, 300 * 1024, 3 * 1024 * 1024 + 5]
+        .iter()
+        .map(|n| (format!("k{n}"), (0..*n).map(|i| (i * 13 + n) as u8).collect()))
+        .collect();
+    for (k, b) in &bodies {
+        put(&c, "bkt", k, b).await.unwrap();
+    }
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ringstore"))
+            .args(["admin", "layout", "apply"])
+            .args(args)
+            .arg("--endpoint")
+            .arg(server.endpoint())
+            .env("RINGSTORE_SECRET_KEY", common::SECRET_KEY)
+            .output()
+            .expect("run the CLI")
+    };
+    let out = cli(&["--redundancy", "5+2"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("redundancy cannot change"), "CLI said: {stderr}");
+    assert!(stderr.contains("needs 7 drives"), "CLI said: {stderr}");
+    let out = cli(&["--redundancy", "3+1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for (k, b) in &bodies {
+            assert_eq!(read(&c, "bkt", k).await.as_deref(), Some(&b[..]), "{k}");
+        }
+        let t = server.admin_get("transition").expect("transition answers");
+        if t["transition"]["phase"] == "finished" {
+            assert_eq!(t["transition"]["kind"], "reencode", "{t}");
+            assert!(t["transition"]["objects_moved"].as_u64().unwrap() >= 4, "{t}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not finished: {t}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let layout = server.admin_get("layout").expect("layout answers");
+    assert_eq!(layout["redundancy"], "3+1", "{layout}");
+    for (k, b) in &bodies {
+        assert_eq!(read(&c, "bkt", k).await.as_deref(), Some(&b[..]), "{k} after");
+    }
 }
 
 /// A layout without a member drains it, unless too few drives would be left for the
