@@ -12,7 +12,9 @@
 //!   compare-and-swap, so that a test can land another write in between;
 //! - `move-pause-ms=N`: the mover of a layout transition waits `N` ms between copying an
 //!   object's shards and switching its record, so that a test can overwrite or delete it
-//!   in between.
+//!   in between;
+//! - `switch-commits=N`: the mover's switch of a record stops after `N` drives took it, as
+//!   a crash between the per-drive commits would (the move fails; the next one completes it).
 
 use std::sync::OnceLock;
 
@@ -23,6 +25,7 @@ pub(crate) struct Faults {
     pub crash_after_record_commits: Option<usize>,
     pub conditional_pause_ms: u64,
     pub move_pause_ms: u64,
+    pub switch_commits: Option<usize>,
 }
 
 /// The settings of this process.
@@ -44,6 +47,7 @@ pub(crate) fn get() -> &'static Faults {
                 "record-commit-offset" => f.record_commit_offset = value,
                 "conditional-pause-ms" => f.conditional_pause_ms = value as u64,
                 "move-pause-ms" => f.move_pause_ms = value as u64,
+                "switch-commits" => f.switch_commits = Some(value),
                 other => panic!("RINGSTORE_FAULTS: unknown fault point {other:?}"),
             }
         }
@@ -51,6 +55,7 @@ pub(crate) fn get() -> &'static Faults {
             || f.crash_after_record_commits.is_some()
             || f.conditional_pause_ms > 0
             || f.move_pause_ms > 0
+            || f.switch_commits.is_some()
         {
             tracing::warn!(faults = ?f, "fault injection is on");
         }

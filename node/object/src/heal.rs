@@ -377,12 +377,24 @@ impl ObjectStore {
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
+        // while a transition re-encodes, the new data of an object is named by no record
+        // until its switch, which may come long after its first parts were written (a large
+        // object, a slow throttle): the running transition's data ids are kept (found in
+        // review); those its failed attempts left go once it has finished
+        let inner = self.inner();
+        let in_flight = format!("r{}-", inner.layout.version);
+        let candidates: Vec<(usize, String)> = match inner.older.is_empty() {
+            true => candidates,
+            false => candidates
+                .into_iter()
+                .filter(|(_, id)| !id.starts_with(&in_flight))
+                .collect(),
+        };
         let mut unnamed: HashSet<String> = candidates.iter().map(|(_, id)| id.clone()).collect();
         if !unnamed.is_empty() {
             // then what every drive of the cluster names. Parts are read before objects:
             // completing an upload commits the object record before it drops the part
             // records, so a part cannot slip between the two scans.
-            let inner = self.inner();
             for table in [Table::Parts, Table::Objects] {
                 for d in &inner.drives {
                     let mut after: Option<Vec<u8>> = None;

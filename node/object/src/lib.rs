@@ -126,6 +126,9 @@ pub(crate) struct Shared {
     pub(crate) settled: settled::Settled,
     /// Layout views replaced by a newer one, while operations that started with them run.
     replaced: Mutex<Vec<std::sync::Weak<Inner>>>,
+    /// The `switch-commits` fault point (see `faults.rs`), settable per store in tests.
+    #[cfg(feature = "faults")]
+    pub(crate) switch_commits: AtomicU64,
 }
 
 /// An older layout's placement, with each of its drives' index in the current view.
@@ -223,6 +226,8 @@ impl ObjectStore {
             local,
             settled: Default::default(),
             replaced: Mutex::new(Vec::new()),
+            #[cfg(feature = "faults")]
+            switch_commits: AtomicU64::new(faults::get().switch_commits.map_or(u64::MAX, |n| n as u64)),
         });
         let inner = Inner::build(shared.clone(), layout, handles, older, writes_on)?;
         Ok(Self {
@@ -559,6 +564,13 @@ impl Inner {
             return Ok(old.codec.clone());
         }
         Ok(Arc::new(Codec::new(redundancy)?))
+    }
+
+    /// The redundancy of the oldest layout in this view. Records written before uploads
+    /// recorded theirs were stored with it: no redundancy change existed then, and none can
+    /// finish while such an upload is open (a re-encoding waits for open uploads).
+    pub(crate) fn oldest_redundancy(&self) -> Redundancy {
+        self.older.last().map_or(self.layout.redundancy, |o| o.redundancy)
     }
 
     /// Object bytes per stripe with the current layout's redundancy.

@@ -273,8 +273,9 @@ impl ObjectStore {
         }
         let mut switched = rec.clone();
         switched.drives = target_ids.clone();
+        let order = vec![(0..target.len()).collect()];
         let took = self
-            .switch(&inner, bucket, key, &rec, &switched, &frames, &target)
+            .switch(&inner, bucket, key, &rec, &switched, &frames, &target, &order)
             .await?;
         moved.switched = !slots.is_empty() && took > 0;
         Ok(moved)
@@ -282,11 +283,18 @@ impl ObjectStore {
 
     /// Re-encodes one object found stored with another redundancy than the current layout's
     /// onto the current placement: each part is read (frames verified, rebuilt where
-    /// damaged), encoded again with the layout's codec into a new data id on the new drives
-    /// (an inline object in memory), and checked against its ETag; then the record, with
-    /// the new `k+m`, drives and data ids and the same version, is switched in like a moved
-    /// one. Existing data is never rewritten: the old shards go only once the switch is
-    /// everywhere, after the grace.
+    /// damaged), encoded again with the layout's codec into new shard files on the new
+    /// drives (an inline object in memory), and checked against its ETag; then the record,
+    /// with the new `k+m`, drives and data ids and the same version, is switched in like a
+    /// moved one. Existing data is never rewritten: the old shards go only once the switch
+    /// is everywhere, after the grace.
+    ///
+    /// The new data ids depend only on the old ones and the layout version
+    /// ([`reencoded_id`]), and encoding is deterministic: two re-encodings of one key at once
+    /// (the mover's and a Complete's `follow_placement`, on two nodes) write the same bytes
+    /// under the same names, so whichever switch lands last on a drive replaces a copy of
+    /// the same encoding, and neither retires what the other's records name. What an attempt
+    /// that fails leaves is named by no record; the orphan sweep removes it.
     async fn reencode_object(&self, inner: &Arc<Inner>, found: Found, target: &[usize]) -> Result<Moved> {
         let (bucket, key) = (found.bucket.as_str(), found.key.as_str());
         let rec = &found.record;
@@ -308,8 +316,12 @@ impl ObjectStore {
             parts: Vec::with_capacity(rec.parts.len()),
             ..rec.clone()
         };
+        let new_id = |p: &PartRef| reencoded_id(&p.data_id, inner.layout.version);
         let mut frames: Vec<Option<Vec<u8>>> = vec![None; width];
         let mut moved = Moved::default();
+        // the order the drives of the new set take the switch: all at once, but for an
+        // inline object first those that hold none of its old frames (see below)
+        let mut order: Vec<Vec<usize>> = vec![(0..width).collect()];
         let inline = found.inline.iter().any(Option::is_some);
         if rec.deleted || rec.parts.is_empty() {
             switched.parts = rec.parts.clone();
@@ -329,24 +341,56 @@ impl ObjectStore {
                     "re-encoding {bucket}/{key}: its inline data does not match its ETag"
                 )));
             }
-            let new = if data.is_empty() {
-                vec![Vec::new(); width]
+            // An inline object's frames live in its records, so the switch replaces the old
+            // frames on the drives both sets share: a switch cut short must leave `k` frames
+            // of one encoding. The drives without old frames take it first, then the others
+            // one at a time; when even that order can pass through a state with too few of
+            // both, the object is re-encoded into shard files instead (one record of those
+            // is enough to read them).
+            let old_set: Vec<Option<usize>> = inner.resolve(&rec.drives);
+            let (shared, fresh): (Vec<usize>, Vec<usize>) =
+                (0..width).partition(|i| old_set.contains(&Some(target[*i])));
+            let old_frames = found.inline.iter().filter(|f| f.is_some()).count();
+            let safe =
+                (0..=shared.len()).all(|x| old_frames.saturating_sub(x) >= rec.k || fresh.len() + x >= r.k);
+            let data_id = new_id(part);
+            if safe {
+                let new = if data.is_empty() {
+                    vec![Vec::new(); width]
+                } else {
+                    codec.encode(&data)
+                };
+                moved.bytes += new.iter().map(|f| f.len() as u64).sum::<u64>();
+                frames = new.into_iter().map(Some).collect();
+                order = std::iter::once(fresh)
+                    .chain(shared.into_iter().map(|i| vec![i]))
+                    .filter(|b| !b.is_empty())
+                    .collect();
             } else {
-                codec.encode(&data)
-            };
-            moved.bytes += new.iter().map(|f| f.len() as u64).sum::<u64>();
-            frames = new.into_iter().map(Some).collect();
+                let body: crate::write::BodyStream =
+                    Box::pin(futures::stream::once(async move { Ok(bytes::Bytes::from(data)) }));
+                let written = inner
+                    .write_data(&codec, target, &data_id, body, false, true)
+                    .await?;
+                if written.ok.iter().any(|ok| !ok) {
+                    return Err(Error::Quorum(format!(
+                        "re-encoding {bucket}/{key}: a drive of the new placement took no shard"
+                    )));
+                }
+                moved.bytes += written.size.div_ceil(r.k as u64) * width as u64;
+            }
             switched.parts.push(PartRef {
-                data_id: inner.now().hex(),
+                data_id,
                 ..part.clone()
             });
         } else {
             for part in &rec.parts {
-                let data_id = inner.now().hex();
+                let data_id = new_id(part);
                 let body = crate::read::part_body(inner.clone(), rec.clone(), part.clone());
-                let written = inner.write_data(&codec, target, &data_id, body, false).await?;
+                let written = inner
+                    .write_data(&codec, target, &data_id, body, false, true)
+                    .await?;
                 if hex::encode(written.md5) != part.etag || written.size != part.size {
-                    inner.delete_data(&switched.drives, &data_id).await;
                     return Err(Error::Internal(format!(
                         "re-encoding {bucket}/{key}: part {} read back other bytes than its ETag \
                          says",
@@ -354,7 +398,6 @@ impl ObjectStore {
                     )));
                 }
                 if written.ok.iter().any(|ok| !ok) {
-                    inner.delete_data(&switched.drives, &data_id).await;
                     return Err(Error::Quorum(format!(
                         "re-encoding {bucket}/{key}: a drive of the new placement took no shard"
                     )));
@@ -379,14 +422,8 @@ impl ObjectStore {
             .await;
         }
         let took = self
-            .switch(inner, bucket, key, rec, &switched, &frames, target)
+            .switch(inner, bucket, key, rec, &switched, &frames, target, &order)
             .await?;
-        if took == 0 {
-            // a newer version won everywhere: the new shards serve nothing
-            for p in switched.parts.iter().filter(|_| !inline) {
-                inner.delete_data(&switched.drives, &p.data_id).await;
-            }
-        }
         moved.switched = took > 0;
         Ok(moved)
     }
@@ -399,7 +436,8 @@ impl ObjectStore {
     /// there), and must answer: only then does every read quorum of the new set meet this
     /// version or a newer one, and may the old copies go (records on drives that left the
     /// set now, shards after the grace, also those a re-encoding replaced on drives that
-    /// stay). Answers how many drives took it.
+    /// stay). The drives take it in the batches of `order` (slots of `target`), each
+    /// batch only once the one before was taken everywhere. Answers how many drives took it.
     #[allow(clippy::too_many_arguments)]
     async fn switch(
         &self,
@@ -410,34 +448,64 @@ impl ObjectStore {
         switched: &ObjectRecord,
         frames: &[Option<Vec<u8>>],
         target: &[usize],
+        order: &[Vec<usize>],
     ) -> Result<usize> {
         let okey = object_key(bucket, key);
-        let commits = target.iter().enumerate().map(|(i, d)| {
-            let value = switched.for_shard(i, frames[i].clone()).encode();
-            inner.drives[*d].commit_replacing(vec![Op::PutIfVersion {
-                table: Table::Objects,
-                key: okey.clone(),
-                value,
-                expected: Some(rec.version),
-            }])
-        });
+        #[cfg(feature = "faults")]
+        let mut budget = self
+            .shared
+            .switch_commits
+            .load(std::sync::atomic::Ordering::Relaxed) as usize;
         let mut took = 0;
         let mut replaced_here: Vec<(usize, ObjectRecord)> = Vec::new();
-        for (d, r) in target.iter().zip(futures::future::join_all(commits).await) {
-            let replaced = r.map_err(|e| {
-                Error::Quorum(format!(
-                    "moving {bucket}/{key}: switch not taken everywhere ({e})"
-                ))
-            })?;
-            let held = replaced.first().and_then(|o| o.as_deref());
-            let version = held.and_then(Version::from_bytes);
-            if version.is_none_or(|v| v <= rec.version) {
-                took += 1;
-                if let Some(old) = held.and_then(|b| ObjectRecord::decode(b).ok())
-                    && !crate::read::same_encoding(&old, switched)
-                {
-                    replaced_here.push((*d, old));
+        for batch in order {
+            #[allow(unused_mut)]
+            let mut batch: Vec<usize> = batch.clone();
+            #[cfg(feature = "faults")]
+            let cut = {
+                let cut = batch.len() > budget;
+                batch.truncate(budget);
+                budget -= batch.len();
+                cut
+            };
+            let commits = batch.iter().map(|i| {
+                let value = switched.for_shard(*i, frames[*i].clone()).encode();
+                inner.drives[target[*i]].commit_replacing(vec![Op::PutIfVersion {
+                    table: Table::Objects,
+                    key: okey.clone(),
+                    value,
+                    expected: Some(rec.version),
+                }])
+            });
+            let answers = futures::future::join_all(commits).await;
+            let mut failed = None;
+            for (i, r) in batch.iter().zip(answers) {
+                let replaced = match r {
+                    Ok(replaced) => replaced,
+                    Err(e) => {
+                        failed = Some(e.to_string());
+                        continue;
+                    }
+                };
+                let held = replaced.first().and_then(|o| o.as_deref());
+                let version = held.and_then(Version::from_bytes);
+                if version.is_none_or(|v| v <= rec.version) {
+                    took += 1;
+                    if let Some(old) = held.and_then(|b| ObjectRecord::decode(b).ok())
+                        && !crate::read::same_encoding(&old, switched)
+                    {
+                        replaced_here.push((target[*i], old));
+                    }
                 }
+            }
+            #[cfg(feature = "faults")]
+            if cut {
+                failed = Some("fault: switch-commits".into());
+            }
+            if let Some(e) = failed {
+                return Err(Error::Quorum(format!(
+                    "moving {bucket}/{key}: switch not taken everywhere ({e})"
+                )));
             }
         }
         self.remove_left_behind(inner, bucket, key, &okey, &switched.drives, rec.version)
@@ -462,11 +530,12 @@ impl ObjectStore {
     /// being listed or taking parts, is put on the new drives too.
     pub async fn move_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Moved> {
         let inner = self.inner();
-        let need = inner.codec.redundancy().write_quorum();
         let state = match self.upload_state(bucket, key, upload_id).await {
             Err(Error::NoSuchUpload) => return Ok(Moved::default()),
             r => r?,
         };
+        // (of the upload's own redundancy, which may not be the layout's; found in review)
+        let need = state.need(&inner);
         let target = inner.partition_drives(bucket, key);
         let target_ids = inner.drive_ids(&target);
         let ukey = upload_key(bucket, key, upload_id);
@@ -509,6 +578,18 @@ impl ObjectStore {
                 ..Moved::default()
             });
         }
+        // An open upload's parts are not re-encoded: it stays where it is, with the
+        // redundancy it was made with (its operations use that one), and the partition waits
+        // for it to be completed (its object is then re-encoded) or aborted. Also when the
+        // new layout keeps its drives (found in review).
+        let stored_as = state.redundancy(&inner);
+        if stored_as != inner.layout.redundancy {
+            return Err(Error::UploadOpen(format!(
+                "upload {upload_id} of {bucket}/{key} is open with redundancy {stored_as}: the \
+                 partition is re-encoded to {} once it is completed or aborted",
+                inner.layout.redundancy
+            )));
+        }
         let mut moved = Moved::default();
         let in_place = state.record.drives == target_ids;
         let from_ids = match &state.record.moved_from {
@@ -535,15 +616,12 @@ impl ObjectStore {
                 "upload {upload_id}: a drive it is on left the cluster"
             )));
         };
-        // An open upload's parts are not re-encoded: it stays where it is, with the
-        // redundancy it was made with (its operations use that one), and the partition waits
-        // for it to be completed (its object is then re-encoded) or aborted.
-        let stored_as = state.redundancy(&inner);
-        if stored_as != inner.layout.redundancy || from.len() != target.len() {
-            return Err(Error::UploadOpen(format!(
-                "upload {upload_id} of {bucket}/{key} is open with redundancy {stored_as}: the \
-                 partition is re-encoded to {} once it is completed or aborted",
-                inner.layout.redundancy
+        if from.len() != target.len() {
+            return Err(Error::Internal(format!(
+                "upload {upload_id} of {bucket}/{key} is on {} drives, which the layout places \
+                 on {}",
+                from.len(),
+                target.len()
             )));
         }
         // the parts, before the upload is reopened where they are copied to
@@ -695,6 +773,22 @@ impl ObjectStore {
         }
         Ok(())
     }
+}
+
+/// The data id a re-encoding onto layout `version` gives the data `data_id` names: the same
+/// for every node that re-encodes it during that transition (see `reencode_object`), and
+/// another one in every later transition (so that a later re-encoding never writes under a
+/// name whose removal an earlier one may have scheduled).
+pub(crate) fn reencoded_id(data_id: &str, version: u64) -> String {
+    let original = match data_id.split_once('-') {
+        Some((prefix, rest))
+            if prefix.starts_with('r') && prefix[1..].bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            rest
+        }
+        _ => data_id,
+    };
+    format!("r{version}-{original}")
 }
 
 fn text(b: &[u8]) -> String {
@@ -1177,6 +1271,168 @@ mod tests {
             );
             assert_eq!(s.get(&key).await.unwrap(), body(i, size), "{key} finished");
         }
+    }
+
+    /// Found in review: a switch of an inline object cut short (a crash, drives that did not
+    /// answer) could leave fewer than `k` frames of either encoding. Whatever number of
+    /// drives took the switch, the object reads back, and the next move finishes it.
+    #[cfg(feature = "faults")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_inline_switch_cut_short_anywhere_leaves_the_object_readable() {
+        use std::sync::atomic::Ordering::Relaxed;
+        for cut in 0..6u64 {
+            let s = setup();
+            s.store.create_bucket("b").await.unwrap();
+            s.put("small", body(7, 900)).await;
+            s.reencode_to(Redundancy { k: 4, m: 2 });
+            s.store.shared.switch_commits.store(cut, Relaxed);
+            assert!(s.store.move_object("b", "small").await.is_err(), "cut at {cut}");
+            let kinds: Vec<(usize, usize)> = s.copies("small").iter().map(|(i, r)| (*i, r.k)).collect();
+            match s.get("small").await {
+                Ok(b) => assert!(b == body(7, 900), "cut after {cut} drives: other bytes"),
+                Err(e) => panic!("cut after {cut} drives: {e}; copies (drive, k) {kinds:?}"),
+            }
+            s.store.shared.switch_commits.store(u64::MAX, Relaxed);
+            s.store.move_object("b", "small").await.unwrap();
+            assert!(s.copies("small").iter().all(|(_, r)| r.k == 4));
+            assert_eq!(s.get("small").await.unwrap(), body(7, 900));
+        }
+    }
+
+    /// Found in review: two re-encodings of one key at once (the mover's, and a Complete's
+    /// `follow_placement` on another node) must not remove each other's shards: they write
+    /// the same encoding under the same data ids, so whichever switch lands last on a drive
+    /// replaces a copy of the same encoding, and nothing is retired that a record names.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_re_encodings_of_one_key_at_once_write_one_encoding() {
+        let s = setup();
+        s.store.create_bucket("b").await.unwrap();
+        let keys: Vec<(String, usize)> = (0..8)
+            .map(|i| (format!("twice{i}"), [900, 300 * 1024][i % 2]))
+            .collect();
+        for (i, (k, size)) in keys.iter().enumerate() {
+            s.put(k, body(i, *size)).await;
+        }
+        s.reencode_to(Redundancy { k: 4, m: 2 });
+        let other = s.store.clone();
+        for (i, (k, size)) in keys.iter().enumerate() {
+            let (a, b) = tokio::join!(s.store.move_object("b", k), other.move_object("b", k));
+            assert!(a.is_ok() || b.is_ok(), "{k}: {a:?} {b:?}");
+            let copies = s.copies(k);
+            assert_eq!(copies.len(), 6, "{k}");
+            let ids: std::collections::BTreeSet<Vec<String>> = copies
+                .iter()
+                .map(|(_, r)| r.parts.iter().map(|p| p.data_id.clone()).collect())
+                .collect();
+            assert_eq!(ids.len(), 1, "{k}: copies of two encodings {ids:?}");
+            assert_eq!(s.get(k).await.unwrap(), body(i, *size), "{k}");
+        }
+    }
+
+    /// Found in review: an object's re-encoded parts are named by no record until its
+    /// switch, which for a large object under a slow throttle can come after the orphan age.
+    /// The sweep keeps the running re-encoding's data, and removes what a failed attempt
+    /// left once the transition has finished.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_orphan_sweep_keeps_the_data_of_a_re_encoding_in_flight() {
+        let s = setup();
+        let to = s.reencode_to(Redundancy { k: 4, m: 2 });
+        let in_flight = reencoded_id("0123456789abcdef", to.version);
+        for id in [in_flight.as_str(), "fedcba9876543210"] {
+            let mut w = s.local[0].create_shard(id).unwrap();
+            w.write(b"unnamed").unwrap();
+            w.finish().unwrap();
+        }
+        let on_disk = || {
+            let dir = s._dirs[0].path().join(".ringstore").join("data");
+            let dir = dir.join(&in_flight[in_flight.len() - 2..]);
+            dir.join(&in_flight).exists()
+        };
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
+        assert_eq!(s.store.sweep_orphans(later).await.unwrap(), 1);
+        assert!(on_disk(), "in flight, kept");
+        let handles = s.local.iter().cloned().map(DriveHandle::Local).collect();
+        s.store.set_layout(to, handles, &[], None).unwrap();
+        assert_eq!(s.store.sweep_orphans(later).await.unwrap(), 1);
+        assert!(!on_disk(), "finished, removed");
+    }
+
+    /// Found in review: an upload record from before uploads recorded their redundancy
+    /// was taken as stored with the current layout's, so after a change its parts were
+    /// written and completed with the wrong one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upload_from_before_redundancies_were_recorded_keeps_its_own() {
+        let s = setup();
+        s.store.create_bucket("b").await.unwrap();
+        let id = s
+            .store
+            .create_upload("b", "old", NewObject::default(), None)
+            .await
+            .unwrap();
+        // as an older version wrote it: no redundancy in the record
+        let ukey = upload_key("b", "old", &id);
+        for d in &s.local {
+            if let Some(v) = d.get(Table::Uploads, &ukey).unwrap() {
+                let (version, mut rec) = crate::multipart::decode_upload(&v).unwrap();
+                rec.redundancy = None;
+                d.commit(vec![Op::Put {
+                    table: Table::Uploads,
+                    key: ukey.clone(),
+                    value: encode_upload(version, &rec),
+                }])
+                .await
+                .unwrap();
+            }
+        }
+        let part1 = body(1, crate::MIN_PART_SIZE as usize);
+        let e1 = upload_part_on(&s.store, "old", &id, 1, part1.clone()).await;
+        s.reencode_to(Redundancy { k: 4, m: 2 });
+        assert!(matches!(
+            s.store.move_upload("b", "old", &id).await,
+            Err(Error::UploadOpen(_))
+        ));
+        let part2 = body(2, 1000);
+        let e2 = upload_part_on(&s.store, "old", &id, 2, part2.clone()).await;
+        complete_on(&s.store, "old", &id, &[(1, e1), (2, e2)])
+            .await
+            .unwrap();
+        let whole = [part1, part2].concat();
+        assert_eq!(s.get("old").await.unwrap(), whole);
+        s.store.move_object("b", "old").await.unwrap();
+        assert!(s.copies("old").iter().all(|(_, r)| (r.k, r.m) == (4, 2)));
+        assert_eq!(s.get("old").await.unwrap(), whole);
+    }
+
+    /// Found in review: a redundancy change that keeps every drive of a partition in place
+    /// (one node's four drives, 2+2 to 3+1) must hold an open upload too, not take it as
+    /// moved already.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_open_upload_holds_a_re_encoding_that_keeps_its_drives() {
+        let s = setup();
+        s.store.create_bucket("b").await.unwrap();
+        let id = s
+            .store
+            .create_upload("b", "mp", NewObject::default(), None)
+            .await
+            .unwrap();
+        let part = body(3, 1000);
+        let e = upload_part_on(&s.store, "mp", &id, 1, part.clone()).await;
+        let to = s
+            .first
+            .next(Redundancy { k: 3, m: 1 }, s.first.nodes.clone())
+            .unwrap();
+        let handles = s.local[..4].iter().cloned().map(DriveHandle::Local).collect();
+        s.store
+            .set_layout(to, handles, std::slice::from_ref(&s.first), None)
+            .unwrap();
+        assert!(matches!(
+            s.store.move_upload("b", "mp", &id).await,
+            Err(Error::UploadOpen(_))
+        ));
+        complete_on(&s.store, "mp", &id, &[(1, e)]).await.unwrap();
+        s.store.move_object("b", "mp").await.unwrap();
+        assert!(s.copies("mp").iter().all(|(_, r)| (r.k, r.m) == (3, 1)));
+        assert_eq!(s.get("mp").await.unwrap(), part);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,18 +49,17 @@ pub(crate) struct UploadRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moved_from: Option<Vec<String>>,
     /// The redundancy its parts are stored with: the one of the layout that placed it.
-    /// Records written before redundancy changes existed have none: theirs is the
-    /// layout's (see [`UploadRecord::redundancy_or`]).
+    /// Records written before uploads recorded it have none (see
+    /// [`UploadRecord::redundancy_or`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redundancy: Option<Redundancy>,
 }
 
 impl UploadRecord {
-    /// The redundancy the upload's parts are stored with; `layout`'s for a record that does
-    /// not say (no redundancy change can have happened since it was written: a transition
-    /// that changes the redundancy waits for every open upload to end, see `move_upload`).
-    pub(crate) fn redundancy_or(&self, layout: Redundancy) -> Redundancy {
-        self.redundancy.unwrap_or(layout)
+    /// The redundancy the upload's parts are stored with; `oldest` (the oldest layout's in
+    /// use, see `Inner::oldest_redundancy`) for a record that does not say.
+    pub(crate) fn redundancy_or(&self, oldest: Redundancy) -> Redundancy {
+        self.redundancy.unwrap_or(oldest)
     }
 }
 
@@ -165,7 +164,7 @@ impl UploadState {
     }
 
     pub(crate) fn redundancy(&self, inner: &Inner) -> Redundancy {
-        self.record.redundancy_or(inner.layout.redundancy)
+        self.record.redundancy_or(inner.oldest_redundancy())
     }
 
     pub(crate) fn decided(&self, need: usize) -> Option<Finished> {
@@ -453,7 +452,7 @@ impl ObjectStore {
                 )));
             }
         }
-        let need = upload_need(&held, inner.layout.redundancy);
+        let need = upload_need(&held, inner.oldest_redundancy());
         let mut state = judge(upload_id, &held, need).ok_or(Error::NoSuchUpload)?;
         state.slots = inner.present(&state.record.drives);
         Ok(state)
@@ -580,10 +579,12 @@ impl ObjectStore {
                 "a drive of this upload is no longer in the layout".into(),
             ));
         }
-        let codec = inner.codec_for(upload.redundancy_or(inner.layout.redundancy))?;
+        let codec = inner.codec_for(upload.redundancy_or(inner.oldest_redundancy()))?;
         let version = inner.now();
         let data_id = version.hex();
-        let written = inner.write_data(&codec, &slots, &data_id, body, false).await?;
+        let written = inner
+            .write_data(&codec, &slots, &data_id, body, false, false)
+            .await?;
         let checksum = match verify(&written.md5, written.size) {
             Ok(c) => c,
             Err(e) => {
@@ -892,7 +893,7 @@ impl ObjectStore {
         let inner = self.inner();
         let slots: Vec<usize> = inner.present(&upload.drives);
         Ok(self
-            .all_parts(&slots, upload_id, upload.redundancy_or(inner.layout.redundancy))
+            .all_parts(&slots, upload_id, upload.redundancy_or(inner.oldest_redundancy()))
             .await?
             .into_iter()
             .map(|(number, r)| PartInfo {
@@ -1243,7 +1244,7 @@ impl ObjectStore {
             };
             let key = String::from_utf8_lossy(&rest[..sep]).into_owned();
             let upload_id = String::from_utf8_lossy(&rest[sep + 1..]).into_owned();
-            let Some(state) = judge(&upload_id, &held, upload_need(&held, inner.layout.redundancy)) else {
+            let Some(state) = judge(&upload_id, &held, upload_need(&held, inner.oldest_redundancy())) else {
                 continue;
             };
             if state.finished() {

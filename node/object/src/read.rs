@@ -146,7 +146,7 @@ impl ObjectStore {
         let okey = object_key(bucket, key);
         let drives = inner.partition_drives(bucket, key);
         let r = inner.layout.redundancy;
-        let mut found = find_on(inner, bucket, key, &okey, &drives, r, how).await?;
+        let mut found = find_on(inner, bucket, key, &okey, &drives, r, how, None).await?;
         let older = inner.older_partition_sets(bucket, key);
         if !older.is_empty() {
             let how = Reading {
@@ -155,7 +155,8 @@ impl ObjectStore {
             };
             let here = inner.drive_ids(&drives);
             for (r, old) in older {
-                let Some(there) = find_on(inner, bucket, key, &okey, &old, r, how).await? else {
+                let readable = found.as_ref().filter(|f| f.readable()).map(|f| f.record.version);
+                let Some(there) = find_on(inner, bucket, key, &okey, &old, r, how, readable).await? else {
                     continue;
                 };
                 // A version a transition moved or re-encoded has copies here and there: the
@@ -374,7 +375,10 @@ pub(crate) struct Reading {
 
 /// Looks `bucket/key` up on `drives` (a partition's shard slots in a layout of redundancy
 /// `r`; slots whose drive left the cluster are left out): a read quorum first, the others
-/// when needed.
+/// when needed. `readable` is a version another placement found and can read: where this
+/// one holds it as its newest but too few of one encoding's frames (a re-encoding's switch
+/// cut short), it has nothing newer to tell.
+#[allow(clippy::too_many_arguments)]
 async fn find_on(
     inner: &Inner,
     bucket: &str,
@@ -383,6 +387,7 @@ async fn find_on(
     drives: &[usize],
     r: Redundancy,
     how: Reading,
+    readable: Option<Version>,
 ) -> Result<Option<Found>> {
     let width = r.width();
     let need = r.read_quorum();
@@ -490,6 +495,7 @@ async fn find_on(
         let newest = match newest_readable(&records, unknown) {
             Ok(Some(v)) => v,
             Ok(None) => return Ok(None),
+            Err(v) if Some(v) == readable => return Ok(None),
             Err(_) => {
                 return Err(Error::Quorum(
                     "a small object is being overwritten (too few of its frames are on the \
@@ -704,12 +710,16 @@ pub(crate) fn newest_readable(records: &[ObjectRecord], unknown: usize) -> Resul
         if first.deleted || first.size == 0 {
             return Ok(Some(v));
         }
-        let frames: std::collections::HashSet<usize> = holders
-            .iter()
-            .filter(|r| r.inline.is_some())
-            .map(|r| r.shard)
-            .collect();
-        if frames.is_empty() || frames.len() + unknown >= first.k {
+        // (frames of one encoding: a version re-encoded part way has copies of two)
+        let readable = holders.iter().any(|e| {
+            let frames: std::collections::HashSet<usize> = holders
+                .iter()
+                .filter(|r| r.inline.is_some() && same_encoding(r, e))
+                .map(|r| r.shard)
+                .collect();
+            frames.is_empty() || frames.len() + unknown >= e.k
+        });
+        if readable {
             return Ok(Some(v));
         }
         let at_or_above = records.iter().filter(|r| r.version >= v).count() + unknown;

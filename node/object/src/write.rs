@@ -76,7 +76,9 @@ impl ObjectStore {
         }
         let version = inner.now();
         let data_id = version.hex();
-        let written = inner.write_data(&codec, &drives, &data_id, body, true).await?;
+        let written = inner
+            .write_data(&codec, &drives, &data_id, body, true, false)
+            .await?;
         let record = ObjectRecord {
             size: written.size,
             etag: hex::encode(written.md5),
@@ -439,7 +441,8 @@ impl Inner {
 
 impl Inner {
     /// Streams `body` into shards of `data_id` on `drives` (in shard order), encoded with
-    /// `codec`.
+    /// `codec`; with `replace`, each shard file takes the place of one of the same name only
+    /// once it is complete (a re-encoding, which other nodes may write at the same time).
     pub(crate) async fn write_data(
         &self,
         codec: &Arc<Codec>,
@@ -447,6 +450,7 @@ impl Inner {
         data_id: &str,
         mut body: BodyStream,
         allow_inline: bool,
+        replace: bool,
     ) -> Result<Written> {
         let block = ringstore_erasure::block_size(codec.redundancy().k);
         // Most objects are small: the first stripe grows as the body comes instead of taking
@@ -498,7 +502,7 @@ impl Inner {
                 .iter()
                 .map(|d| {
                     d.as_ref()?
-                        .create_shard(&id, false)
+                        .create_shard(&id, replace)
                         .map_err(|e| crate::drive_failure("cannot create shard", &e))
                         .ok()
                 })
