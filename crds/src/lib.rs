@@ -46,6 +46,7 @@ pub const MAX_PARITY: u8 = 8;
     printcolumn(name = "Servers", type_ = "integer", json_path = ".status.servers", description = "Servers of all pools"),
     printcolumn(name = "Capacity", type_ = "string", json_path = ".status.capacity.total", description = "Raw capacity of all drives"),
     printcolumn(name = "Layout", type_ = "integer", json_path = ".status.layoutVersion", description = "Version of the cluster layout"),
+    printcolumn(name = "Redundancy", type_ = "string", json_path = ".status.redundancy", description = "Data+parity shards of the cluster layout"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 40")
         .message("a Tenant name must be a DNS label that starts with a letter and has at most 40 characters (it names Services and StatefulSets)"),
@@ -71,8 +72,9 @@ pub struct TenantSpec {
 
     /// How objects are erasure coded: `data` + `parity` shards, or `replicas` full copies.
     /// Every shard of an object goes to a different server, so the Pools must have at least
-    /// `data + parity` (or `replicas`) servers in total. Cannot be changed yet.
-    #[x_kube(validation = Rule::new("self == oldSelf").message("changing redundancy is not supported yet"))]
+    /// `data + parity` (or `replicas`) servers in total. Changing it re-encodes every object
+    /// in the background (the Tenant shows `Progressing` with reason `Reencoding`); no
+    /// server restarts, and everything stays readable throughout.
     pub redundancy: Redundancy,
 
     /// Name of a Secret in this namespace with the S3 credentials in the keys `accessKey`
@@ -227,11 +229,24 @@ pub struct TenantStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout_version: Option<u64>,
 
+    /// The redundancy (`data+parity`) of the cluster's layout, which new data is stored
+    /// with; after a change of `spec.redundancy`, older data is re-encoded to it in the
+    /// background (`Progressing` with reason `Reencoding` until it is done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redundancy: Option<String>,
+
     /// RPC addresses of the servers the cluster was founded from. Recorded once and never
     /// changed, so that adding a Pool does not restart every server; later servers join
     /// through them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub seeds: Vec<String>,
+
+    /// The redundancy (`data+parity`) the cluster was formed with, which the servers are
+    /// started with. Recorded once and never changed, so that a change of
+    /// `spec.redundancy` (applied through the cluster's admin API, which re-encodes the data)
+    /// restarts no server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_redundancy: Option<String>,
 
     /// Servers of every Pool.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

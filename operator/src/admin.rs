@@ -264,14 +264,24 @@ impl AdminClient {
         .await
     }
 
-    /// Commits a layout made of `nodes`; returns the new layout version.
-    pub async fn apply_layout(&self, ip: &str, token: &str, nodes: &[String]) -> Result<u64, AdminError> {
+    /// Commits a layout made of `nodes`, with `redundancy` (`data+parity`) when it is to
+    /// change; returns the new layout version.
+    pub async fn apply_layout(
+        &self,
+        ip: &str,
+        token: &str,
+        nodes: &[String],
+        redundancy: Option<&str>,
+    ) -> Result<u64, AdminError> {
         #[derive(Deserialize)]
         struct Answer {
             version: u64,
         }
-        let body = serde_json::to_vec(&serde_json::json!({ "nodes": nodes }))
-            .map_err(|e| AdminError::Request(ip.into(), e.to_string()))?;
+        let mut request = serde_json::json!({ "nodes": nodes });
+        if let Some(r) = redundancy {
+            request["redundancy"] = r.into();
+        }
+        let body = serde_json::to_vec(&request).map_err(|e| AdminError::Request(ip.into(), e.to_string()))?;
         let a: Answer = self
             .call(
                 http::Method::POST,

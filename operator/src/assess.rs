@@ -180,6 +180,14 @@ pub fn rollout(obs: &Observation, pools: &[String]) -> Rollout {
     r
 }
 
+/// A layout to commit: exactly these nodes, and the redundancy when it changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayoutChange {
+    pub nodes: Vec<String>,
+    /// `data+parity`, when the Tenant's differs from the cluster's (the change re-encodes).
+    pub redundancy: Option<String>,
+}
+
 /// The next thing to do to the cluster, at most one per reconcile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -189,16 +197,21 @@ pub enum Step {
     RestartPod(String),
 }
 
-/// The layout to apply, if the layout's nodes differ from the expected pods and every
-/// expected pod is ready and registered. The first layout forms by itself from the seeds;
-/// only changes are applied.
-pub fn layout_step(obs: &Observation) -> Option<Vec<String>> {
+/// The layout to apply, if the layout's nodes differ from the expected pods or its
+/// redundancy from the Tenant's `redundancy` (`data+parity`), and every expected pod is
+/// ready and registered, and no layout transition runs (one change at a time). The first
+/// layout forms by itself from the seeds; only changes are applied.
+pub fn layout_step(obs: &Observation, redundancy: &str) -> Option<LayoutChange> {
     let admin = obs.admin.as_ref().ok()?;
     if admin.layout_version == 0 || !obs.all_ready() {
         return None;
     }
+    if admin.transition.as_ref().is_some_and(|t| t.running()) {
+        return None;
+    }
     let expected: Vec<String> = obs.expected_pods().into_iter().collect();
-    if admin.layout_nodes() == expected || !stranded(obs).is_empty() {
+    let redundancy = (admin.redundancy != redundancy).then(|| redundancy.to_string());
+    if (admin.layout_nodes() == expected && redundancy.is_none()) || !stranded(obs).is_empty() {
         return None;
     }
     let online: BTreeSet<&str> = admin
@@ -210,7 +223,10 @@ pub fn layout_step(obs: &Observation) -> Option<Vec<String>> {
     expected
         .iter()
         .all(|n| online.contains(n.as_str()))
-        .then_some(expected)
+        .then_some(LayoutChange {
+            nodes: expected,
+            redundancy,
+        })
 }
 
 /// Why the cluster is not healthy enough to restart a server, or `None` when it is.
@@ -359,8 +375,8 @@ pub fn human_bytes(n: u64) -> String {
 /// What the driver did or is waiting for in this reconcile, for the Progressing condition.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Activity {
-    /// Layout just applied (nodes).
-    pub layout_applied: Option<Vec<String>>,
+    /// Layout just applied.
+    pub layout_applied: Option<LayoutChange>,
     /// Why the rolling upgrade waits, when it does.
     pub upgrade_waiting: Option<String>,
 }
@@ -369,7 +385,7 @@ pub struct Activity {
 pub fn tenant_status(
     tenant: &Tenant,
     pools: &[Pool],
-    seeds: &[String],
+    (seeds, formed): (&[String], &str),
     obs: &Observation,
     rollout: &Rollout,
     activity: &Activity,
@@ -505,12 +521,16 @@ pub fn tenant_status(
             format!("{ready} of {servers} servers ready; the cluster forms once every seed answers"),
             generation,
         )
-    } else if let Some(nodes) = &activity.layout_applied {
+    } else if let Some(change) = &activity.layout_applied {
+        let reencode = match &change.redundancy {
+            Some(r) => format!(", re-encoding every object to {r}"),
+            None => String::new(),
+        };
         cond(
             "Progressing",
             true,
             "LayoutChange",
-            format!("applied a layout with {} servers", nodes.len()),
+            format!("applied a layout with {} servers{reencode}", change.nodes.len()),
             generation,
         )
     } else if let Some(t) = admin.and_then(|a| a.transition.as_ref()).filter(|t| t.running()) {
@@ -618,7 +638,12 @@ pub fn tenant_status(
         phase: Some(phase.into()),
         conditions: vec![ready_cond, progressing, degraded],
         layout_version,
+        redundancy: match admin {
+            Some(a) if !a.redundancy.is_empty() => Some(a.redundancy.clone()),
+            _ => prev.redundancy.clone(),
+        },
         seeds: seeds.to_vec(),
+        initial_redundancy: Some(formed.to_string()),
         pools: pool_summaries,
         ready_servers: Some(ready),
         servers: Some(servers),
@@ -820,8 +845,15 @@ mod tests {
         let o = healthy();
         let r = rollout(&o, &["a".into()]);
         assert_eq!((r.updated, r.total, r.outdated.len()), (4, 4, 0));
-        assert_eq!(layout_step(&o), None);
-        let s = tenant_status(&tenant, &pools, &["s".into()], &o, &r, &Activity::default());
+        assert_eq!(layout_step(&o, "2+2"), None);
+        let s = tenant_status(
+            &tenant,
+            &pools,
+            (&["s".into()], "2+2"),
+            &o,
+            &r,
+            &Activity::default(),
+        );
         assert_eq!(s.phase.as_deref(), Some("Ready"));
         assert_eq!(s.conditions[0].status, "True", "{:?}", s.conditions[0]);
         assert_eq!(s.conditions[1].status, "False");
@@ -834,7 +866,14 @@ mod tests {
         let mut written = s.clone();
         carry_transitions(&[], &mut written.conditions, &now);
         tenant.status = Some(written.clone());
-        let mut again = tenant_status(&tenant, &pools, &["s".into()], &o, &r, &Activity::default());
+        let mut again = tenant_status(
+            &tenant,
+            &pools,
+            (&["s".into()], "2+2"),
+            &o,
+            &r,
+            &Activity::default(),
+        );
         let later = Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_100).unwrap());
         carry_transitions(&written.conditions, &mut again.conditions, &later);
         assert_eq!(again, written);
@@ -845,7 +884,14 @@ mod tests {
             a.capacity.bytes_used += 1 << 20;
             a.capacity.bytes_available -= 1 << 20;
         }
-        let mut again = tenant_status(&tenant, &pools, &["s".into()], &o2, &r, &Activity::default());
+        let mut again = tenant_status(
+            &tenant,
+            &pools,
+            (&["s".into()], "2+2"),
+            &o2,
+            &r,
+            &Activity::default(),
+        );
         carry_transitions(&written.conditions, &mut again.conditions, &later);
         assert_eq!(again, written);
     }
@@ -877,14 +923,20 @@ mod tests {
             1,
         );
         let o = obs(pods.clone(), Ok(a.clone()));
-        assert_eq!(layout_step(&o), Some(desired::pod_names("t", "a", 4)));
+        assert_eq!(
+            layout_step(&o, "2+2"),
+            Some(LayoutChange {
+                nodes: desired::pod_names("t", "a", 4),
+                redundancy: None
+            })
+        );
         // not while a pod is not ready
         let mut p2 = pods.clone();
         p2[3].ready = false;
-        assert_eq!(layout_step(&obs(p2, Ok(a.clone()))), None);
+        assert_eq!(layout_step(&obs(p2, Ok(a.clone())), "2+2"), None);
         // never the first layout
         assert_eq!(
-            layout_step(&obs(pods.clone(), Ok(admin(&[("t-a-0", true, false)], 0)))),
+            layout_step(&obs(pods.clone(), Ok(admin(&[("t-a-0", true, false)], 0))), "2+2"),
             None
         );
         // not before every pod is a registered, online member
@@ -896,7 +948,42 @@ mod tests {
             ],
             1,
         );
-        assert_eq!(layout_step(&obs(pods, Ok(a3))), None);
+        assert_eq!(layout_step(&obs(pods, Ok(a3)), "2+2"), None);
+    }
+
+    #[test]
+    fn a_redundancy_change_is_applied_once_every_server_is_ready_and_no_transition_runs() {
+        let four = healthy();
+        let nodes = desired::pod_names("t", "a", 4);
+        // the same nodes, another redundancy: the layout carries it
+        assert_eq!(
+            layout_step(&four, "3+1"),
+            Some(LayoutChange {
+                nodes: nodes.clone(),
+                redundancy: Some("3+1".into())
+            })
+        );
+        assert_eq!(layout_step(&four, "2+2"), None, "nothing to change");
+        // one change at a time: not while a transition runs, again once it finished
+        let mut busy = four.clone();
+        if let Ok(a) = &mut busy.admin {
+            a.transition = Some(crate::admin::TransitionDoc {
+                from: 1,
+                to: 2,
+                kind: "rebalance".into(),
+                phase: "moving".into(),
+                ..Default::default()
+            });
+        }
+        assert_eq!(layout_step(&busy, "3+1"), None);
+        if let Ok(a) = &mut busy.admin {
+            a.transition.as_mut().unwrap().phase = "finished".into();
+        }
+        assert!(layout_step(&busy, "3+1").is_some());
+        // and not while a server is not ready
+        let mut waiting = four;
+        waiting.pods[3].ready = false;
+        assert_eq!(layout_step(&waiting, "3+1"), None);
     }
 
     #[test]
@@ -907,9 +994,20 @@ mod tests {
         let refs: Vec<(&str, bool, bool)> = nodes.iter().map(|n| (n.as_str(), true, true)).collect();
         let o = obs(pods, Ok(admin(&refs, 2)));
         assert_eq!(stranded(&o), ["t-a-4", "t-a-5"]);
-        assert_eq!(layout_step(&o), None, "no layout that drops servers is proposed");
+        assert_eq!(
+            layout_step(&o, "2+2"),
+            None,
+            "no layout that drops servers is proposed"
+        );
         let r = rollout(&o, &["a".into()]);
-        let s = tenant_status(&tenant, &pools, &["s".into()], &o, &r, &Activity::default());
+        let s = tenant_status(
+            &tenant,
+            &pools,
+            (&["s".into()], "2+2"),
+            &o,
+            &r,
+            &Activity::default(),
+        );
         let ready = &s.conditions[0];
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
@@ -952,7 +1050,7 @@ mod tests {
             upgrade_waiting: None,
             ..Default::default()
         };
-        let s = tenant_status(&tenant, &pools, &[], &o, &r, &act);
+        let s = tenant_status(&tenant, &pools, (&[], "2+2"), &o, &r, &act);
         assert_eq!(s.phase.as_deref(), Some("Upgrading"));
         assert_eq!(s.conditions[1].reason, "RollingUpgrade");
         assert_eq!(s.conditions[1].message, "2 of 4 pods on image ringstore:test");
@@ -979,7 +1077,7 @@ mod tests {
         };
         let o = with("moving");
         let r = rollout(&o, &["a".into()]);
-        let s = tenant_status(&tenant, &pools, &[], &o, &r, &Activity::default());
+        let s = tenant_status(&tenant, &pools, (&[], "2+2"), &o, &r, &Activity::default());
         assert_eq!(s.phase.as_deref(), Some("Scaling"));
         assert_eq!(s.conditions[0].status, "True", "it serves meanwhile");
         let p = &s.conditions[1];
@@ -995,7 +1093,7 @@ mod tests {
 
         let o = with("syncing");
         assert!(unhealthy(&o, &[]).unwrap().contains("transition to 2 to sync"));
-        let s = tenant_status(&tenant, &pools, &[], &o, &r, &Activity::default());
+        let s = tenant_status(&tenant, &pools, (&[], "2+2"), &o, &r, &Activity::default());
         assert!(
             s.conditions[1]
                 .message
@@ -1003,7 +1101,7 @@ mod tests {
         );
 
         let o = with("finished");
-        let s = tenant_status(&tenant, &pools, &[], &o, &r, &Activity::default());
+        let s = tenant_status(&tenant, &pools, (&[], "2+2"), &o, &r, &Activity::default());
         assert_eq!(s.conditions[1].reason, "UpToDate");
     }
 
@@ -1027,7 +1125,7 @@ mod tests {
         o.orphaned = vec!["b".into()];
         o.expected.insert("b".into(), vec![]);
         let r = rollout(&o, &["a".into()]);
-        let s = tenant_status(&tenant, &pools, &[], &o, &r, &Activity::default());
+        let s = tenant_status(&tenant, &pools, (&[], "2+2"), &o, &r, &Activity::default());
         let d = &s.conditions[2];
         assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", "Several"));
         assert!(d.message.contains("t-a-1 do not answer"), "{}", d.message);
@@ -1043,7 +1141,7 @@ mod tests {
         let pods = vec![pod("t-a-0", true, "r2"), pod("t-a-1", false, "r2")];
         let o = obs(pods, Err("no ready server".into()));
         let r = rollout(&o, &["a".into()]);
-        let s = tenant_status(&tenant, &pools, &[], &o, &r, &Activity::default());
+        let s = tenant_status(&tenant, &pools, (&[], "2+2"), &o, &r, &Activity::default());
         assert_eq!(s.phase.as_deref(), Some("Provisioning"));
         assert_eq!(s.ready_servers, Some(1));
         assert_eq!(s.servers, Some(4));
@@ -1057,7 +1155,7 @@ mod tests {
         o.pods[2].ready = false;
         let r = rollout(&o, &["a".into()]);
         // first start: the layout formed, one server's probe has not passed yet
-        let s = tenant_status(&tenant, &pools, &[], &o, &r, &Activity::default());
+        let s = tenant_status(&tenant, &pools, (&[], "2+2"), &o, &r, &Activity::default());
         assert_eq!(s.phase.as_deref(), Some("Provisioning"));
         assert_eq!(s.conditions[2].status, "False", "{:?}", s.conditions[2]);
         // once it has been Ready, the same observation is a degraded cluster
@@ -1065,7 +1163,7 @@ mod tests {
             phase: Some("Ready".into()),
             ..Default::default()
         });
-        let s = tenant_status(&tenant, &pools, &[], &o, &r, &Activity::default());
+        let s = tenant_status(&tenant, &pools, (&[], "2+2"), &o, &r, &Activity::default());
         assert_eq!(s.phase.as_deref(), Some("Degraded"));
         assert_eq!(s.conditions[2].reason, "ServersNotReady");
     }

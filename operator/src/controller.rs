@@ -241,19 +241,35 @@ impl<'a> Reconcile<'a> {
             .as_ref()
             .map(|s| s.seeds.clone())
             .unwrap_or_default();
-        let seeds = if !recorded.is_empty() {
+        // and so is the redundancy the cluster was formed with (what the servers start with;
+        // a change of spec.redundancy is applied through the admin API, below)
+        let formed_recorded = tenant
+            .status
+            .as_ref()
+            .and_then(|s| s.initial_redundancy.as_deref())
+            .and_then(parse_shards);
+        let formed = formed_recorded
+            .or_else(|| redundancy_in_use(&statefulsets))
+            .unwrap_or(shards);
+        let seeds = if !recorded.is_empty() && formed_recorded.is_some() {
             recorded
         } else {
-            let seeds =
-                seeds_in_use(&statefulsets).unwrap_or_else(|| desired::initial_seeds(&tenant, &pools));
+            let seeds = match recorded.is_empty() {
+                false => recorded,
+                true => {
+                    seeds_in_use(&statefulsets).unwrap_or_else(|| desired::initial_seeds(&tenant, &pools))
+                }
+            };
             let mut status = tenant.status.clone().unwrap_or_default();
             status.seeds = seeds.clone();
+            status.initial_redundancy = Some(format!("{}+{}", formed.0, formed.1));
             self.write_status(&status).await?;
             seeds
         };
+        let formed_text = format!("{}+{}", formed.0, formed.1);
 
         // build
-        let want = desired::build(&tenant, &pools, &seeds, shards);
+        let want = desired::build(&tenant, &pools, &seeds, shards, formed);
 
         // apply: first make sure nothing we would overwrite belongs to someone else
         let peers = self.api::<Service>().get_opt(&want.peers.name_any()).await?;
@@ -381,18 +397,36 @@ impl<'a> Reconcile<'a> {
         let mut activity = Activity::default();
         let mut busy = applied > 0;
         if applied == 0 {
-            if let (Some(nodes), Some(ip)) = (assess::layout_step(&obs), admin_ip.as_deref()) {
-                tracing::info!(tenant = %self.name, namespace = %self.ns, nodes = ?nodes, "applying a new layout");
+            let redundancy = format!("{}+{}", shards.0, shards.1);
+            if let (Some(change), Some(ip)) = (assess::layout_step(&obs, &redundancy), admin_ip.as_deref()) {
+                tracing::info!(
+                    tenant = %self.name, namespace = %self.ns, nodes = ?change.nodes,
+                    redundancy = ?change.redundancy, "applying a new layout"
+                );
                 self.ctx.metrics.wrote("post", "Layout");
-                let version = self.ctx.admin.apply_layout(ip, &token, &nodes).await?;
+                let version = self
+                    .ctx
+                    .admin
+                    .apply_layout(ip, &token, &change.nodes, change.redundancy.as_deref())
+                    .await?;
                 tracing::info!(tenant = %self.name, version, "layout applied");
-                let note = format!("layout version {version} applied with {} servers", nodes.len());
+                let note = match &change.redundancy {
+                    Some(r) => format!(
+                        "layout version {version} applied with {} servers and redundancy {r}: \
+                         every object is re-encoded",
+                        change.nodes.len()
+                    ),
+                    None => format!(
+                        "layout version {version} applied with {} servers",
+                        change.nodes.len()
+                    ),
+                };
                 self.event(&tenant, EventType::Normal, "LayoutApplied", note, "ApplyLayout")
                     .await;
                 if let Ok(a) = &mut obs.admin {
                     a.layout_version = version;
                 }
-                activity.layout_applied = Some(nodes);
+                activity.layout_applied = Some(change);
                 busy = true;
             } else if !rollout.outdated.is_empty() {
                 match self.upgrade_gate(&obs, &token).await {
@@ -431,7 +465,8 @@ impl<'a> Reconcile<'a> {
         }
 
         // status
-        let mut status = assess::tenant_status(&tenant, &pools, &seeds, &obs, &rollout, &activity);
+        let mut status =
+            assess::tenant_status(&tenant, &pools, (&seeds, &formed_text), &obs, &rollout, &activity);
         let old = tenant.status.clone().unwrap_or_default();
         assess::carry_transitions(&old.conditions, &mut status.conditions, &now());
         if status != old {
@@ -702,18 +737,29 @@ fn scaled_by_hand<K: Serialize>(current: &K, want: &K) -> bool {
 
 /// The seeds the StatefulSets already run with (a Tenant whose status was lost).
 fn seeds_in_use(statefulsets: &[StatefulSet]) -> Option<Vec<String>> {
+    let v = env_in_use(statefulsets, "RINGSTORE_SEEDS")?;
+    let seeds: Vec<String> = v.split(',').filter(|s| !s.is_empty()).map(String::from).collect();
+    (!seeds.is_empty()).then_some(seeds)
+}
+
+/// The redundancy the StatefulSets already start their servers with (a Tenant whose status
+/// was lost, or written before it recorded one).
+fn redundancy_in_use(statefulsets: &[StatefulSet]) -> Option<(u8, u8)> {
+    parse_shards(&env_in_use(statefulsets, "RINGSTORE_REDUNDANCY")?)
+}
+
+/// The value of the environment variable `name` in the first StatefulSet's server container.
+fn env_in_use(statefulsets: &[StatefulSet], name: &str) -> Option<String> {
     statefulsets.iter().find_map(|s| {
         let c = s.spec.as_ref()?.template.spec.as_ref()?.containers.first()?;
-        let v = c
-            .env
-            .as_ref()?
-            .iter()
-            .find(|e| e.name == "RINGSTORE_SEEDS")?
-            .value
-            .clone()?;
-        let seeds: Vec<String> = v.split(',').filter(|s| !s.is_empty()).map(String::from).collect();
-        (!seeds.is_empty()).then_some(seeds)
+        c.env.as_ref()?.iter().find(|e| e.name == name)?.value.clone()
     })
+}
+
+/// `(data, parity)` from `data+parity`.
+fn parse_shards(s: &str) -> Option<(u8, u8)> {
+    let (k, m) = s.split_once('+')?;
+    Some((k.trim().parse().ok()?, m.trim().parse().ok()?))
 }
 
 /// The Secrets the Tenant names must exist with usable content; generated ones may be absent
@@ -809,14 +855,14 @@ mod tests {
         let t = Tenant::test("t");
         let pools = vec![t.pool("a", 4)];
         let seeds = desired::initial_seeds(&t, &pools);
-        let d = desired::build(&t, &pools, &seeds, (2, 2));
+        let d = desired::build(&t, &pools, &seeds, (2, 2), (2, 2));
         assert_eq!(seeds_in_use(&d.statefulsets), Some(seeds));
     }
 
     #[test]
     fn ownership() {
         let t = Tenant::test("t");
-        let d = desired::build(&t, &[t.pool("a", 4)], &[], (2, 2));
+        let d = desired::build(&t, &[t.pool("a", 4)], &[], (2, 2), (2, 2));
         assert_eq!(not_ours(&Some(d.peers.clone()), "Service", "uid-t"), None);
         assert_eq!(
             not_ours(&Some(d.peers.clone()), "Service", "other").as_deref(),

@@ -139,8 +139,16 @@ pub struct Desired {
 }
 
 /// Builds the desired children. `pools` are the valid pools of the Tenant, `seeds` the
-/// recorded seed addresses and `(k, m)` the validated redundancy.
-pub fn build(tenant: &Tenant, pools: &[Pool], seeds: &[String], (k, m): (u8, u8)) -> Desired {
+/// recorded seed addresses, `(k, m)` the validated redundancy and `formed` the one the
+/// cluster was formed with (the servers' `RINGSTORE_REDUNDANCY`, which only a new cluster
+/// reads: a later change is applied through the admin API and restarts nothing).
+pub fn build(
+    tenant: &Tenant,
+    pools: &[Pool],
+    seeds: &[String],
+    (_, m): (u8, u8),
+    formed: (u8, u8),
+) -> Desired {
     let owner = owner_ref(tenant);
     let name = tenant.name_any();
     let ns = tenant.namespace().unwrap_or_default();
@@ -192,8 +200,9 @@ pub fn build(tenant: &Tenant, pools: &[Pool], seeds: &[String], (k, m): (u8, u8)
     let pdb = PodDisruptionBudget {
         metadata: meta(name.clone(), child_labels(&name)),
         spec: Some(PodDisruptionBudgetSpec {
-            // never more voluntary disruptions than the redundancy tolerates
-            max_unavailable: Some(IntOrString::Int(i32::from(m.min(1)))),
+            // never more voluntary disruptions than the redundancy tolerates (while a change
+            // re-encodes, objects of both redundancies are stored)
+            max_unavailable: Some(IntOrString::Int(i32::from(m.min(formed.1).min(1)))),
             selector: Some(LabelSelector {
                 match_labels: Some(instance_labels(&name)),
                 ..Default::default()
@@ -205,7 +214,7 @@ pub fn build(tenant: &Tenant, pools: &[Pool], seeds: &[String], (k, m): (u8, u8)
 
     let statefulsets = pools
         .iter()
-        .map(|p| pool_statefulset(tenant, p, seeds, (k, m), meta(String::new(), BTreeMap::new())))
+        .map(|p| pool_statefulset(tenant, p, seeds, formed, meta(String::new(), BTreeMap::new())))
         .collect();
 
     let mut d = Desired {
@@ -621,7 +630,7 @@ spec:
     fn statefulset_follows_the_contract() {
         let (t, pools) = fixture();
         let seeds = initial_seeds(&t, &pools);
-        let d = build(&t, &pools, &seeds, (2, 2));
+        let d = build(&t, &pools, &seeds, (2, 2), (2, 2));
         let sts = &d.statefulsets[0];
         assert_eq!(sts.metadata.name.as_deref(), Some("store-a"));
         let owner = &sts.metadata.owner_references.as_ref().unwrap()[0];
@@ -746,7 +755,7 @@ spec:
     #[test]
     fn services_and_pdb() {
         let (t, pools) = fixture();
-        let d = build(&t, &pools, &[], (2, 2));
+        let d = build(&t, &pools, &[], (2, 2), (2, 2));
         let peers = d.peers.spec.as_ref().unwrap();
         assert_eq!(d.peers.metadata.name.as_deref(), Some("store-peers"));
         assert_eq!(peers.cluster_ip.as_deref(), Some("None"));
@@ -776,14 +785,21 @@ spec:
 
         let pdb = d.pdb.spec.as_ref().unwrap();
         assert_eq!(pdb.max_unavailable, Some(IntOrString::Int(1)));
-        let d = build(&t, &pools, &[], (4, 0));
+        let d = build(&t, &pools, &[], (4, 0), (4, 0));
+        assert_eq!(d.pdb.spec.unwrap().max_unavailable, Some(IntOrString::Int(0)));
+        // a redundancy change restarts no server: the template keeps the one formed with
+        let before = build(&t, &pools, &[], (2, 2), (2, 2));
+        let after = build(&t, &pools, &[], (4, 2), (2, 2));
+        assert_eq!(before.statefulsets, after.statefulsets);
+        // while objects of both are stored, disruptions follow the smaller parity
+        let d = build(&t, &pools, &[], (4, 0), (2, 2));
         assert_eq!(d.pdb.spec.unwrap().max_unavailable, Some(IntOrString::Int(0)));
     }
 
     #[test]
     fn other_tools_labels_are_not_copied() {
         let (t, pools) = fixture();
-        let d = build(&t, &pools, &[], (2, 2));
+        let d = build(&t, &pools, &[], (2, 2), (2, 2));
         let metas = [
             &d.peers.metadata,
             &d.s3.metadata,
@@ -804,15 +820,15 @@ spec:
     #[test]
     fn digest_is_stable_and_tracks_changes() {
         let (t, pools) = fixture();
-        let a = build(&t, &pools, &[], (2, 2));
-        let b = build(&t, &pools, &[], (2, 2));
+        let a = build(&t, &pools, &[], (2, 2), (2, 2));
+        let b = build(&t, &pools, &[], (2, 2), (2, 2));
         assert_eq!(
             recorded_digest(&a.statefulsets[0]),
             recorded_digest(&b.statefulsets[0])
         );
         assert!(recorded_digest(&a.statefulsets[0]).is_some());
         let t2 = t.clone().image("ringstore:2.0");
-        let c = build(&t2, &pools, &[], (2, 2));
+        let c = build(&t2, &pools, &[], (2, 2), (2, 2));
         assert_ne!(
             recorded_digest(&a.statefulsets[0]),
             recorded_digest(&c.statefulsets[0])
@@ -824,7 +840,7 @@ spec:
     fn pool_resources_replace_the_tenant_default() {
         let (t, mut pools) = fixture();
         pools[0].spec.resources = Some(serde_yaml::from_str("{requests: {cpu: '2'}}").unwrap());
-        let d = build(&t, &pools, &[], (2, 2));
+        let d = build(&t, &pools, &[], (2, 2), (2, 2));
         let c = &d.statefulsets[0]
             .spec
             .as_ref()

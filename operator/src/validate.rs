@@ -87,7 +87,7 @@ pub fn validate(tenant: &Tenant, pools: &[Pool]) -> Result<(u8, u8), Invalid> {
         return Err(Invalid::new(
             "NotEnoughServers",
             format!(
-                "redundancy {k}+{m} puts every object on {width} servers but the pools have {servers} in total: add servers or pools (or choose a smaller redundancy for a new Tenant)"
+                "redundancy {k}+{m} puts every object on {width} servers but the pools have {servers} in total: add servers or pools or choose a smaller redundancy"
             ),
         ));
     }
