@@ -1435,6 +1435,69 @@ mod tests {
         assert_eq!(s.get("mp").await.unwrap(), part);
     }
 
+    /// Three replicas (1+2) to 4+2 on six drives: every object reads back, and the new
+    /// encoding takes about half the bytes the replicas took (6/4 against 3 times the data).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_to_erasure_coding_stores_about_half_the_bytes() {
+        let s = setup();
+        let mut three = layout_of(1, &s.local);
+        three.redundancy = Redundancy { k: 1, m: 2 };
+        let handles = || s.local.iter().cloned().map(DriveHandle::Local).collect();
+        let catalog = Arc::new(crate::DriveCatalog {
+            drives: s.local.clone(),
+        });
+        let store =
+            ObjectStore::with_layout(s.local.clone(), catalog, three.clone(), handles(), &[], None).unwrap();
+        store.create_bucket("b").await.unwrap();
+        let keys: Vec<String> = (0..12).map(|i| format!("r{i}")).collect();
+        for (i, k) in keys.iter().enumerate() {
+            put_on(&store, k, body(i, 1 << 20)).await;
+        }
+        // bytes of the shard files whose name `keep` accepts, on every drive
+        let bytes = |keep: &dyn Fn(&str) -> bool| -> u64 {
+            let mut n = 0;
+            for d in &s._dirs {
+                for dir in std::fs::read_dir(d.path().join(".ringstore").join("data"))
+                    .unwrap()
+                    .flatten()
+                {
+                    for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
+                        if keep(&f.file_name().to_string_lossy()) {
+                            n += f.metadata().unwrap().len();
+                        }
+                    }
+                }
+            }
+            n
+        };
+        let replicated = bytes(&|_| true);
+        let ec = three
+            .next(Redundancy { k: 4, m: 2 }, three.nodes.clone())
+            .unwrap();
+        store
+            .set_layout(ec.clone(), handles(), std::slice::from_ref(&three), None)
+            .unwrap();
+        for k in &keys {
+            assert!(store.move_object("b", k).await.unwrap().switched, "{k}");
+        }
+        let prefix = format!("r{}-", ec.version);
+        let encoded = bytes(&|name| name.starts_with(&prefix));
+        let ratio = encoded as f64 / replicated as f64;
+        eprintln!("3 replicas: {replicated} bytes; 4+2: {encoded} bytes; ratio {ratio:.3}");
+        assert!((0.45..0.55).contains(&ratio), "ratio {ratio:.3}");
+        store.set_layout(ec, handles(), &[], None).unwrap();
+        for (i, k) in keys.iter().enumerate() {
+            let found = store.head("b", k).await.unwrap();
+            assert_eq!((found.record.k, found.record.m), (4, 2));
+            let mut stream = store.read(&found, 0, found.record.size).unwrap();
+            let mut out = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                out.extend_from_slice(&chunk.unwrap());
+            }
+            assert_eq!(out, body(i, 1 << 20), "{k}");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_upload_open_across_a_redundancy_change_completes_and_is_then_re_encoded() {
         let s = setup();

@@ -654,11 +654,13 @@ pub(crate) fn same_encoding(a: &ObjectRecord, b: &ObjectRecord) -> bool {
 /// it), else the encoding with the most copies that can be.
 fn choose_encoding<'a>(copies: &'a [ObjectRecord], here: &[String]) -> &'a ObjectRecord {
     let readable = |c: &ObjectRecord| {
-        let frames = copies
+        // (distinct shards: a moved version's copies of one shard hold the same frame)
+        let frames: std::collections::HashSet<usize> = copies
             .iter()
             .filter(|r| same_encoding(r, c) && r.inline.is_some())
-            .count();
-        c.deleted || c.size == 0 || frames == 0 || frames >= c.k
+            .map(|r| r.shard)
+            .collect();
+        c.deleted || c.size == 0 || frames.is_empty() || frames.len() >= c.k
     };
     let count = |c: &ObjectRecord| copies.iter().filter(|r| same_encoding(r, c)).count();
     let mut order: Vec<&ObjectRecord> = copies.iter().collect();
