@@ -1094,6 +1094,20 @@ fn all_shard_files(cluster: &TestCluster) -> usize {
         .sum()
 }
 
+/// How many of `keys` (which end in their object's size) are stored in shard files rather
+/// than inline in their records.
+fn with_shard_files(keys: &[String]) -> usize {
+    keys.iter()
+        .filter(|k| {
+            k.rsplit('-')
+                .next()
+                .and_then(|s| s.parse::<usize>().ok())
+                .unwrap()
+                > 128 * KIB
+        })
+        .count()
+}
+
 /// Creates bucket `bkt` and puts 80 objects of four sizes (inline, one stripe, several,
 /// over a MiB) through `c`; answers their keys, which end in their sizes.
 async fn put_mixed_sizes(c: &Client) -> Vec<String> {
@@ -1145,16 +1159,7 @@ async fn a_scale_out_moves_objects_onto_the_new_node_under_load() {
     );
     // after the grace, no shard is left behind: each object with shard files has exactly
     // k+m of them
-    let with_files = live
-        .iter()
-        .filter(|k| {
-            k.rsplit('-')
-                .next()
-                .and_then(|s| s.parse::<usize>().ok())
-                .unwrap()
-                > 128 * KIB
-        })
-        .count();
+    let with_files = with_shard_files(&live);
     eventually(
         Duration::from_secs(120),
         "the shards of moved slots are removed after the grace",
@@ -1391,16 +1396,7 @@ async fn changing_the_redundancy_re_encodes_every_object_under_load() {
     check("after re-encoding", &cluster, &[0, 1, 2, 3, 4, 5]).await;
     // every object's data is 4+2 once the old shards are past their grace: six shard files
     // per object with shard files (two parts for the upload), none of the old encoding
-    let with_files = live
-        .iter()
-        .filter(|k| {
-            k.rsplit('-')
-                .next()
-                .and_then(|s| s.parse::<usize>().ok())
-                .unwrap()
-                > 128 * KIB
-        })
-        .count();
+    let with_files = with_shard_files(&live);
     eventually(
         Duration::from_secs(150),
         "the old encoding's shards are removed after the grace",
