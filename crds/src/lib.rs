@@ -373,10 +373,11 @@ pub struct PoolSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("tenant cannot be changed"))]
     pub tenant: String,
 
-    /// Number of servers (pods). May grow; shrinking would lose the data of the removed
-    /// servers, so it is refused until decommissioning exists.
+    /// Number of servers (pods). May grow and shrink: the servers a shrink removes (the
+    /// highest ordinals) are drained first (their data moves to the servers that stay), and
+    /// only then are their pods and, with `volumeReclaimPolicy: Delete`, their volumes
+    /// removed.
     #[schemars(range(min = 1, max = 1000))]
-    #[x_kube(validation = Rule::new("self >= oldSelf").message("servers cannot be reduced yet: shrinking a pool needs decommissioning, which is not supported yet"))]
     pub servers: i32,
 
     /// Volumes (drives) per server, each a PersistentVolumeClaim mounted at `/data/<i>`.
@@ -428,11 +429,31 @@ pub struct PoolSpec {
     #[schemars(length(min = 1, max = 63))]
     pub zone: Option<String>,
 
-    /// Request to move the pool's data away so that it can be deleted. Accepted but not
-    /// supported yet: the pool keeps serving and its status says so.
+    /// Drain the pool: its data moves to the Tenant's other pools, then its StatefulSet and
+    /// (with `volumeReclaimPolicy: Delete`) its volumes are deleted and the pool shows
+    /// `Decommissioned`. Deleting a Pool drains it the same way first (a finalizer holds the
+    /// Pool until its data is gone). Setting it back to `false` builds the pool anew, empty.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub decommission: bool,
+
+    /// What happens to the volumes of servers that a shrink or a decommission removed once
+    /// their data has moved away: `Delete` (default) or `Retain` (kept for the user to
+    /// delete; a server that comes back with the same ordinal reuses them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_reclaim_policy: Option<VolumeReclaimPolicy>,
 }
+
+/// What becomes of a drained server's volumes.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum VolumeReclaimPolicy {
+    #[default]
+    Delete,
+    Retain,
+}
+
+/// The finalizer the operator puts on every Pool: it holds a deleted Pool until its data has
+/// moved to the Tenant's other pools and its StatefulSet and volumes are gone.
+pub const POOL_FINALIZER: &str = "ringstore.io/drain";
 
 /// What the operator observed of a Pool.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -443,7 +464,8 @@ pub struct PoolStatus {
     pub observed_generation: Option<i64>,
 
     /// One word for people: `Pending` (no such Tenant, or it is invalid), `Provisioning`,
-    /// `Ready` or `Degraded`.
+    /// `Ready`, `Degraded`, `Draining` (servers leave: their data moves away) or
+    /// `Decommissioned`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
 

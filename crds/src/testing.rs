@@ -74,6 +74,7 @@ impl Pool {
                 topology_spread_constraints: Vec::new(),
                 zone: None,
                 decommission: false,
+                volume_reclaim_policy: None,
             },
         );
         p.metadata = ObjectMeta {

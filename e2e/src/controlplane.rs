@@ -338,10 +338,12 @@ impl ControlPlane {
         let logs = dir.join("logs");
         let kcm = cp.user("kube-controller-manager")?.kubeconfig.clone();
         // No endpoints/endpointslice controllers: pod IPs are loopback addresses, which
-        // EndpointSlice validation refuses, and pods have no node.
+        // EndpointSlice validation refuses, and pods have no node. The PVC protection
+        // controller lets a deleted claim go once no pod uses it (the admission plugin puts
+        // its finalizer on every claim).
         let kcm_args = vec![
             format!("--kubeconfig={}", kcm.display()),
-            "--controllers=statefulset-controller,garbage-collector-controller,disruption-controller,serviceaccount-controller,namespace-controller,replicaset-controller,deployment-controller,job-controller"
+            "--controllers=statefulset-controller,garbage-collector-controller,disruption-controller,serviceaccount-controller,namespace-controller,replicaset-controller,deployment-controller,job-controller,persistentvolumeclaim-protection-controller"
                 .to_string(),
             "--leader-elect=false".to_string(),
             "--secure-port=0".to_string(),

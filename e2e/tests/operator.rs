@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use ringstore_e2e::harness::{
@@ -497,6 +497,181 @@ async fn redundancy_change_re_encodes_without_restarting_pods() -> Result<()> {
     Ok(())
 }
 
+/// A pool shrinks (3 servers to 2), then another is deleted: each time the servers that
+/// leave are drained first (the layout drops them and their data moves), and only then do
+/// their pods, StatefulSet, volumes and finally the deleted Pool go. Objects written before
+/// read back through every pod that stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_shrink_and_are_decommissioned_once_their_data_has_moved() -> Result<()> {
+    let Some((c, _turn)) = setup("pools_shrink_and_are_decommissioned_once_their_data_has_moved").await
+    else {
+        return Ok(());
+    };
+    let client = c.client().await?;
+    let ns = c.namespace(&client, "shrink").await?;
+    let _cleanup = c.cleanup_on_drop(&ns);
+    c.apply(&client, &ns, &tenant_yaml("t", IMAGE)).await?;
+    c.apply(&client, &ns, &pool_yaml("t", "main", 4, 1, "zone-a"))
+        .await?;
+    c.apply(&client, &ns, &pool_yaml("t", "east", 3, 1, "zone-b"))
+        .await?;
+    let t = c
+        .wait_for(
+            &client,
+            &ns,
+            "tenant Ready with 7 servers",
+            Duration::from_secs(180),
+            || async {
+                let t = c.tenant(&client, &ns, "t").await?;
+                Ok((Cluster::tenant_is_ready(&t) && t["status"]["servers"] == 7).then_some(t))
+            },
+        )
+        .await?;
+    eprintln!(
+        "[ringstore-e2e] {ns}: Ready with 7 servers: {}",
+        serde_json::to_string(&t["status"])?
+    );
+    let pools: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &pool_resource());
+    let east = pools.get("east").await?;
+    ensure!(
+        east.metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == "ringstore.io/drain"),
+        "Pool east has no drain finalizer: {:?}",
+        east.metadata.finalizers
+    );
+    let objects = put_objects(&c, &client, &ns, "t").await?;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    let claim_names = |pool: &'static str| {
+        let claims = claims.clone();
+        async move {
+            let list = claims
+                .list(&ListParams::default().labels(&format!("ringstore.io/pool={pool}")))
+                .await?;
+            anyhow::Ok(
+                list.items
+                    .into_iter()
+                    .filter_map(|c| c.metadata.name)
+                    .collect::<Vec<String>>(),
+            )
+        }
+    };
+    ensure!(
+        claim_names("east")
+            .await?
+            .contains(&"data-0-t-east-2".to_string()),
+        "no volume for t-east-2"
+    );
+
+    // shrink east from 3 servers to 2
+    let reasons: std::sync::Mutex<Vec<String>> = Default::default();
+    let started = Instant::now();
+    let progress = |t: &Value| {
+        let reason = t["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Progressing").cloned())
+            .map(|c| format!("{}: {}", c["reason"], c["message"]))
+            .unwrap_or_default();
+        let mut seen = reasons.lock().expect("not poisoned");
+        if seen.last() != Some(&reason) {
+            eprintln!(
+                "[ringstore-e2e] {:.1} s: Progressing {reason}",
+                started.elapsed().as_secs_f64()
+            );
+            seen.push(reason);
+        }
+    };
+    c.apply(&client, &ns, &pool_yaml("t", "east", 2, 1, "zone-b"))
+        .await?;
+    let stss: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    c.wait_for(
+        &client,
+        &ns,
+        "t-east-2 drained and removed with its volume, the Tenant Ready with 6 servers",
+        Duration::from_secs(240),
+        || async {
+            let t = c.tenant(&client, &ns, "t").await?;
+            progress(&t);
+            let replicas = stss
+                .get("t-east")
+                .await?
+                .spec
+                .and_then(|s| s.replicas)
+                .unwrap_or(0);
+            let pods = tenant_pods(&client, &ns, "t").await?;
+            let pod_gone = !pods
+                .iter()
+                .any(|p| p.metadata.name.as_deref() == Some("t-east-2"));
+            let claim_gone = !claim_names("east")
+                .await?
+                .contains(&"data-0-t-east-2".to_string());
+            Ok((replicas == 2
+                && pod_gone
+                && claim_gone
+                && t["status"]["servers"] == 6
+                && Cluster::tenant_is_ready(&t))
+            .then_some(()))
+        },
+    )
+    .await?;
+    eprintln!(
+        "[ringstore-e2e] RESULT pool east 3 -> 2 servers: drained and removed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let seen = reasons.lock().expect("not poisoned").clone();
+    ensure!(
+        seen.iter().any(|r| r.contains("Draining")),
+        "the Tenant never showed Progressing Draining: {seen:?}"
+    );
+    check_objects(&c, &client, &ns, "t", &objects)
+        .await
+        .context("objects written before the shrink")?;
+
+    // delete the pool east: it is drained, then its StatefulSet, volumes and the Pool go
+    let started = Instant::now();
+    pools.delete("east", &DeleteParams::default()).await?;
+    c.wait_for(
+        &client,
+        &ns,
+        "pool east drained, its StatefulSet, volumes and Pool gone, the Tenant Ready with 4 servers",
+        Duration::from_secs(240),
+        || async {
+            let t = c.tenant(&client, &ns, "t").await?;
+            progress(&t);
+            let pool_gone = pools.get_opt("east").await?.is_none();
+            let sts_gone = stss.get_opt("t-east").await?.is_none();
+            let claims_gone = claim_names("east").await?.is_empty();
+            Ok((pool_gone
+                && sts_gone
+                && claims_gone
+                && t["status"]["servers"] == 4
+                && Cluster::tenant_is_ready(&t))
+            .then_some(()))
+        },
+    )
+    .await?;
+    eprintln!(
+        "[ringstore-e2e] RESULT pool east deleted: drained and gone in {:.1} s; Progressing reasons seen {:?}",
+        started.elapsed().as_secs_f64(),
+        reasons.lock().expect("not poisoned")
+    );
+    let events = tenant_events(&client, &ns, "t").await?;
+    for reason in ["ServersRemoved", "PoolDrained"] {
+        ensure!(
+            events.iter().any(|(r, _)| r == reason),
+            "no {reason} Event: {events:?}"
+        );
+    }
+    check_objects(&c, &client, &ns, "t", &objects)
+        .await
+        .context("objects written before the pool was decommissioned")?;
+    let more = put_objects(&c, &client, &ns, "t").await?;
+    check_objects(&c, &client, &ns, "t", &more).await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_change_rolls_pods_one_at_a_time() -> Result<()> {
     let Some((c, _turn)) = setup("image_change_rolls_pods_one_at_a_time").await else {
@@ -683,6 +858,16 @@ async fn deleting_the_tenant_collects_its_children() -> Result<()> {
         "[ringstore-e2e] RESULT tenant and children gone {:.1} s after delete ({remaining:?} left); pools left: {pools_left:?}",
         started.elapsed().as_secs_f64()
     );
+    // a Pool of a Tenant that is gone holds nothing to drain: its finalizer is released
+    pools.delete("main", &DeleteParams::default()).await?;
+    c.wait_for(
+        &client,
+        &ns,
+        "the Pool of the deleted Tenant gone",
+        Duration::from_secs(60),
+        || async { Ok(pools.get_opt("main").await?.is_none().then_some(())) },
+    )
+    .await?;
     Ok(())
 }
 

@@ -118,6 +118,9 @@ pub struct ClusterDoc {
     /// Name of the Raft leader.
     #[serde(default)]
     pub leader: Option<String>,
+    /// Names of the Raft voters.
+    #[serde(default)]
+    pub voters: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -140,12 +143,13 @@ impl AdminStatus {
         v
     }
 
-    /// Nodes that do not answer their peers, sorted.
+    /// Nodes of the layout that do not answer their peers, sorted (a drained server whose
+    /// pod is gone stays registered, offline, and holds nothing).
     pub fn offline_nodes(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .nodes
             .iter()
-            .filter(|n| !n.online())
+            .filter(|n| n.in_layout && !n.online())
             .map(|n| n.name.clone())
             .collect();
         v.sort();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
@@ -21,7 +21,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use ringstore_crds::{Pool, Tenant, TenantStatus};
+use ringstore_crds::{POOL_FINALIZER, Pool, Tenant, TenantStatus, VolumeReclaimPolicy};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -83,7 +83,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         }
     }
     let ours = watcher::Config::default().labels(&format!("{}={MANAGER}", desired::MANAGED_BY_LABEL));
-    Controller::new(api::<Tenant>(&client, &namespace), watcher::Config::default())
+    let tenants = Controller::new(api::<Tenant>(&client, &namespace), watcher::Config::default())
         .owns(api::<StatefulSet>(&client, &namespace), ours.clone())
         .owns(api::<Service>(&client, &namespace), ours.clone())
         .owns(api::<PodDisruptionBudget>(&client, &namespace), ours.clone())
@@ -106,14 +106,26 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
             Some(ObjectRef::new(tenant).within(&ns))
         })
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => tracing::debug!(tenant = %obj, "reconciled"),
                 Err(e) => tracing::debug!(error = %e, "reconcile failed"),
             }
-        })
-        .await;
+        });
+    // deleted Pools whose Tenant is gone: nothing reconciles that Tenant any more
+    let pools = Controller::new(api::<Pool>(&client, &namespace), watcher::Config::default())
+        .shutdown_on_signal()
+        .run(
+            release_pool,
+            |_, error, _| {
+                tracing::warn!(error = %error, "could not release a deleted pool; retrying");
+                Action::requeue(Duration::from_secs(10))
+            },
+            ctx,
+        )
+        .for_each(|_| async {});
+    futures::join!(tenants, pools);
 }
 
 /// Backoff of failed reconciles: 2 s doubling to 5 minutes.
@@ -194,17 +206,27 @@ impl<'a> Reconcile<'a> {
         }
 
         // dereference
-        let mut pools: Vec<Pool> = self
+        let mut all_pools: Vec<Pool> = self
             .api::<Pool>()
             .list(&ListParams::default())
             .await?
             .items
             .into_iter()
-            .filter(|p| p.spec.tenant == self.name && p.metadata.deletion_timestamp.is_none())
+            .filter(|p| p.spec.tenant == self.name)
             .collect();
-        pools.sort_by(|a, b| {
+        all_pools.sort_by(|a, b| {
             (a.creation_timestamp(), a.name_any()).cmp(&(b.creation_timestamp(), b.name_any()))
         });
+        // every Pool holds a finalizer, so that a deleted one is drained before it goes
+        for p in &all_pools {
+            if p.metadata.deletion_timestamp.is_none() && !p.finalizers().iter().any(|f| f == POOL_FINALIZER)
+            {
+                self.set_pool_finalizer(p, true).await?;
+            }
+        }
+        // pools that stay, and those whose servers all leave (their data moves to the others)
+        let (leaving_pools, pools): (Vec<Pool>, Vec<Pool>) =
+            all_pools.into_iter().partition(assess::pool_leaves);
         let secrets_api = self.api::<Secret>();
         let credentials_name = desired::credentials_secret(&tenant);
         let cluster_name = desired::cluster_secret(&tenant);
@@ -222,7 +244,7 @@ impl<'a> Reconcile<'a> {
             .await?
             .items;
 
-        // validate
+        // validate (the pools that stay must hold the redundancy)
         let shards = validate::validate(&tenant, &pools).and_then(|shards| {
             check_secrets(&tenant, credentials.as_ref(), cluster.as_ref())?;
             Ok(shards)
@@ -268,8 +290,13 @@ impl<'a> Reconcile<'a> {
         };
         let formed_text = format!("{}+{}", formed.0, formed.1);
 
-        // build
-        let want = desired::build(&tenant, &pools, &seeds, shards, formed);
+        // build: a pool that shrinks keeps its servers running until they are drained
+        let running: BTreeMap<String, i32> = statefulsets
+            .iter()
+            .map(StsView::from_sts)
+            .map(|v| (v.pool, v.replicas))
+            .collect();
+        let want = desired::build(&tenant, &pools, &seeds, shards, formed, &running);
 
         // apply: first make sure nothing we would overwrite belongs to someone else
         let peers = self.api::<Service>().get_opt(&want.peers.name_any()).await?;
@@ -360,30 +387,38 @@ impl<'a> Reconcile<'a> {
 
         // observe
         let pool_names: Vec<String> = pools.iter().map(|p| p.name_any()).collect();
+        let members = pools
+            .iter()
+            .flat_map(|p| desired::pod_names(&self.name, &p.name_any(), p.spec.servers))
+            .collect();
         let mut expected: BTreeMap<String, Vec<String>> = pools
             .iter()
             .map(|p| {
-                (
-                    p.name_any(),
-                    desired::pod_names(&self.name, &p.name_any(), p.spec.servers),
-                )
+                let n = p
+                    .spec
+                    .servers
+                    .max(running.get(&p.name_any()).copied().unwrap_or(0));
+                (p.name_any(), desired::pod_names(&self.name, &p.name_any(), n))
             })
             .collect();
         let views: Vec<StsView> = statefulsets.iter().map(StsView::from_sts).collect();
-        let mut orphaned = Vec::new();
+        // a StatefulSet without a staying Pool leaves (decommissioned, deleted, or its Pool
+        // deleted by an operator that could not drain yet)
+        let mut leaving = Vec::new();
         for v in &views {
             if !v.pool.is_empty() && !pool_names.contains(&v.pool) {
-                orphaned.push(v.pool.clone());
+                leaving.push(v.pool.clone());
                 expected.insert(
                     v.pool.clone(),
                     desired::pod_names(&self.name, &v.pool, v.replicas),
                 );
             }
         }
-        orphaned.sort();
+        leaving.sort();
         let mut obs = Observation {
             expected,
-            orphaned,
+            members,
+            leaving,
             statefulsets: views,
             pods: pods.iter().map(PodView::from_pod).collect(),
             admin: Err(String::new()),
@@ -427,6 +462,9 @@ impl<'a> Reconcile<'a> {
                     a.layout_version = version;
                 }
                 activity.layout_applied = Some(change);
+                busy = true;
+            } else if let Some(note) = self.remove_drained(&tenant, &pools, &obs, &want).await? {
+                activity.servers_removed = Some(note);
                 busy = true;
             } else if !rollout.outdated.is_empty() {
                 match self.upgrade_gate(&obs, &token).await {
@@ -475,9 +513,11 @@ impl<'a> Reconcile<'a> {
                 self.phase_event(&tenant, &status).await;
             }
         }
-        for p in &pools {
+        for p in pools.iter().chain(&leaving_pools) {
             self.write_pool_status(p, None, Some(&obs)).await?;
         }
+        // volumes of servers that are gone, and the finalizers of deleted pools drained
+        busy |= self.reclaim(&pools, &leaving_pools, &obs).await?;
 
         // while data moves, the status follows its progress
         busy |= obs
@@ -487,6 +527,162 @@ impl<'a> Reconcile<'a> {
         let steady = status.phase.as_deref() == Some("Ready") && !busy;
         let next = if steady { self.ctx.resync } else { BUSY };
         Ok((Action::requeue(next), "ok"))
+    }
+
+    /// Adds (or removes) the operator's finalizer on a Pool, with the Pool's resourceVersion
+    /// as a precondition (a concurrent change of its finalizers is retried, not overwritten).
+    async fn set_pool_finalizer(&self, pool: &Pool, add: bool) -> Result<()> {
+        set_pool_finalizer(self.ctx, &self.ns, pool, add).await
+    }
+
+    /// Removes servers whose data has moved away, at most one step per reconcile: scales a
+    /// shrunk pool's StatefulSet down to its servers, or deletes the StatefulSet of a pool
+    /// that leaves. Returns what it did, for the status.
+    async fn remove_drained(
+        &self,
+        tenant: &Tenant,
+        pools: &[Pool],
+        obs: &Observation,
+        want: &desired::Desired,
+    ) -> Result<Option<String>> {
+        for (p, sts) in pools.iter().zip(&want.statefulsets) {
+            let name = p.name_any();
+            let Some(view) = obs.statefulsets.iter().find(|v| v.pool == name) else {
+                continue;
+            };
+            if view.replicas <= p.spec.servers {
+                continue;
+            }
+            let mut leaving = desired::pod_names(&self.name, &name, view.replicas);
+            let leaving = leaving.split_off(p.spec.servers as usize);
+            if !assess::drained(obs, &leaving) {
+                continue;
+            }
+            let mut sts = sts.clone();
+            if let Some(spec) = sts.spec.as_mut() {
+                spec.replicas = Some(p.spec.servers);
+            }
+            desired::stamp(&mut sts);
+            tracing::info!(tenant = %self.name, namespace = %self.ns, pool = %name, servers = ?leaving, "removing drained servers");
+            self.apply_if_changed(None, &sts).await?;
+            let note = format!(
+                "removed servers {} of pool {name}: their data has moved to the servers that stay",
+                leaving.join(", ")
+            );
+            self.event(
+                tenant,
+                EventType::Normal,
+                "ServersRemoved",
+                note.clone(),
+                "ScaleDown",
+            )
+            .await;
+            return Ok(Some(note));
+        }
+        for pool in &obs.leaving {
+            let servers = obs.expected.get(pool).cloned().unwrap_or_default();
+            if !assess::drained(obs, &servers) {
+                continue;
+            }
+            let sts = desired::statefulset(&self.name, pool);
+            tracing::info!(tenant = %self.name, namespace = %self.ns, pool = %pool, statefulset = %sts, "deleting a drained pool's StatefulSet");
+            self.ctx.metrics.wrote("delete", "StatefulSet");
+            match self
+                .api::<StatefulSet>()
+                .delete(&sts, &DeleteParams::background())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            let note = format!(
+                "pool {pool} is drained: its data has moved to the other pools; deleted StatefulSet {sts}"
+            );
+            self.event(
+                tenant,
+                EventType::Normal,
+                "PoolDrained",
+                note.clone(),
+                "Decommission",
+            )
+            .await;
+            return Ok(Some(note));
+        }
+        Ok(None)
+    }
+
+    /// Deletes the volumes of drained servers whose pods are gone (unless their Pool's
+    /// `volumeReclaimPolicy` is `Retain`; volumes of a StatefulSet whose Pool object is gone
+    /// are kept), then lets deleted Pools that are fully drained go. Whether something is
+    /// still under way.
+    async fn reclaim(&self, pools: &[Pool], leaving_pools: &[Pool], obs: &Observation) -> Result<bool> {
+        let labels = desired::selector_string(&desired::instance_labels(&self.name));
+        let claims = self
+            .api::<PersistentVolumeClaim>()
+            .list(&ListParams::default().labels(&labels))
+            .await?
+            .items;
+        let policy = |pool: &str| {
+            pools
+                .iter()
+                .chain(leaving_pools)
+                .find(|p| p.name_any() == pool)
+                .map(|p| p.spec.volume_reclaim_policy.unwrap_or_default())
+                .unwrap_or(VolumeReclaimPolicy::Retain)
+        };
+        let mut busy = false;
+        let mut left: BTreeMap<String, usize> = BTreeMap::new();
+        for pvc in &claims {
+            let Some(pool) = pvc.labels().get(desired::POOL_LABEL).cloned() else {
+                continue;
+            };
+            if policy(&pool) == VolumeReclaimPolicy::Retain {
+                continue;
+            }
+            *left.entry(pool.clone()).or_default() += 1;
+            let Some(server) = assess::claim_server(&pvc.name_any(), &self.name, &pool) else {
+                continue;
+            };
+            let wanted = pools
+                .iter()
+                .find(|p| p.name_any() == pool)
+                .map(|p| p.spec.servers)
+                .unwrap_or(0);
+            if pvc.metadata.deletion_timestamp.is_some()
+                || !assess::volume_released(obs, &pool, wanted, &server)
+            {
+                busy |= pvc.metadata.deletion_timestamp.is_some();
+                continue;
+            }
+            tracing::info!(tenant = %self.name, namespace = %self.ns, claim = %pvc.name_any(), server = %server, "deleting the volume of a drained server");
+            self.ctx.metrics.wrote("delete", "PersistentVolumeClaim");
+            match self
+                .api::<PersistentVolumeClaim>()
+                .delete(&pvc.name_any(), &DeleteParams::default())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            busy = true;
+        }
+        for p in leaving_pools {
+            let name = p.name_any();
+            if p.metadata.deletion_timestamp.is_none() || !p.finalizers().iter().any(|f| f == POOL_FINALIZER)
+            {
+                continue;
+            }
+            let sts_left = obs.statefulsets.iter().any(|v| v.pool == name);
+            if sts_left || left.get(&name).copied().unwrap_or(0) > 0 {
+                busy = true;
+                continue;
+            }
+            tracing::info!(tenant = %self.name, namespace = %self.ns, pool = %name, "pool drained and deleted: releasing it");
+            self.set_pool_finalizer(p, false).await?;
+        }
+        Ok(busy)
     }
 
     /// Writes the conditions of an invalid spec (and nothing else).
@@ -707,6 +903,51 @@ impl<'a> Reconcile<'a> {
     }
 }
 
+/// See [`Reconcile::set_pool_finalizer`].
+async fn set_pool_finalizer(ctx: &Context, ns: &str, pool: &Pool, add: bool) -> Result<()> {
+    let mut finalizers: Vec<String> = pool
+        .finalizers()
+        .iter()
+        .filter(|f| *f != POOL_FINALIZER)
+        .cloned()
+        .collect();
+    if add {
+        finalizers.push(POOL_FINALIZER.into());
+    }
+    let patch = serde_json::json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": pool.resource_version()},
+    });
+    ctx.metrics.wrote("patch", "Pool");
+    match Api::<Pool>::namespaced(ctx.client.clone(), ns)
+        .patch(&pool.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Releases a deleted Pool whose Tenant is gone or being deleted: there is nothing left to
+/// drain its data into, and the Tenant's StatefulSets go with it.
+async fn release_pool(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action> {
+    if pool.metadata.deletion_timestamp.is_none() || !pool.finalizers().iter().any(|f| f == POOL_FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let ns = pool.namespace().unwrap_or_default();
+    let tenant = Api::<Tenant>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&pool.spec.tenant)
+        .await?;
+    if tenant.is_some_and(|t| t.metadata.deletion_timestamp.is_none()) {
+        // the Tenant's reconcile drains it; look again later in case the Tenant goes first
+        // (a namespace being deleted removes both, in no set order)
+        return Ok(Action::requeue(Duration::from_secs(15)));
+    }
+    tracing::info!(pool = %pool.name_any(), namespace = %ns, tenant = %pool.spec.tenant, "the pool's Tenant is gone: releasing the deleted pool");
+    set_pool_finalizer(&ctx, &ns, &pool, false).await?;
+    Ok(Action::await_change())
+}
+
 fn now() -> Time {
     let t = k8s_openapi::jiff::Timestamp::now();
     // whole seconds: what the API stores and returns
@@ -855,14 +1096,14 @@ mod tests {
         let t = Tenant::test("t");
         let pools = vec![t.pool("a", 4)];
         let seeds = desired::initial_seeds(&t, &pools);
-        let d = desired::build(&t, &pools, &seeds, (2, 2), (2, 2));
+        let d = desired::build(&t, &pools, &seeds, (2, 2), (2, 2), &BTreeMap::new());
         assert_eq!(seeds_in_use(&d.statefulsets), Some(seeds));
     }
 
     #[test]
     fn ownership() {
         let t = Tenant::test("t");
-        let d = desired::build(&t, &[t.pool("a", 4)], &[], (2, 2), (2, 2));
+        let d = desired::build(&t, &[t.pool("a", 4)], &[], (2, 2), (2, 2), &BTreeMap::new());
         assert_eq!(not_ours(&Some(d.peers.clone()), "Service", "uid-t"), None);
         assert_eq!(
             not_ours(&Some(d.peers.clone()), "Service", "other").as_deref(),
@@ -956,6 +1197,8 @@ mod api_tests {
         reconcile_once(&api, &ctx, &tenant).await;
         let writes = api.writes();
         let expected = [
+            // the finalizer that holds a deleted Pool until it is drained
+            format!("PATCH /apis/ringstore.io/v1alpha1/namespaces/{NS}/pools/a"),
             format!("PATCH {}/status", tenant_path()),
             format!("POST /api/v1/namespaces/{NS}/secrets"),
             format!("POST /api/v1/namespaces/{NS}/secrets"),
@@ -1016,6 +1259,7 @@ mod api_tests {
         assert_eq!(
             api.writes(),
             [
+                format!("PATCH /apis/ringstore.io/v1alpha1/namespaces/{NS}/pools/a"),
                 format!("PATCH {}/status", tenant_path()),
                 format!("POST /apis/events.k8s.io/v1/namespaces/{NS}/events"),
                 format!("PATCH /apis/ringstore.io/v1alpha1/namespaces/{NS}/pools/a/status"),

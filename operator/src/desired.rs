@@ -138,16 +138,19 @@ pub struct Desired {
     pub statefulsets: Vec<StatefulSet>,
 }
 
-/// Builds the desired children. `pools` are the valid pools of the Tenant, `seeds` the
-/// recorded seed addresses, `(k, m)` the validated redundancy and `formed` the one the
-/// cluster was formed with (the servers' `RINGSTORE_REDUNDANCY`, which only a new cluster
-/// reads: a later change is applied through the admin API and restarts nothing).
+/// Builds the desired children. `pools` are the valid pools of the Tenant that stay,
+/// `seeds` the recorded seed addresses, `(k, m)` the validated redundancy and `formed` the
+/// one the cluster was formed with (the servers' `RINGSTORE_REDUNDANCY`, which only a new
+/// cluster reads: a later change is applied through the admin API and restarts nothing).
+/// `running` holds the replicas of each pool's StatefulSet: a pool that shrank keeps them
+/// until the servers it removes are drained (then the caller builds again without it).
 pub fn build(
     tenant: &Tenant,
     pools: &[Pool],
     seeds: &[String],
     (_, m): (u8, u8),
     formed: (u8, u8),
+    running: &BTreeMap<String, i32>,
 ) -> Desired {
     let owner = owner_ref(tenant);
     let name = tenant.name_any();
@@ -214,7 +217,20 @@ pub fn build(
 
     let statefulsets = pools
         .iter()
-        .map(|p| pool_statefulset(tenant, p, seeds, formed, meta(String::new(), BTreeMap::new())))
+        .map(|p| {
+            let replicas = p
+                .spec
+                .servers
+                .max(running.get(&p.name_any()).copied().unwrap_or(0));
+            pool_statefulset(
+                tenant,
+                p,
+                seeds,
+                formed,
+                replicas,
+                meta(String::new(), BTreeMap::new()),
+            )
+        })
         .collect();
 
     let mut d = Desired {
@@ -266,6 +282,7 @@ fn pool_statefulset(
     pool: &Pool,
     seeds: &[String],
     (k, m): (u8, u8),
+    replicas: i32,
     mut meta: ObjectMeta,
 ) -> StatefulSet {
     let name = tenant.name_any();
@@ -475,7 +492,7 @@ fn pool_statefulset(
     StatefulSet {
         metadata: meta,
         spec: Some(StatefulSetSpec {
-            replicas: Some(spec.servers),
+            replicas: Some(replicas),
             selector: LabelSelector {
                 match_labels: Some(selector),
                 ..Default::default()
@@ -534,7 +551,7 @@ pub fn digest<K: Serialize>(obj: &K) -> String {
 }
 
 /// Sets [`HASH_ANNOTATION`] to the digest of the object.
-fn stamp<K: Resource + Serialize>(obj: &mut K) {
+pub fn stamp<K: Resource + Serialize>(obj: &mut K) {
     if let Some(a) = obj.meta_mut().annotations.as_mut() {
         a.remove(HASH_ANNOTATION);
     }
@@ -630,7 +647,7 @@ spec:
     fn statefulset_follows_the_contract() {
         let (t, pools) = fixture();
         let seeds = initial_seeds(&t, &pools);
-        let d = build(&t, &pools, &seeds, (2, 2), (2, 2));
+        let d = build(&t, &pools, &seeds, (2, 2), (2, 2), &BTreeMap::new());
         let sts = &d.statefulsets[0];
         assert_eq!(sts.metadata.name.as_deref(), Some("store-a"));
         let owner = &sts.metadata.owner_references.as_ref().unwrap()[0];
@@ -755,7 +772,7 @@ spec:
     #[test]
     fn services_and_pdb() {
         let (t, pools) = fixture();
-        let d = build(&t, &pools, &[], (2, 2), (2, 2));
+        let d = build(&t, &pools, &[], (2, 2), (2, 2), &BTreeMap::new());
         let peers = d.peers.spec.as_ref().unwrap();
         assert_eq!(d.peers.metadata.name.as_deref(), Some("store-peers"));
         assert_eq!(peers.cluster_ip.as_deref(), Some("None"));
@@ -785,21 +802,21 @@ spec:
 
         let pdb = d.pdb.spec.as_ref().unwrap();
         assert_eq!(pdb.max_unavailable, Some(IntOrString::Int(1)));
-        let d = build(&t, &pools, &[], (4, 0), (4, 0));
+        let d = build(&t, &pools, &[], (4, 0), (4, 0), &BTreeMap::new());
         assert_eq!(d.pdb.spec.unwrap().max_unavailable, Some(IntOrString::Int(0)));
         // a redundancy change restarts no server: the template keeps the one formed with
-        let before = build(&t, &pools, &[], (2, 2), (2, 2));
-        let after = build(&t, &pools, &[], (4, 2), (2, 2));
+        let before = build(&t, &pools, &[], (2, 2), (2, 2), &BTreeMap::new());
+        let after = build(&t, &pools, &[], (4, 2), (2, 2), &BTreeMap::new());
         assert_eq!(before.statefulsets, after.statefulsets);
         // while objects of both are stored, disruptions follow the smaller parity
-        let d = build(&t, &pools, &[], (4, 0), (2, 2));
+        let d = build(&t, &pools, &[], (4, 0), (2, 2), &BTreeMap::new());
         assert_eq!(d.pdb.spec.unwrap().max_unavailable, Some(IntOrString::Int(0)));
     }
 
     #[test]
     fn other_tools_labels_are_not_copied() {
         let (t, pools) = fixture();
-        let d = build(&t, &pools, &[], (2, 2), (2, 2));
+        let d = build(&t, &pools, &[], (2, 2), (2, 2), &BTreeMap::new());
         let metas = [
             &d.peers.metadata,
             &d.s3.metadata,
@@ -820,15 +837,15 @@ spec:
     #[test]
     fn digest_is_stable_and_tracks_changes() {
         let (t, pools) = fixture();
-        let a = build(&t, &pools, &[], (2, 2), (2, 2));
-        let b = build(&t, &pools, &[], (2, 2), (2, 2));
+        let a = build(&t, &pools, &[], (2, 2), (2, 2), &BTreeMap::new());
+        let b = build(&t, &pools, &[], (2, 2), (2, 2), &BTreeMap::new());
         assert_eq!(
             recorded_digest(&a.statefulsets[0]),
             recorded_digest(&b.statefulsets[0])
         );
         assert!(recorded_digest(&a.statefulsets[0]).is_some());
         let t2 = t.clone().image("ringstore:2.0");
-        let c = build(&t2, &pools, &[], (2, 2), (2, 2));
+        let c = build(&t2, &pools, &[], (2, 2), (2, 2), &BTreeMap::new());
         assert_ne!(
             recorded_digest(&a.statefulsets[0]),
             recorded_digest(&c.statefulsets[0])
@@ -840,7 +857,7 @@ spec:
     fn pool_resources_replace_the_tenant_default() {
         let (t, mut pools) = fixture();
         pools[0].spec.resources = Some(serde_yaml::from_str("{requests: {cpu: '2'}}").unwrap());
-        let d = build(&t, &pools, &[], (2, 2), (2, 2));
+        let d = build(&t, &pools, &[], (2, 2), (2, 2), &BTreeMap::new());
         let c = &d.statefulsets[0]
             .spec
             .as_ref()

@@ -51,6 +51,22 @@ fn respond(code: StatusCode, body: &Value) -> Response<Full<Bytes>> {
         .expect("response")
 }
 
+/// RFC 7386 merge patch: objects merge key by key, `null` removes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(t), Some(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
 fn not_found() -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "reason": "NotFound", "code": 404, "message": "not found"})
@@ -129,6 +145,10 @@ impl FakeApi {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or_default().to_string();
+        let merge = req
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes() == b"application/merge-patch+json");
         let body = req
             .into_body()
             .collect()
@@ -189,6 +209,13 @@ impl FakeApi {
                         return respond(StatusCode::NOT_FOUND, &not_found());
                     };
                     o["status"] = body["status"].clone();
+                    return respond(StatusCode::OK, o);
+                }
+                if merge {
+                    let Some(o) = objects.get_mut(&path) else {
+                        return respond(StatusCode::NOT_FOUND, &not_found());
+                    };
+                    merge_patch(o, &body);
                     return respond(StatusCode::OK, o);
                 }
                 let mut obj = body;

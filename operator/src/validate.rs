@@ -58,7 +58,11 @@ pub fn validate(tenant: &Tenant, pools: &[Pool]) -> Result<(u8, u8), Invalid> {
     if pools.is_empty() {
         return Err(Invalid::new(
             "NoPools",
-            format!("no Pool refers to this Tenant: create a Pool with spec.tenant: {name}"),
+            format!(
+                "no Pool that stays refers to this Tenant (decommissioned and deleted pools do not count: \
+                 their data needs another pool to move to): create a Pool with spec.tenant: {name}, or delete \
+                 the Tenant to delete its data"
+            ),
         ));
     }
     for p in pools {
@@ -87,7 +91,7 @@ pub fn validate(tenant: &Tenant, pools: &[Pool]) -> Result<(u8, u8), Invalid> {
         return Err(Invalid::new(
             "NotEnoughServers",
             format!(
-                "redundancy {k}+{m} puts every object on {width} servers but the pools have {servers} in total: add servers or pools or choose a smaller redundancy"
+                "redundancy {k}+{m} puts every object on {width} servers but the pools that stay have {servers} in total: add servers or pools, choose a smaller redundancy, or keep the servers a shrink or decommission would remove"
             ),
         ));
     }

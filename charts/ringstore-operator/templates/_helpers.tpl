@@ -71,14 +71,19 @@ Tenants and Pools. Keep this in step with operator/src/controller.rs.
 */}}
 {{- define "ringstore-operator.rules" -}}
 - apiGroups: ["ringstore.io"]
-  resources: ["tenants", "pools"]
+  resources: ["tenants"]
   verbs: ["get", "list", "watch"]
+# patch: the finalizer that holds a deleted Pool until its data has moved away
+- apiGroups: ["ringstore.io"]
+  resources: ["pools"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["ringstore.io"]
   resources: ["tenants/status", "pools/status"]
   verbs: ["get", "patch", "update"]
+# delete: the StatefulSet of a decommissioned pool, once drained
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "list", "watch", "create", "patch"]
@@ -91,9 +96,10 @@ Tenants and Pools. Keep this in step with operator/src/controller.rs.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "delete"]
+# delete: the volumes of drained servers (unless a Pool's volumeReclaimPolicy is Retain)
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list", "watch", "delete"]
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
