@@ -269,6 +269,11 @@ pub struct TenantStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
 
+    /// The running layout transition (data moving after servers joined or left or the
+    /// redundancy changed), or the last one, finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transition: Option<TransitionStatus>,
+
     /// Progress of a rolling upgrade, while one runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradeStatus>,
@@ -300,6 +305,30 @@ pub struct Capacity {
     pub drives_online: u32,
     /// Drives of the layout that do not answer.
     pub drives_offline: u32,
+}
+
+/// A layout transition, as the cluster reports it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TransitionStatus {
+    /// Layout version the data moves from.
+    pub from: u64,
+    /// Layout version the data moves to.
+    pub to: u64,
+    /// `rebalance` (servers joined), `drain` (servers leave) or `reencode` (the redundancy
+    /// changed).
+    pub kind: String,
+    /// `syncing` (every node learns both layouts), `moving`, `paused` or `finished`.
+    pub phase: String,
+    /// Share of the ring's partitions done, 0 to 100.
+    pub percent: f64,
+    /// Objects moved or re-encoded so far, over every node.
+    pub objects_moved: u64,
+    /// Bytes moved or written re-encoded so far, over every node.
+    pub bytes_moved: u64,
+    /// Seconds left at the pace so far, while moving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<u64>,
 }
 
 /// A rolling upgrade in progress.
@@ -438,7 +467,8 @@ pub struct PoolSpec {
 
     /// What happens to the volumes of servers that a shrink or a decommission removed once
     /// their data has moved away: `Delete` (default) or `Retain` (kept for the user to
-    /// delete; a server that comes back with the same ordinal reuses them).
+    /// delete). The cluster retires a drained server's drives: delete retained volumes
+    /// before the pool grows back over their ordinals, or the cluster refuses those servers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_reclaim_policy: Option<VolumeReclaimPolicy>,
 }

@@ -542,7 +542,15 @@ async fn pools_shrink_and_are_decommissioned_once_their_data_has_moved() -> Resu
         "Pool east has no drain finalizer: {:?}",
         east.metadata.finalizers
     );
-    let objects = put_objects(&c, &client, &ns, "t").await?;
+    let mut objects = put_objects(&c, &client, &ns, "t").await?;
+    // enough objects that t-east-2 surely holds shards of some (each 2+2 object misses a
+    // given server of seven with odds 3/7)
+    let s3 = common::s3(&c.s3_target(&client, &ns, "t").await?);
+    for i in 0..30u8 {
+        let (key, body) = (format!("small-{i}"), common::bytes(10_000 + usize::from(i), i));
+        common::put(&s3, "e2e", &key, &body).await?;
+        objects.insert(key, body);
+    }
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
     let claim_names = |pool: &'static str| {
         let claims = claims.clone();
@@ -616,9 +624,17 @@ async fn pools_shrink_and_are_decommissioned_once_their_data_has_moved() -> Resu
         },
     )
     .await?;
+    let t = c.tenant(&client, &ns, "t").await?;
+    let transition = &t["status"]["transition"];
     eprintln!(
-        "[ringstore-e2e] RESULT pool east 3 -> 2 servers: drained and removed in {:.1} s",
+        "[ringstore-e2e] RESULT pool east 3 -> 2 servers: drained and removed in {:.1} s; transition {transition}",
         started.elapsed().as_secs_f64()
+    );
+    ensure!(
+        transition["kind"] == "drain"
+            && transition["phase"] == "finished"
+            && transition["objectsMoved"].as_u64().unwrap_or(0) > 0,
+        "the status does not show a finished drain that moved objects: {transition}"
     );
     let seen = reasons.lock().expect("not poisoned").clone();
     ensure!(
@@ -658,7 +674,7 @@ async fn pools_shrink_and_are_decommissioned_once_their_data_has_moved() -> Resu
         reasons.lock().expect("not poisoned")
     );
     let events = tenant_events(&client, &ns, "t").await?;
-    for reason in ["ServersRemoved", "PoolDrained"] {
+    for reason in ["ServersRemoved", "PoolDrained", "TransitionFinished"] {
         ensure!(
             events.iter().any(|(r, _)| r == reason),
             "no {reason} Event: {events:?}"

@@ -56,6 +56,20 @@ pub struct TransitionDoc {
     pub percent: f64,
 }
 
+/// `GET /_ringstore/admin/v1/transition` (the fields the operator uses): the movers'
+/// figures summed over the nodes that answered.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct TransitionDetail {
+    #[serde(default)]
+    pub to: u64,
+    #[serde(default)]
+    pub objects_moved: u64,
+    #[serde(default)]
+    pub bytes_moved: u64,
+    #[serde(default)]
+    pub eta_seconds: Option<f64>,
+}
+
 impl TransitionDoc {
     /// Whether data may still be moving.
     pub fn running(&self) -> bool {
@@ -121,6 +135,10 @@ pub struct ClusterDoc {
     /// Names of the Raft voters.
     #[serde(default)]
     pub voters: Vec<String>,
+    /// The layout version in the node's Raft state (the top-level `layout_version` is the
+    /// one its data path has taken up, which may lag behind).
+    #[serde(default)]
+    pub layout_version: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -143,13 +161,14 @@ impl AdminStatus {
         v
     }
 
-    /// Nodes of the layout that do not answer their peers, sorted (a drained server whose
-    /// pod is gone stays registered, offline, and holds nothing).
-    pub fn offline_nodes(&self) -> Vec<String> {
+    /// Nodes that do not answer their peers, sorted: those of the layout and those in
+    /// `running` (servers whose pods should run, such as servers being drained). A drained
+    /// server whose pod is gone stays registered, offline, and holds nothing: not listed.
+    pub fn offline_nodes(&self, running: &std::collections::BTreeSet<String>) -> Vec<String> {
         let mut v: Vec<String> = self
             .nodes
             .iter()
-            .filter(|n| n.in_layout && !n.online())
+            .filter(|n| (n.in_layout || running.contains(&n.name)) && !n.online())
             .map(|n| n.name.clone())
             .collect();
         v.sort();
@@ -268,6 +287,23 @@ impl AdminClient {
         .await
     }
 
+    /// The running (or last) layout transition with the movers' figures, over every node.
+    pub async fn transition(&self, ip: &str, token: &str) -> Result<Option<TransitionDetail>, AdminError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            transition: Option<TransitionDetail>,
+        }
+        let a: Answer = self
+            .call(
+                http::Method::GET,
+                self.url(ip, "/_ringstore/admin/v1/transition"),
+                token,
+                None,
+            )
+            .await?;
+        Ok(a.transition)
+    }
+
     /// Commits a layout made of `nodes`, with `redundancy` (`data+parity`) when it is to
     /// change; returns the new layout version.
     pub async fn apply_layout(
@@ -316,15 +352,25 @@ mod tests {
             {"id": "d1", "node": "t-a-1", "state": "offline"}
           ],
           "capacity": {"drives_total": 2, "drives_online": 1, "bytes_used": 1, "bytes_available": 2},
-          "cluster": {"role": "leader", "leader": "t-a-0", "voters": [], "learners": [], "members": []},
+          "cluster": {"role": "leader", "leader": "t-a-0", "voters": ["t-a-0"], "learners": [], "members": [], "layout_version": 3},
           "healing": {"objects_checked": 0, "scrub_running": true, "scrub_passes": 0, "scrub_checked": 0}
         }"#;
         let s: AdminStatus = serde_json::from_str(doc).unwrap();
         assert_eq!(s.layout_version, 3);
         assert_eq!(s.layout_nodes(), ["t-a-0", "t-a-1"]);
-        assert_eq!(s.offline_nodes(), ["t-a-1"]);
+        assert_eq!(s.offline_nodes(&Default::default()), ["t-a-1"]);
+        // a server out of the layout counts only while its pod should run (a drain source)
+        let mut s2 = s.clone();
+        s2.nodes[2].state = "offline".into();
+        assert_eq!(s2.offline_nodes(&Default::default()), ["t-a-1"]);
+        assert_eq!(
+            s2.offline_nodes(&["t-b-0".to_string()].into()),
+            ["t-a-1", "t-b-0"]
+        );
         assert_eq!(s.offline_drives(), ["t-a-1:d1"]);
         assert!(s.healing.scrub_running);
-        assert_eq!(s.cluster.unwrap().leader.as_deref(), Some("t-a-0"));
+        let c = s.cluster.unwrap();
+        assert_eq!(c.leader.as_deref(), Some("t-a-0"));
+        assert_eq!((c.voters.len(), c.layout_version), (1, Some(3)));
     }
 }

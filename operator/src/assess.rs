@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use ringstore_crds::{
-    Capacity, Condition, Pool, PoolStatus, PoolSummary, Tenant, TenantStatus, UpgradeStatus,
+    Capacity, Condition, Pool, PoolStatus, PoolSummary, Tenant, TenantStatus, TransitionStatus, UpgradeStatus,
 };
 
 use crate::admin::AdminStatus;
@@ -99,7 +99,18 @@ pub struct Observation {
     pub pods: Vec<PodView>,
     /// The status document of one ready server, or why there is none.
     pub admin: Result<AdminStatus, String>,
+    /// The highest layout version seen before (the Tenant's `status.layoutVersion`): an
+    /// admin status older than it comes from a lagging node.
+    pub known_layout: Option<u64>,
+    /// The movers' figures of the transition, asked for while one runs.
+    pub transition: Option<crate::admin::TransitionDetail>,
+    /// How long this operator has seen the transition into the current layout finished.
+    pub finished_for: Option<std::time::Duration>,
 }
+
+/// How long a transition must have been seen finished before the servers it drained go:
+/// reads that started before its end may still be reading from them.
+pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Observation {
     pub fn expected_pods(&self) -> BTreeSet<String> {
@@ -255,7 +266,14 @@ pub fn drained(obs: &Observation, servers: &[String]) -> bool {
         Some(t) => t.to == admin.layout_version && !t.running(),
         None => admin.layout_version == 1,
     };
-    if !settled {
+    // the node's data path and its Raft state agree, and neither is older than a layout
+    // seen before: a lagging node's view could show a layout without servers that a newer
+    // one holds again
+    let current = admin.cluster.as_ref().and_then(|c| c.layout_version) == Some(admin.layout_version)
+        && obs.known_layout.is_none_or(|k| admin.layout_version >= k);
+    // and for a while: reads that began before the end may still be reading from them
+    let quiet = admin.transition.is_none() || obs.finished_for.is_some_and(|d| d >= DRAIN_GRACE);
+    if !settled || !current || !quiet {
         return false;
     }
     let in_layout = admin.layout_nodes();
@@ -267,6 +285,27 @@ pub fn drained(obs: &Observation, servers: &[String]) -> bool {
     servers
         .iter()
         .all(|s| !in_layout.contains(s) && !voters.contains(s))
+}
+
+/// The servers of `pool` that must be drained before its StatefulSet may go: those whose
+/// pods run, and any the layout still holds (a StatefulSet scaled down by hand leaves its
+/// servers in the layout without pods).
+pub fn pool_servers(obs: &Observation, tenant: &str, pool: &str) -> Vec<String> {
+    let mut servers: BTreeSet<String> = obs
+        .expected
+        .get(pool)
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    if let Ok(a) = &obs.admin {
+        let prefix = format!("{}-", desired::statefulset(tenant, pool));
+        servers.extend(a.layout_nodes().into_iter().filter(|n| {
+            n.strip_prefix(&prefix)
+                .is_some_and(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_digit()))
+        }));
+    }
+    servers.into_iter().collect()
 }
 
 /// The server (pod) a volume claim of `pool` belongs to: the StatefulSet controller names
@@ -310,7 +349,7 @@ pub fn unhealthy(obs: &Observation, scrubbing: &[String]) -> Option<String> {
         Ok(a) => a,
         Err(e) => return Some(format!("the admin API did not answer: {e}")),
     };
-    let offline = admin.offline_nodes();
+    let offline = admin.offline_nodes(&obs.expected_pods());
     if !offline.is_empty() {
         return Some(format!("waiting for {} to be online", offline.join(", ")));
     }
@@ -448,6 +487,8 @@ pub struct Activity {
     /// Drained servers just removed (a shrunk pool scaled down, a leaving pool's
     /// StatefulSet deleted).
     pub servers_removed: Option<String>,
+    /// The cluster refused the layout the operator proposed: its message.
+    pub layout_refused: Option<String>,
 }
 
 /// The status of a valid Tenant. Transition times are left empty (see [`carry_transitions`]).
@@ -469,16 +510,28 @@ pub fn tenant_status(
     let servers = expected.len() as i32;
     let ready = obs.ready_total();
     let all_ready = obs.all_ready();
+    // never backwards: a lagging node may answer with an older layout
     let layout_version = admin
         .map(|a| a.layout_version)
         .filter(|v| *v > 0)
-        .or(prev.layout_version);
+        .max(prev.layout_version);
     let layout_matches =
         admin.is_some_and(|a| a.layout_nodes() == obs.members.iter().cloned().collect::<Vec<_>>());
 
+    let transition = transition_status(prev.transition.as_ref(), obs);
     let mut problems: Vec<(String, String)> = Vec::new();
+    if let Some(message) = &activity.layout_refused {
+        problems.push((
+            "LayoutRefused".into(),
+            format!(
+                "the cluster refused the layout with the pools' servers: {message} (a server drained \
+                 earlier cannot come back on the volumes it was drained from: delete its \
+                 PersistentVolumeClaims so that it starts empty)"
+            ),
+        ));
+    }
     if let Some(a) = admin {
-        let offline = a.offline_nodes();
+        let offline = a.offline_nodes(&obs.expected_pods());
         if !offline.is_empty() {
             problems.push((
                 "NodesOffline".into(),
@@ -529,13 +582,17 @@ pub fn tenant_status(
             format!("no server answered the admin API: {e}"),
             generation,
         ),
-        (Ok(a), true) if !a.offline_nodes().is_empty() || !a.offline_drives().is_empty() => cond(
-            "Ready",
-            false,
-            "ClusterDegraded",
-            "the cluster reports nodes or drives offline (see Degraded)",
-            generation,
-        ),
+        (Ok(a), true)
+            if !a.offline_nodes(&obs.expected_pods()).is_empty() || !a.offline_drives().is_empty() =>
+        {
+            cond(
+                "Ready",
+                false,
+                "ClusterDegraded",
+                "the cluster reports nodes or drives offline (see Degraded)",
+                generation,
+            )
+        }
         (Ok(_), true) if !stranded(obs).is_empty() => cond(
             "Ready",
             false,
@@ -596,11 +653,26 @@ pub fn tenant_status(
     } else if let Some(note) = &activity.servers_removed {
         cond("Progressing", true, "Draining", note.clone(), generation)
     } else if let Some(t) = admin.and_then(|a| a.transition.as_ref()).filter(|t| t.running()) {
+        let figures = transition.as_ref().filter(|s| s.to == t.to);
+        let moved = figures
+            .filter(|s| s.objects_moved > 0)
+            .map(|s| {
+                format!(
+                    ", {} objects ({}B) moved",
+                    s.objects_moved,
+                    human_bytes(s.bytes_moved)
+                )
+            })
+            .unwrap_or_default();
+        let eta = figures
+            .and_then(|s| s.eta_seconds)
+            .map(|e| format!(", about {} left", human_seconds(e)))
+            .unwrap_or_default();
         let what = match t.phase.as_str() {
             "syncing" => "waiting for every node to read both layouts".to_string(),
-            "paused" => format!("paused at {}%", t.percent),
+            "paused" => format!("paused at {}%{moved}", t.percent),
             _ => format!(
-                "{}% ({} of {} partitions)",
+                "{}% ({} of {} partitions){moved}{eta}",
                 t.percent, t.partitions_done, t.partitions
             ),
         };
@@ -621,7 +693,12 @@ pub fn tenant_status(
             "Progressing",
             true,
             "Draining",
-            format!("{} are drained and being removed", leaving.join(", ")),
+            format!(
+                "{}: data moved away; removed once the transition has been over for {} s and none \
+                 of them votes in Raft",
+                leaving.join(", "),
+                DRAIN_GRACE.as_secs()
+            ),
             generation,
         )
     } else if !layout_matches && admin.is_some() {
@@ -732,6 +809,7 @@ pub fn tenant_status(
             None => prev.capacity.clone(),
         },
         image,
+        transition,
         upgrade,
     }
 }
@@ -768,6 +846,89 @@ pub fn invalid_status(tenant: &Tenant, invalid: &Invalid) -> TenantStatus {
             ),
         ],
         ..prev
+    }
+}
+
+/// The transition for the status: the cluster's running (or last) one, with the movers'
+/// figures when they were asked for (`obs.transition`), else the ones recorded before for
+/// the same transition. A finished one keeps its figures, so a quiet cluster's status
+/// stays still.
+pub fn transition_status(prev: Option<&TransitionStatus>, obs: &Observation) -> Option<TransitionStatus> {
+    let Some(t) = obs.admin.as_ref().ok().and_then(|a| a.transition.as_ref()) else {
+        return prev.cloned();
+    };
+    let same = prev.filter(|p| p.to == t.to);
+    let detail = obs.transition.as_ref().filter(|d| d.to == t.to);
+    let figure = |d: fn(&crate::admin::TransitionDetail) -> u64, p: fn(&TransitionStatus) -> u64| {
+        detail.map(d).or(same.map(p)).unwrap_or(0)
+    };
+    Some(TransitionStatus {
+        from: t.from,
+        to: t.to,
+        kind: t.kind.clone(),
+        phase: t.phase.clone(),
+        percent: t.percent,
+        objects_moved: figure(|d| d.objects_moved, |p| p.objects_moved),
+        bytes_moved: figure(|d| d.bytes_moved, |p| p.bytes_moved),
+        eta_seconds: (t.phase == "moving")
+            .then(|| detail.and_then(|d| d.eta_seconds))
+            .flatten()
+            .map(|e| e.max(0.0).round() as u64),
+    })
+}
+
+/// The Events a change of the status's transition calls for: `(reason, note)`.
+pub fn transition_events(
+    old: Option<&TransitionStatus>,
+    new: Option<&TransitionStatus>,
+) -> Vec<(&'static str, String)> {
+    let Some(n) = new else {
+        return vec![];
+    };
+    let what = format!("{} from layout {} to {}", n.kind, n.from, n.to);
+    let same = old.filter(|o| o.to == n.to);
+    // (a transition that started and ended between two looks gets its Finished Event only;
+    // so does the last one when the status recorded none before, after an operator upgrade)
+    let mut events = Vec::new();
+    if same.is_none() && n.phase != "finished" {
+        events.push(("TransitionStarted", format!("{what}: data moves")));
+    }
+    let was = same.map(|o| o.phase.as_str()).unwrap_or("");
+    match (was, n.phase.as_str()) {
+        (w, "paused") if w != "paused" => {
+            events.push(("TransitionPaused", format!("{what} paused at {}%", n.percent)))
+        }
+        ("paused", "moving" | "syncing") => {
+            events.push(("TransitionResumed", format!("{what} resumed at {}%", n.percent)))
+        }
+        (w, "finished") if w != "finished" => events.push((
+            "TransitionFinished",
+            format!(
+                "{what} finished: {} objects ({}B) moved",
+                n.objects_moved,
+                human_bytes(n.bytes_moved)
+            ),
+        )),
+        _ => {}
+    }
+    events
+}
+
+/// Whether the movers' figures are worth asking for: a transition runs, or the status does
+/// not have the final figures of the one that finished.
+pub fn wants_transition_figures(prev: Option<&TransitionStatus>, admin: &AdminStatus) -> bool {
+    admin
+        .transition
+        .as_ref()
+        .is_some_and(|t| t.running() || prev.is_none_or(|p| p.to != t.to || p.phase != "finished"))
+}
+
+/// `3m20s`-style durations for messages.
+pub fn human_seconds(s: u64) -> String {
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
     }
 }
 
@@ -928,6 +1089,9 @@ mod tests {
             expected: BTreeMap::from([("a".into(), desired::pod_names("t", "a", 4))]),
             members: desired::pod_names("t", "a", 4).into_iter().collect(),
             leaving: vec![],
+            known_layout: None,
+            transition: None,
+            finished_for: Some(DRAIN_GRACE),
             statefulsets: vec![StsView {
                 name: "t-a".into(),
                 pool: "a".into(),
@@ -1162,6 +1326,7 @@ mod tests {
         a.cluster = Some(crate::admin::ClusterDoc {
             leader: Some("t-a-0".into()),
             voters: vec!["t-a-0".into(), "t-a-1".into(), "t-a-4".into()],
+            layout_version: Some(3),
         });
         o.admin = Ok(a.clone());
         assert_eq!(layout_step(&o, "2+2"), None, "one change at a time");
@@ -1170,7 +1335,21 @@ mod tests {
         a.cluster = Some(crate::admin::ClusterDoc {
             leader: Some("t-a-0".into()),
             voters: vec!["t-a-0".into(), "t-a-1".into(), "t-a-2".into()],
+            layout_version: Some(3),
         });
+        // a node whose data path lags behind its Raft state (layout 4 may hold them again),
+        // or a status older than a layout seen before: not judged
+        let mut lagging = a.clone();
+        lagging.cluster.as_mut().unwrap().layout_version = Some(4);
+        o.admin = Ok(lagging);
+        assert!(!drained(&o, &leaving), "the data path lags behind Raft");
+        o.admin = Ok(a.clone());
+        o.known_layout = Some(4);
+        assert!(!drained(&o, &leaving), "older than a layout seen before");
+        o.known_layout = Some(3);
+        o.finished_for = Some(DRAIN_GRACE / 2);
+        assert!(!drained(&o, &leaving), "finished moments ago");
+        o.finished_for = Some(DRAIN_GRACE);
         // the layout committed, its transition not started yet: the status shows the
         // previous transition, finished (two Raft entries; seen in the e2e scenario)
         let mut before_start = a.clone();
@@ -1229,6 +1408,111 @@ mod tests {
             !volume_released(&o, "a", 4, "t-a-4"),
             "a staying pool without its StatefulSet keeps them"
         );
+    }
+
+    /// A leaving pool whose StatefulSet was scaled to 0 by hand still has servers in the
+    /// layout: they are what must be drained, so it does not count as drained.
+    #[test]
+    fn a_leaving_pool_scaled_to_zero_by_hand_is_not_drained() {
+        let mut o = healthy();
+        o.expected.insert("b".into(), vec![]);
+        o.leaving = vec!["b".into()];
+        if let Ok(a) = &mut o.admin {
+            a.nodes.push(NodeState {
+                name: "t-b-0".into(),
+                state: "offline".into(),
+                in_layout: true,
+            });
+            a.nodes.push(NodeState {
+                name: "t-bc-0".into(),
+                state: "online".into(),
+                in_layout: true,
+            });
+            a.cluster = Some(crate::admin::ClusterDoc {
+                layout_version: Some(a.layout_version),
+                ..Default::default()
+            });
+        }
+        assert_eq!(pool_servers(&o, "t", "b"), ["t-b-0"]);
+        assert!(drained(&o, &[]), "nothing named");
+        assert!(!drained(&o, &pool_servers(&o, "t", "b")));
+    }
+
+    #[test]
+    fn transitions_show_their_figures_and_publish_events_on_changes() {
+        let mut o = healthy();
+        let doc = |phase: &str, done: u32| crate::admin::TransitionDoc {
+            from: 1,
+            to: 2,
+            kind: "drain".into(),
+            phase: phase.into(),
+            partitions: 4,
+            partitions_done: done,
+            percent: f64::from(done) * 25.0,
+        };
+        if let Ok(a) = &mut o.admin {
+            a.transition = Some(doc("moving", 1));
+            assert!(wants_transition_figures(None, a));
+        }
+        o.transition = Some(crate::admin::TransitionDetail {
+            to: 2,
+            objects_moved: 10,
+            bytes_moved: 2048,
+            eta_seconds: Some(90.4),
+        });
+        let moving = transition_status(None, &o).unwrap();
+        assert_eq!(
+            (
+                moving.percent,
+                moving.objects_moved,
+                moving.bytes_moved,
+                moving.eta_seconds
+            ),
+            (25.0, 10, 2048, Some(90))
+        );
+        let events = transition_events(None, Some(&moving));
+        assert_eq!(
+            events.iter().map(|e| e.0).collect::<Vec<_>>(),
+            ["TransitionStarted"]
+        );
+        // no figures this time (the call failed): the recorded ones stay
+        o.transition = None;
+        if let Ok(a) = &mut o.admin {
+            a.transition = Some(doc("paused", 2));
+        }
+        let paused = transition_status(Some(&moving), &o).unwrap();
+        assert_eq!((paused.objects_moved, paused.eta_seconds), (10, None));
+        assert_eq!(
+            transition_events(Some(&moving), Some(&paused))[0].0,
+            "TransitionPaused"
+        );
+        if let Ok(a) = &mut o.admin {
+            a.transition = Some(doc("finished", 4));
+        }
+        o.transition = Some(crate::admin::TransitionDetail {
+            to: 2,
+            objects_moved: 40,
+            bytes_moved: 8192,
+            eta_seconds: None,
+        });
+        let done = transition_status(Some(&paused), &o).unwrap();
+        let events = transition_events(Some(&paused), Some(&done));
+        assert_eq!(events[0].0, "TransitionFinished");
+        assert!(events[0].1.contains("40 objects (8.0KiB)"), "{events:?}");
+        // finished and recorded: no more calls, no more events, the status stays still
+        if let Ok(a) = &o.admin {
+            assert!(!wants_transition_figures(Some(&done), a));
+        }
+        o.transition = None;
+        assert_eq!(transition_status(Some(&done), &o).as_ref(), Some(&done));
+        assert!(transition_events(Some(&done), Some(&done)).is_empty());
+        let quick = transition_events(None, Some(&done));
+        assert_eq!(
+            quick.iter().map(|e| e.0).collect::<Vec<_>>(),
+            ["TransitionFinished"],
+            "started and ended between two looks"
+        );
+        assert_eq!(human_seconds(200), "3m20s");
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<Tenant>, u32>>,
     /// Kubernetes Events about Tenants (`kubectl describe tenant`, `kubectl events`).
     recorder: Recorder,
+    /// Per Tenant: the transition last seen finished, and since when.
+    finished_seen: Mutex<HashMap<(String, String), (u64, Instant)>>,
 }
 
 impl Context {
@@ -59,6 +61,7 @@ impl Context {
             metrics,
             resync,
             failures: Mutex::new(HashMap::new()),
+            finished_seen: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -225,7 +228,7 @@ impl<'a> Reconcile<'a> {
             }
         }
         // pools that stay, and those whose servers all leave (their data moves to the others)
-        let (leaving_pools, pools): (Vec<Pool>, Vec<Pool>) =
+        let (mut leaving_pools, pools): (Vec<Pool>, Vec<Pool>) =
             all_pools.into_iter().partition(assess::pool_leaves);
         let secrets_api = self.api::<Secret>();
         let credentials_name = desired::credentials_secret(&tenant);
@@ -243,6 +246,33 @@ impl<'a> Reconcile<'a> {
             .list(&ListParams::default().labels(&labels))
             .await?
             .items;
+
+        // a deleted Pool that never got servers, or whose servers and volumes are gone, goes
+        // at once, even while the Tenant is invalid (nothing is left to drain)
+        let mut released = Vec::new();
+        for p in leaving_pools
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_some())
+        {
+            let name = p.name_any();
+            let held = p.finalizers().iter().any(|f| f == POOL_FINALIZER);
+            let sts = desired::statefulset(&self.name, &name);
+            if !held || statefulsets.iter().any(|s| s.name_any() == sts) {
+                continue;
+            }
+            let selector = desired::selector_string(&desired::pool_selector(&self.name, &name));
+            let claims = self
+                .api::<PersistentVolumeClaim>()
+                .list(&ListParams::default().labels(&selector))
+                .await?;
+            let retained = p.spec.volume_reclaim_policy == Some(VolumeReclaimPolicy::Retain);
+            if claims.items.is_empty() || retained {
+                tracing::info!(tenant = %self.name, namespace = %self.ns, pool = %name, "deleted pool holds no servers or volumes to delete: releasing it");
+                self.set_pool_finalizer(p, false).await?;
+                released.push(name);
+            }
+        }
+        leaving_pools.retain(|p| !released.contains(&p.name_any()));
 
         // validate (the pools that stay must hold the redundancy)
         let shards = validate::validate(&tenant, &pools).and_then(|shards| {
@@ -419,12 +449,25 @@ impl<'a> Reconcile<'a> {
             expected,
             members,
             leaving,
+            known_layout: tenant.status.as_ref().and_then(|s| s.layout_version),
+            transition: None,
+            finished_for: None,
             statefulsets: views,
             pods: pods.iter().map(PodView::from_pod).collect(),
             admin: Err(String::new()),
         };
         let token = token.unwrap_or_default();
         let (admin, admin_ip) = self.admin_status(&obs, &token).await;
+        let prev_transition = tenant.status.as_ref().and_then(|s| s.transition.as_ref());
+        if let (Ok(a), Some(ip)) = (&admin, admin_ip.as_deref())
+            && assess::wants_transition_figures(prev_transition, a)
+        {
+            match self.ctx.admin.transition(ip, &token).await {
+                Ok(detail) => obs.transition = detail,
+                Err(e) => tracing::debug!(tenant = %self.name, error = %e, "no transition figures"),
+            }
+        }
+        obs.finished_for = admin.as_ref().ok().and_then(|a| self.finished_for(a));
         obs.admin = admin;
 
         // act on the cluster: at most one step, and only once the children are in place
@@ -439,29 +482,41 @@ impl<'a> Reconcile<'a> {
                     redundancy = ?change.redundancy, "applying a new layout"
                 );
                 self.ctx.metrics.wrote("post", "Layout");
-                let version = self
+                let applied = self
                     .ctx
                     .admin
                     .apply_layout(ip, &token, &change.nodes, change.redundancy.as_deref())
-                    .await?;
-                tracing::info!(tenant = %self.name, version, "layout applied");
-                let note = match &change.redundancy {
-                    Some(r) => format!(
-                        "layout version {version} applied with {} servers and redundancy {r}: \
-                         every object is re-encoded",
-                        change.nodes.len()
-                    ),
-                    None => format!(
-                        "layout version {version} applied with {} servers",
-                        change.nodes.len()
-                    ),
-                };
-                self.event(&tenant, EventType::Normal, "LayoutApplied", note, "ApplyLayout")
                     .await;
-                if let Ok(a) = &mut obs.admin {
-                    a.layout_version = version;
+                match applied {
+                    Ok(version) => {
+                        tracing::info!(tenant = %self.name, version, "layout applied");
+                        let note = match &change.redundancy {
+                            Some(r) => format!(
+                                "layout version {version} applied with {} servers and redundancy {r}: \
+                                 every object is re-encoded",
+                                change.nodes.len()
+                            ),
+                            None => format!(
+                                "layout version {version} applied with {} servers",
+                                change.nodes.len()
+                            ),
+                        };
+                        self.event(&tenant, EventType::Normal, "LayoutApplied", note, "ApplyLayout")
+                            .await;
+                        if let Ok(a) = &mut obs.admin {
+                            a.layout_version = version;
+                        }
+                        activity.layout_applied = Some(change);
+                    }
+                    // the cluster refuses this layout (for example a server whose drives were
+                    // drained and retired, back on the same volumes): say so in the status
+                    // instead of failing every reconcile
+                    Err(crate::admin::AdminError::Status(_, 400, message)) => {
+                        tracing::warn!(tenant = %self.name, namespace = %self.ns, %message, "the cluster refused the layout");
+                        activity.layout_refused = Some(message);
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                activity.layout_applied = Some(change);
                 busy = true;
             } else if let Some(note) = self.remove_drained(&tenant, &pools, &obs, &want).await? {
                 activity.servers_removed = Some(note);
@@ -512,6 +567,12 @@ impl<'a> Reconcile<'a> {
             if status.phase != old.phase {
                 self.phase_event(&tenant, &status).await;
             }
+            for (reason, note) in
+                assess::transition_events(old.transition.as_ref(), status.transition.as_ref())
+            {
+                self.event(&tenant, EventType::Normal, reason, note, "Transition")
+                    .await;
+            }
         }
         for p in pools.iter().chain(&leaving_pools) {
             self.write_pool_status(p, None, Some(&obs)).await?;
@@ -519,6 +580,8 @@ impl<'a> Reconcile<'a> {
         // volumes of servers that are gone, and the finalizers of deleted pools drained
         busy |= self.reclaim(&pools, &leaving_pools, &obs).await?;
 
+        // servers still to remove (after the drain's grace) are looked at again soon
+        busy |= obs.expected_pods().len() > obs.members.len();
         // while data moves, the status follows its progress
         busy |= obs
             .admin
@@ -533,6 +596,22 @@ impl<'a> Reconcile<'a> {
     /// as a precondition (a concurrent change of its finalizers is retried, not overwritten).
     async fn set_pool_finalizer(&self, pool: &Pool, add: bool) -> Result<()> {
         set_pool_finalizer(self.ctx, &self.ns, pool, add).await
+    }
+
+    /// How long this operator has seen the transition into the admin status's layout
+    /// finished (from its first look; an operator that restarted waits again).
+    fn finished_for(&self, admin: &AdminStatus) -> Option<Duration> {
+        let t = admin
+            .transition
+            .as_ref()
+            .filter(|t| !t.running() && t.to == admin.layout_version)?;
+        let mut seen = self.ctx.finished_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (self.ns.clone(), self.name.clone());
+        let entry = seen.entry(key).or_insert((t.to, Instant::now()));
+        if entry.0 != t.to {
+            *entry = (t.to, Instant::now());
+        }
+        Some(entry.1.elapsed())
     }
 
     /// Removes servers whose data has moved away, at most one step per reconcile: scales a
@@ -580,7 +659,7 @@ impl<'a> Reconcile<'a> {
             return Ok(Some(note));
         }
         for pool in &obs.leaving {
-            let servers = obs.expected.get(pool).cloned().unwrap_or_default();
+            let servers = assess::pool_servers(obs, &self.name, pool);
             if !assess::drained(obs, &servers) {
                 continue;
             }
@@ -1278,6 +1357,32 @@ mod api_tests {
         // and stays quiet
         reconcile_once(&api, &ctx, &stored).await;
         assert_eq!(api.writes(), Vec::<String>::new());
+    }
+
+    /// A deleted Pool that holds no servers or volumes is released at once, even while the
+    /// Tenant is invalid (the review found it held for ever: the invalid path returned before
+    /// anything released it).
+    #[tokio::test]
+    async fn a_deleted_pool_without_servers_is_released_while_the_tenant_is_invalid() {
+        let (api, ctx, tenant) = setup(3).await;
+        let mut gone = tenant.pool("b", 2);
+        gone.metadata.finalizers = Some(vec![POOL_FINALIZER.into()]);
+        gone.metadata.deletion_timestamp = Some(now());
+        gone.metadata.resource_version = Some("7".into());
+        api.insert(serde_json::to_value(&gone).unwrap());
+        let (_, outcome) = reconcile_once(&api, &ctx, &tenant).await;
+        assert_eq!(outcome, "invalid");
+        assert!(
+            api.writes().contains(&format!(
+                "PATCH /apis/ringstore.io/v1alpha1/namespaces/{NS}/pools/b"
+            )),
+            "{:#?}",
+            api.writes()
+        );
+        let stored = api
+            .get(&format!("/apis/ringstore.io/v1alpha1/namespaces/{NS}/pools/b"))
+            .unwrap();
+        assert_eq!(stored["metadata"]["finalizers"], json!([]), "{stored:#}");
     }
 
     #[tokio::test]

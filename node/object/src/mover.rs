@@ -53,6 +53,17 @@ pub struct MoveStats {
     pub move_errors: u64,
 }
 
+impl MoveStats {
+    /// What was counted since `base` (an earlier reading of the same counters).
+    pub fn since(&self, base: &MoveStats) -> MoveStats {
+        MoveStats {
+            objects_moved: self.objects_moved.saturating_sub(base.objects_moved),
+            bytes_moved: self.bytes_moved.saturating_sub(base.bytes_moved),
+            move_errors: self.move_errors.saturating_sub(base.move_errors),
+        }
+    }
+}
+
 impl ObjectStore {
     pub fn move_stats(&self) -> MoveStats {
         let c = &self.shared.stats;

@@ -217,6 +217,7 @@ async fn request_id(State(state): State<std::sync::Arc<AppState>>, mut req: Requ
                 .unwrap_or(0)
         };
         state.metrics.record_request(op, status, seconds, received, sent);
+        state.transitions.pace.observe(seconds);
     }
     // 501 is the expected answer to operations we do not implement, not an incident
     if resp.status().is_server_error() && resp.status() != StatusCode::NOT_IMPLEMENTED {

@@ -8,6 +8,7 @@ mod credentials;
 mod http;
 mod metrics;
 mod mirror;
+mod pace;
 mod server;
 mod transition;
 

@@ -41,12 +41,18 @@ pub struct NodeLayout {
     pub partitions_done: u32,
     /// What the mover waits for, if anything.
     pub waiting: Option<String>,
+    /// How long this node wishes movers to wait before each object, in milliseconds,
+    /// because its S3 requests are slower than before the transition ([`crate::pace`]).
+    #[serde(default)]
+    pub backoff_ms: u64,
 }
 
 /// This node's view of its part of the running transition, for `node/layout` and status.
 #[derive(Default)]
 pub struct Driver {
     state: Mutex<DriverState>,
+    /// Foreground latency, which moving backs off from.
+    pub pace: crate::pace::Pace,
 }
 
 #[derive(Default, Clone)]
@@ -54,6 +60,11 @@ struct DriverState {
     partitions: u32,
     done: u32,
     waiting: Option<String>,
+    /// The transition this node last took part in and its mover's counters when this
+    /// process first saw it: what it moved for that transition is the difference (since
+    /// the process started, if it restarted during the transition). Kept once the
+    /// transition finished, so that its figures stay readable.
+    baseline: Option<(u64, MoveStats)>,
 }
 
 impl Driver {
@@ -63,10 +74,14 @@ impl Driver {
             version: store.layout_version(),
             writes_on: store.writes_on(),
             drained: store.older_views_drained(),
-            moved: store.move_stats(),
+            moved: match &s.baseline {
+                Some((_, base)) => store.move_stats().since(base),
+                None => MoveStats::default(),
+            },
             partitions: s.partitions,
             partitions_done: s.done,
             waiting: s.waiting,
+            backoff_ms: self.pace.delay().as_millis() as u64,
         }
     }
 
@@ -153,8 +168,25 @@ async fn step(
             .await
             .map_err(|e| format!("could not start the transition: {e}"));
     };
+    if driver
+        .state
+        .lock()
+        .expect("not poisoned")
+        .baseline
+        .as_ref()
+        .map(|b| b.0)
+        != Some(t.to)
+    {
+        let base = store.move_stats();
+        driver.set(|s| s.baseline = Some((t.to, base)));
+    }
     if !t.is_running() {
-        driver.set(|s| *s = DriverState::default());
+        driver.set(|s| {
+            *s = DriverState {
+                baseline: s.baseline.take(),
+                ..Default::default()
+            }
+        });
         return Ok(());
     }
     if t.to != current {
@@ -180,7 +212,7 @@ async fn step(
     });
     if t.phase == ringstore_cluster::Phase::Syncing {
         // every node must read both layouts' places before any writes where `to` does
-        if let Some(why) = not_synced(store, cluster, client, me, t.to, t.from).await {
+        if let Err(why) = not_synced(store, cluster, client, me, t.to, t.from).await {
             driver.set(|s| s.waiting = Some(why));
             return Ok(());
         }
@@ -202,7 +234,7 @@ async fn step(
         return Ok(());
     }
     // and nothing moves before every node writes where `to` places data
-    if let Some(why) = not_synced(store, cluster, client, me, t.to, t.to).await {
+    if let Err(why) = not_synced(store, cluster, client, me, t.to, t.to).await {
         driver.set(|s| s.waiting = Some(why));
         return Ok(());
     }
@@ -224,11 +256,16 @@ async fn step(
     for batch in busy.chunks(BATCH) {
         // a node that restarted meanwhile may have come back on an older view (found in
         // review): nothing moves until every node writes by `to` again
-        if let Some(why) = not_synced(store, cluster, client, me, t.to, t.to).await {
-            driver.set(|s| s.waiting = Some(why));
-            return Ok(());
-        }
-        let (moved, uploads) = move_batch(store, &t, batch, movers).await;
+        let wish = match not_synced(store, cluster, client, me, t.to, t.to).await {
+            Ok(wish) => wish,
+            Err(why) => {
+                driver.set(|s| s.waiting = Some(why));
+                return Ok(());
+            }
+        };
+        driver.pace.set_moving(true);
+        let (moved, uploads) = move_batch(store, &t, batch, movers, &driver.pace, wish).await;
+        driver.pace.set_moving(false);
         if uploads > 0 {
             driver.set(|s| {
                 s.waiting = Some(format!(
@@ -255,7 +292,8 @@ async fn step(
 /// Why the transition cannot go on yet: a member does not answer, has another view than
 /// layout `to` with writes on layout `writes`, or still runs operations that started with
 /// an older view. A node stopped across the start of a transition thus holds it up instead
-/// of writing where the old layout placed data after objects moved.
+/// of writing where the old layout placed data after objects moved. When it can go on: the
+/// longest wait before each object that a member wishes ([`crate::pace`]).
 async fn not_synced(
     store: &ObjectStore,
     cluster: &Cluster,
@@ -263,7 +301,7 @@ async fn not_synced(
     me: &str,
     to: u64,
     writes: u64,
-) -> Option<String> {
+) -> Result<Duration, String> {
     let check = |name: &str, l: &NodeLayout| -> Option<String> {
         if l.version != to || l.writes_on != writes {
             return Some(format!(
@@ -281,10 +319,12 @@ async fn not_synced(
         partitions: 0,
         partitions_done: 0,
         waiting: None,
+        backoff_ms: 0,
     };
     if let Some(why) = check(me, &mine) {
-        return Some(why);
+        return Err(why);
     }
+    let mut wish = Duration::ZERO;
     // members no layout in use places data on (drained, or not added yet) take no part
     let placed = placed_nodes(store, cluster);
     for m in cluster
@@ -297,13 +337,14 @@ async fn not_synced(
         match r {
             Ok(l) => {
                 if let Some(why) = check(&m.name, &l) {
-                    return Some(why);
+                    return Err(why);
                 }
+                wish = wish.max(Duration::from_millis(l.backoff_ms));
             }
-            Err(e) => return Some(format!("{} does not answer ({e})", m.name)),
+            Err(e) => return Err(format!("{} does not answer ({e})", m.name)),
         }
     }
-    None
+    Ok(wish)
 }
 
 /// Names of the nodes that the current layout or an older one still in use places data on.
@@ -324,6 +365,8 @@ async fn move_batch(
     t: &TransitionState,
     partitions: &[u32],
     movers: u64,
+    pace: &crate::pace::Pace,
+    wish: Duration,
 ) -> (Vec<u32>, usize) {
     let mut bitmap = vec![0u8; t.partitions.div_ceil(8) as usize];
     let mut drives: BTreeSet<String> = BTreeSet::new();
@@ -364,6 +407,12 @@ async fn move_batch(
         .map(|(bucket, key, upload)| {
             let moved_bytes = moved_bytes.clone();
             async move {
+                // back off while foreground requests here, or on the nodes asked before the
+                // batch, are slower than before the transition
+                let wait = wish.max(pace.delay());
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
                 let r = store.move_counted(&bucket, &key, upload.as_deref()).await;
                 if let Ok(m) = &r {
                     let total =
