@@ -932,6 +932,21 @@ pub fn human_seconds(s: u64) -> String {
     }
 }
 
+/// `: 42% moved` while a transition runs, for the status of a pool whose servers leave.
+fn drain_progress(obs: &Observation) -> String {
+    obs.admin
+        .as_ref()
+        .ok()
+        .and_then(|a| a.transition.as_ref())
+        .filter(|t| t.running())
+        .map(|t| match t.phase.as_str() {
+            "syncing" => ": the transition is starting".to_string(),
+            "paused" => format!(": paused at {}%", t.percent),
+            _ => format!(": {}% moved", t.percent),
+        })
+        .unwrap_or_default()
+}
+
 /// Whether a Pool's servers all leave the cluster: it is decommissioned or being deleted.
 pub fn pool_leaves(pool: &Pool) -> bool {
     pool.spec.decommission || pool.metadata.deletion_timestamp.is_some()
@@ -953,7 +968,10 @@ pub fn pool_status(pool: &Pool, tenant_invalid: Option<&Invalid>, obs: Option<&O
                     "Draining",
                     false,
                     "Draining",
-                    format!("moving the data of {running} servers to the other pools"),
+                    format!(
+                        "moving the data of {running} servers to the other pools{}",
+                        drain_progress(obs)
+                    ),
                 )
             } else {
                 (
@@ -993,9 +1011,10 @@ pub fn pool_status(pool: &Pool, tenant_invalid: Option<&Invalid>, obs: Option<&O
             };
             let message = if running > servers {
                 format!(
-                    "{} of {servers} servers ready; {} leaving once their data has moved",
+                    "{} of {servers} servers ready; {} leaving once their data has moved{}",
                     ready.min(servers),
-                    running - servers
+                    running - servers,
+                    drain_progress(obs)
                 )
             } else {
                 format!("{ready} of {servers} servers ready")
@@ -1689,6 +1708,26 @@ mod tests {
         assert_eq!((s.servers, s.ready_servers), (Some(0), Some(4)));
         assert_eq!(s.conditions[1].type_, "Decommissioned");
         assert_eq!(s.conditions[1].status, "False");
+        // with the transition's progress while data moves
+        if let Ok(a) = &mut o.admin {
+            a.transition = Some(crate::admin::TransitionDoc {
+                from: 1,
+                to: 2,
+                kind: "drain".into(),
+                phase: "moving".into(),
+                partitions: 4,
+                partitions_done: 1,
+                percent: 25.0,
+            });
+        }
+        let s = pool_status(&p, None, Some(&o));
+        assert_eq!(
+            s.conditions[1].message,
+            "moving the data of 4 servers to the other pools: 25% moved"
+        );
+        if let Ok(a) = &mut o.admin {
+            a.transition = None;
+        }
         // its StatefulSet is gone: decommissioned
         o.leaving.clear();
         o.expected.clear();
