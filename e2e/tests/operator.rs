@@ -122,6 +122,44 @@ async fn put_objects(
     Ok(objects)
 }
 
+/// The Tenant's `Progressing` condition as it changes during a scenario, each change printed
+/// with the seconds since the log began.
+struct ProgressLog {
+    started: Instant,
+    seen: std::sync::Mutex<Vec<String>>,
+}
+
+impl ProgressLog {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            seen: Default::default(),
+        }
+    }
+
+    /// Notes the Tenant's `Progressing` reason and message (`"reason": "message"`).
+    fn note(&self, tenant: &Value) -> String {
+        let reason = tenant["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Progressing").cloned())
+            .map(|c| format!("{}: {}", c["reason"], c["message"]))
+            .unwrap_or_default();
+        let mut seen = self.seen.lock().expect("not poisoned");
+        if seen.last() != Some(&reason) {
+            eprintln!(
+                "[ringstore-e2e] {:.1} s: Progressing {reason}",
+                self.started.elapsed().as_secs_f64()
+            );
+            seen.push(reason.clone());
+        }
+        reason
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().expect("not poisoned").clone()
+    }
+}
+
 /// Reads every object back through every ready pod.
 async fn check_objects(
     c: &Cluster,
@@ -441,7 +479,7 @@ async fn redundancy_change_re_encodes_without_restarting_pods() -> Result<()> {
         &tenant_yaml("t", IMAGE).replace("{data: 2, parity: 2}", "{data: 3, parity: 1}"),
     )
     .await?;
-    let reasons: std::sync::Mutex<Vec<String>> = Default::default();
+    let progress = ProgressLog::new();
     let t = c
         .wait_for(
             &client,
@@ -450,21 +488,7 @@ async fn redundancy_change_re_encodes_without_restarting_pods() -> Result<()> {
             Duration::from_secs(180),
             || async {
                 let t = c.tenant(&client, &ns, "t").await?;
-                let reason = t["status"]["conditions"]
-                    .as_array()
-                    .and_then(|cs| cs.iter().find(|c| c["type"] == "Progressing").cloned())
-                    .map(|c| format!("{}: {}", c["reason"], c["message"]))
-                    .unwrap_or_default();
-                {
-                    let mut seen = reasons.lock().expect("not poisoned");
-                    if seen.last() != Some(&reason) {
-                        eprintln!(
-                            "[ringstore-e2e] {:.1} s: Progressing {reason}",
-                            started.elapsed().as_secs_f64()
-                        );
-                        seen.push(reason.clone());
-                    }
-                }
+                let reason = progress.note(&t);
                 let grown = t["status"]["layoutVersion"].as_u64().unwrap_or(0) > version;
                 let settled = !reason.contains("Reencoding") && !reason.contains("LayoutChange");
                 let redundancy = t["status"]["redundancy"] == "3+1";
@@ -574,23 +598,8 @@ async fn pools_shrink_and_are_decommissioned_once_their_data_has_moved() -> Resu
     );
 
     // shrink east from 3 servers to 2
-    let reasons: std::sync::Mutex<Vec<String>> = Default::default();
+    let progress = ProgressLog::new();
     let started = Instant::now();
-    let progress = |t: &Value| {
-        let reason = t["status"]["conditions"]
-            .as_array()
-            .and_then(|cs| cs.iter().find(|c| c["type"] == "Progressing").cloned())
-            .map(|c| format!("{}: {}", c["reason"], c["message"]))
-            .unwrap_or_default();
-        let mut seen = reasons.lock().expect("not poisoned");
-        if seen.last() != Some(&reason) {
-            eprintln!(
-                "[ringstore-e2e] {:.1} s: Progressing {reason}",
-                started.elapsed().as_secs_f64()
-            );
-            seen.push(reason);
-        }
-    };
     c.apply(&client, &ns, &pool_yaml("t", "east", 2, 1, "zone-b"))
         .await?;
     let stss: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
@@ -601,7 +610,7 @@ async fn pools_shrink_and_are_decommissioned_once_their_data_has_moved() -> Resu
         Duration::from_secs(240),
         || async {
             let t = c.tenant(&client, &ns, "t").await?;
-            progress(&t);
+            progress.note(&t);
             let replicas = stss
                 .get("t-east")
                 .await?
@@ -636,7 +645,7 @@ async fn pools_shrink_and_are_decommissioned_once_their_data_has_moved() -> Resu
             && transition["objectsMoved"].as_u64().unwrap_or(0) > 0,
         "the status does not show a finished drain that moved objects: {transition}"
     );
-    let seen = reasons.lock().expect("not poisoned").clone();
+    let seen = progress.seen();
     ensure!(
         seen.iter().any(|r| r.contains("Draining")),
         "the Tenant never showed Progressing Draining: {seen:?}"
@@ -655,7 +664,7 @@ async fn pools_shrink_and_are_decommissioned_once_their_data_has_moved() -> Resu
         Duration::from_secs(240),
         || async {
             let t = c.tenant(&client, &ns, "t").await?;
-            progress(&t);
+            progress.note(&t);
             let pool_gone = pools.get_opt("east").await?.is_none();
             let sts_gone = stss.get_opt("t-east").await?.is_none();
             let claims_gone = claim_names("east").await?.is_empty();
@@ -671,7 +680,7 @@ async fn pools_shrink_and_are_decommissioned_once_their_data_has_moved() -> Resu
     eprintln!(
         "[ringstore-e2e] RESULT pool east deleted: drained and gone in {:.1} s; Progressing reasons seen {:?}",
         started.elapsed().as_secs_f64(),
-        reasons.lock().expect("not poisoned")
+        progress.seen()
     );
     let events = tenant_events(&client, &ns, "t").await?;
     for reason in ["ServersRemoved", "PoolDrained", "TransitionFinished"] {
